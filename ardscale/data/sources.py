@@ -1,0 +1,82 @@
+"""Raw video sources: UCF-101 (official split lists) and plain folders of videos."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+VIDEO_EXTS = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v"}
+UCF_NAME = re.compile(r"^v_(?P<cls>[A-Za-z]+)_g\d+_c\d+$")
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One raw video: ``path`` on disk, integer ``label``, ``class_name``, ``key`` (unique, no dots)."""
+
+    path: str
+    label: int
+    class_name: str
+    key: str
+
+
+def _videos_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+
+
+def _find(root: Path, name: str) -> Path:
+    hits = sorted(root.rglob(name))
+    if not hits:
+        raise FileNotFoundError(f"{root}: no {name} found (UCF-101 official split lists)")
+    return hits[0]
+
+
+def ucf101_items(root: str, split: str = "train", split_id: int = 1) -> list[VideoItem]:
+    """Videos of ``root`` that the official UCF-101 list ``{split}list0{split_id}.txt`` names.
+
+    Works for the full dataset and for subsets: the official lists and ``classInd.txt`` are
+    found anywhere under ``root``; videos listed but absent are ignored, videos present but not
+    listed are left out of the split. The class comes from ``v_<Class>_gXX_cYY``; labels are
+    ``classInd`` indices minus one (0…100).
+
+    Raises:
+        ValueError: split not train/test/all. FileNotFoundError: no split list / classInd.
+    """
+    base = Path(root)
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be train, test or all, got {split!r}")
+    class_ind = {}
+    for line in _find(base, "classInd.txt").read_text().split("\n"):
+        if line.strip():
+            idx, name = line.split()
+            class_ind[name] = int(idx) - 1
+    wanted = None
+    if split != "all":
+        lines = _find(base, f"{split}list{split_id:02d}.txt").read_text().split("\n")
+        wanted = {Path(ln.split()[0]).stem for ln in lines if ln.strip()}
+    items = []
+    for p in _videos_under(base):
+        m = UCF_NAME.match(p.stem)
+        if m is None or (wanted is not None and p.stem not in wanted):
+            continue
+        cls = m["cls"]
+        items.append(VideoItem(str(p), class_ind[cls], cls, p.stem))
+    return items
+
+
+def folder_items(root: str) -> list[VideoItem]:
+    """Every video under ``root``; the class is the parent folder's name relative to root
+    (``video`` for files directly in root), labels are sorted class names' indices."""
+    base = Path(root)
+    paths = _videos_under(base)
+    names = [str(p.parent.relative_to(base)) if p.parent != base else "video" for p in paths]
+    classes = {c: i for i, c in enumerate(sorted(set(names)))}
+    items = []
+    for p, c in zip(paths, names):
+        key = re.sub(r"[^A-Za-z0-9_-]", "_", str(p.relative_to(base).with_suffix("")))
+        items.append(VideoItem(str(p), classes[c], c, key))
+    return items
+
+
+def class_names(items: list[VideoItem]) -> dict[int, str]:
+    """``{label: class_name}`` of the items."""
+    return {it.label: it.class_name for it in items}

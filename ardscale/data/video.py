@@ -1,0 +1,105 @@
+"""Video I/O with PyAV: decode clips at a target fps and size, encode/decode mp4 bytes, write mp4/gif."""
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+
+class VideoReadError(RuntimeError):
+    """A file that is not a decodable video, or has too few frames for one clip."""
+
+
+def _resize_crop(frame: av.VideoFrame, size: int) -> np.ndarray:
+    """Resize the short side to ``size`` (bilinear, swscale) and center-crop → ``(size, size, 3)`` uint8."""
+    w, h = frame.width, frame.height
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = frame.reformat(width=nw, height=nh, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return img[top:top + size, left:left + size]
+
+
+def read_clips(path: str, num_frames: int, fps: float, size: int,
+               max_clips: int | None = None) -> list[tuple[int, np.ndarray]]:
+    """Cut a video into non-overlapping clips of ``num_frames`` frames resampled to ``fps``.
+
+    Args:
+        path: local path or file-like object readable by PyAV.
+        fps: output frame rate (frames are picked by presentation time, nearest earlier frame).
+        size: output height = width in pixels (resize short side + center crop).
+        max_clips: keep at most this many clips, spread evenly over the video.
+    Returns:
+        ``[(first_source_frame_index, frames uint8 (F, size, size, 3)), ...]``.
+    Raises:
+        VideoReadError: undecodable/empty file, or fewer than ``num_frames`` frames at ``fps``.
+    """
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            picked, src_index, next_time = [], [], 0.0
+            for i, frame in enumerate(container.decode(stream)):
+                t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 25)
+                if t + 1e-6 >= next_time:
+                    picked.append(_resize_crop(frame, size))
+                    src_index.append(i)
+                    next_time += 1.0 / fps
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise VideoReadError(f"{path}: cannot decode video: {e}") from e
+    n = len(picked) // num_frames
+    if n == 0:
+        raise VideoReadError(f"{path}: {len(picked)} frames at {fps} fps, need {num_frames} for one clip")
+    starts = list(range(n))
+    if max_clips is not None and n > max_clips:
+        starts = [round(k * (n - 1) / max(max_clips - 1, 1)) for k in range(max_clips)]
+    return [(src_index[k * num_frames], np.stack(picked[k * num_frames:(k + 1) * num_frames])) for k in starts]
+
+
+def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
+    """H.264 mp4 bytes from ``(F, H, W, 3)`` uint8 frames (H, W even)."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "fast"}
+        for img in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")))
+        out.mux(stream.encode())
+    return buf.getvalue()
+
+
+def decode_mp4(data: bytes) -> np.ndarray:
+    """All frames of an in-memory video → ``(F, H, W, 3)`` uint8.
+
+    Raises:
+        VideoReadError: bytes that are not a decodable video.
+    """
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    except (av.error.FFmpegError, ValueError) as e:
+        raise VideoReadError(f"cannot decode mp4 bytes: {e}") from e
+
+
+def write_gif(path: str, frames: np.ndarray, fps: float) -> None:
+    """Write ``(F, H, W, 3)`` uint8 frames as a looping gif."""
+    imgs = [Image.fromarray(f) for f in frames]
+    imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=round(1000 / fps), loop=0)
+
+
+def video_grid(videos: np.ndarray, cols: int) -> np.ndarray:
+    """Tile ``(B, F, H, W, 3)`` videos into one ``(F, rows*H, cols*W, 3)`` video (blank cells black)."""
+    B, F, H, W, C = videos.shape
+    rows = -(-B // cols)
+    grid = np.zeros((F, rows * H, cols * W, C), dtype=videos.dtype)
+    for b in range(B):
+        r, c = divmod(b, cols)
+        grid[:, r * H:(r + 1) * H, c * W:(c + 1) * W] = videos[b]
+    return grid

@@ -1,0 +1,128 @@
+"""Causal DiT backbone of AR-Diffusion (paper Sec. 3.2, Fig. 2b; sizes from Table 6).
+
+A DiT (Peebles & Xie) over latent tokens ``(B, F, L, D)``: every frame carries its own timestep,
+injected through adaLN-Zero per token, and attention is block-causal over frames. The model
+predicts x0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attention import Mlp, SelfAttention, block_causal_mask
+
+
+@dataclass
+class DiTConfig:
+    """DiT hyper-parameters. Defaults are the paper-size model (Table 6: 1152 wide, 28 deep, 16 heads)."""
+
+    latent_dim: int = 4          # D
+    tokens_per_frame: int = 32   # L
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 101       # label `num_classes` is the null class used for CFG
+    num_timesteps: int = 1000
+
+    @classmethod
+    def tiny(cls, **overrides) -> "DiTConfig":
+        """A CPU test size (~0.1M params)."""
+        return cls(**{"hidden_size": 64, "depth": 2, "num_heads": 4, "num_classes": 10, **overrides})
+
+
+def sinusoidal(pos: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of positions/timesteps ``(...)`` → ``(..., dim)`` float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
+    args = pos.float()[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block with per-token conditioning ``c`` ``(B, N, C)``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_ratio)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + g1 * self.attn(modulate(self.norm1(x), sh1, sc1), mask)
+        return x + g2 * self.mlp(modulate(self.norm2(x), sh2, sc2))
+
+
+class DiT(nn.Module):
+    """Causal DiT: ``forward(x, t, y)`` → x0 prediction.
+
+    Args (forward):
+        x: ``(B, F, L, D)`` noisy latents (float).
+        t: ``(B, F)`` long DDPM indices ``0 … T-1``, one per frame.
+        y: ``(B,)`` long class labels; ``config.num_classes`` is the null (unconditional) label.
+    Returns:
+        ``(B, F, L, D)`` predicted clean latents. Output of frame i depends only on frames <= i.
+    Raises:
+        ValueError: if ``L``/``D`` differ from the config or t's shape is not ``(B, F)``.
+    """
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = c = config
+        H = c.hidden_size
+        self.x_embedder = nn.Linear(c.latent_dim, H)
+        self.token_pos = nn.Parameter(torch.zeros(c.tokens_per_frame, H))
+        self.t_embedder = nn.Sequential(nn.Linear(256, H), nn.SiLU(), nn.Linear(H, H))
+        self.y_embedder = nn.Embedding(c.num_classes + 1, H)
+        self.blocks = nn.ModuleList(DiTBlock(H, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
+        self.norm_final = nn.LayerNorm(H, elementwise_affine=False, eps=1e-6)
+        self.adaLN_final = nn.Sequential(nn.SiLU(), nn.Linear(H, 2 * H))
+        self.out = nn.Linear(H, c.latent_dim)
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.token_pos, std=0.02)
+        nn.init.normal_(self.y_embedder.weight, std=0.02)
+        for lin in (self.t_embedder[0], self.t_embedder[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+        # adaLN-Zero: every residual branch and the output start at zero.
+        for blk in self.blocks:
+            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
+            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+        for lin in (self.adaLN_final[-1], self.out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        B, F, L, D = x.shape
+        c = self.config
+        if (L, D) != (c.tokens_per_frame, c.latent_dim):
+            raise ValueError(f"latents have (L, D)=({L}, {D}); the model expects "
+                             f"({c.tokens_per_frame}, {c.latent_dim})")
+        if t.shape != (B, F):
+            raise ValueError(f"timesteps must have shape (B, F)=({B}, {F}), got {tuple(t.shape)}")
+        H = c.hidden_size
+        frame_pos = sinusoidal(torch.arange(F, device=x.device), H)          # (F, H): any length F
+        h = self.x_embedder(x) + self.token_pos + frame_pos[:, None].to(x.dtype)
+        cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + self.y_embedder(y)[:, None]  # (B, F, H)
+        cond = cond.repeat_interleave(L, dim=1)                                # (B, F*L, H)
+        h = h.reshape(B, F * L, H)
+        mask = block_causal_mask(F, L, x.device)
+        for blk in self.blocks:
+            h = blk(h, cond, mask)
+        shift, scale = self.adaLN_final(cond).chunk(2, dim=-1)
+        return self.out(modulate(self.norm_final(h), shift, scale)).view(B, F, L, D)

@@ -1,0 +1,117 @@
+"""Ray job: raw videos → WebDataset video shards ``{out}/videos/{split}/shard-000123.tar``.
+
+Each sample is ``KEY.mp4`` (F frames, ``size``², ``fps``, H.264) + ``KEY.json`` (label, class name,
+source file, frame range). One Ray task per output shard; a shard whose ``.stats.json`` exists is
+complete and skipped on re-run. Unreadable files are skipped and listed in ``_report.json``.
+
+    python data_prep/shard_videos.py --src ../shared/data/ucf101-subset --out runs/demo/data --split train
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict
+
+from tqdm import tqdm
+
+from ardscale.data.shards import join, read_json, shard_name, write_json, write_shard
+from ardscale.data.sources import VideoItem, class_names, folder_items, ucf101_items
+from ardscale.data.video import VideoReadError, encode_mp4, read_clips
+
+
+def shard_one(items: list[VideoItem], url: str, num_frames: int, fps: float, size: int,
+              max_clips: int | None, split: str) -> dict:
+    """Cut, encode and write the clips of ``items`` into the shard at ``url``; return its stats.
+
+    Never raises for a bad video: it is counted in ``failed`` with the reason.
+    """
+    stats = {"shard": url, "videos": len(items), "clips": 0, "failed": []}
+
+    def samples():
+        for it in items:
+            try:
+                clips = read_clips(it.path, num_frames, fps, size, max_clips)
+            except VideoReadError as e:
+                stats["failed"].append({"path": it.path, "error": str(e)})
+                continue
+            for k, (start, frames) in enumerate(clips):
+                meta = {"label": it.label, "class_name": it.class_name, "source": it.path,
+                        "frame_start": start, "num_frames": num_frames, "fps": fps, "size": size,
+                        "split": split}
+                stats["clips"] += 1
+                yield {"__key__": f"{it.key}-{k:03d}", "mp4": encode_mp4(frames, fps), "json": meta}
+
+    write_shard(url, samples())
+    write_json(url.removesuffix(".tar") + ".stats.json", stats)
+    return stats
+
+
+def plan_shards(items: list[VideoItem], videos_per_shard: int) -> list[list[VideoItem]]:
+    """Deterministic split of items (sorted by key) into shards, so re-runs map videos to the same shard."""
+    items = sorted(items, key=lambda it: it.key)
+    return [items[i:i + videos_per_shard] for i in range(0, len(items), videos_per_shard)]
+
+
+def run(src: str, out: str, split: str = "train", source: str = "ucf101", split_id: int = 1,
+        num_frames: int = 8, fps: float = 8.0, size: int = 64, max_clips: int | None = 4,
+        videos_per_shard: int = 16, limit: int | None = None) -> dict:
+    """Shard one split with Ray; returns the report (also written to ``{split dir}/_report.json``)."""
+    from ardscale.engine.launch import init_ray
+
+    items = ucf101_items(src, split, split_id) if source == "ucf101" else folder_items(src)
+    if not items:
+        raise FileNotFoundError(f"{src}: no videos found for source={source} split={split}")
+    items = items[:limit] if limit else items
+    out_dir = join(out, "videos", split)
+    plan = plan_shards(items, videos_per_shard)
+    ray = init_ray()
+    task = ray.remote(num_cpus=1)(shard_one)
+    t0, pending, done = time.time(), {}, []
+    for i, shard_items in enumerate(plan):
+        url = join(out_dir, shard_name(i))
+        prev = read_json(url.removesuffix(".tar") + ".stats.json")
+        if prev is not None:
+            done.append({**prev, "reused": True})
+            continue
+        pending[task.remote(shard_items, url, num_frames, fps, size, max_clips, split)] = url
+    with tqdm(total=len(plan), initial=len(done), desc=f"shards {split}", unit="shard") as bar:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            done.append(ray.get(ready[0]))
+            pending.pop(ready[0])
+            bar.update(1)
+    failed = [f for s in done for f in s["failed"]]
+    report = {"split": split, "source": source, "src": os.path.abspath(src) if "://" not in src else src,
+              "videos": len(items), "videos_failed": len(failed), "failed": failed,
+              "clips": sum(s["clips"] for s in done), "shards": len(plan),
+              "shards_reused": sum(1 for s in done if s.get("reused")),
+              "classes": {str(k): v for k, v in sorted(class_names(items).items())},
+              "params": {"num_frames": num_frames, "fps": fps, "size": size, "max_clips": max_clips},
+              "seconds": round(time.time() - t0, 2)}
+    write_json(join(out_dir, "_report.json"), report)
+    return report
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", required=True, help="folder of raw videos (UCF-101 layout or any folder)")
+    p.add_argument("--out", required=True, help="output root: local folder or fsspec URL (s3://...)")
+    p.add_argument("--source", choices=["ucf101", "folder"], default="ucf101")
+    p.add_argument("--split", default="train", help="train | test | all (ucf101 split lists)")
+    p.add_argument("--split-id", type=int, default=1)
+    p.add_argument("--num-frames", type=int, default=8)
+    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--max-clips", type=int, default=4, help="clips per video (0 = all)")
+    p.add_argument("--videos-per-shard", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None, help="only the first N videos (debugging)")
+    a = p.parse_args(argv)
+    report = run(a.src, a.out, a.split, a.source, a.split_id, a.num_frames, a.fps, a.size,
+                 a.max_clips or None, a.videos_per_shard, a.limit)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("failed", "classes")}))
+
+
+if __name__ == "__main__":
+    main()
