@@ -14,16 +14,8 @@ def init_ray(num_cpus: int | None = None):
 
     if ray.is_initialized():
         return ray
-    env = {"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}} \
-        if not _has_cuda() else None
     try:
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), runtime_env=env, log_to_driver=True)
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
     except ConnectionError:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")  # loopback only
     return ray
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

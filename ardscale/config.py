@@ -1,0 +1,128 @@
+"""Typed training configuration, composed by Hydra from a YAML file plus ``key=value`` overrides.
+
+Every YAML config starts with ``defaults: [ardscale, _self_]`` so the dataclass :class:`Config`
+is its schema: unknown keys and wrong types fail at load time with the offending key named.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from .models.arvae import ARVAEConfig
+from .models.dit import DiTConfig
+
+
+@dataclass
+class DataConfig:
+    root: str = "runs/data"      # dataset root: local folder or fsspec URL
+    split: str = "train"
+    vae_id: str = ""             # DiT only: latents/{vae_id}/{split} produced by tools/encode_latents.py
+
+
+@dataclass
+class DiffusionConfig:
+    num_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    timestep_sampler: str = "fopp"   # fopp | equal | independent | naive
+    scale_factor: float = 0.5        # latents are multiplied by this before the DiT (paper Sec. 4.1)
+    class_dropout: float = 0.1       # label dropout for classifier-free guidance
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 16       # per worker (paper: 16 per GPU)
+    grad_accum: int = 1              # paper: 8
+    zero_stage: int = 2
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_last: int = 3
+    seed: int = 0
+    run_dir: str = "runs/default"    # checkpoints, resolved config and Ray Train state
+
+
+@dataclass
+class ScaleConfig:
+    num_workers: int = 1             # Ray Train workers; 0 = run in this process (debugging)
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    max_failures: int = 0
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str = "sqlite:///mlruns.db"   # relative paths resolve against the launch directory
+    experiment: str = "ardscale"
+    run_name: str = ""
+
+
+@dataclass
+class Config:
+    task: str = "dit"                # dit | vae
+    data: DataConfig = field(default_factory=DataConfig)
+    model: DiTConfig = field(default_factory=DiTConfig)
+    vae: ARVAEConfig = field(default_factory=ARVAEConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+ConfigStore.instance().store(name="ardscale", node=Config)
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path or Path(path).is_absolute() else str(Path(path).resolve())
+
+
+def load(path: str, overrides: list[str] | None = None) -> Config:
+    """Compose ``path`` (a YAML file) with Hydra overrides into a validated :class:`Config`.
+
+    Relative local paths (data root, run dir, sqlite tracking store) become absolute here, so a
+    job submitted to Ray runs against the same files whatever its working directory.
+
+    Raises:
+        FileNotFoundError: no such config file. omegaconf errors: unknown key / wrong type (named).
+        ValueError: task not ``dit`` or ``vae``.
+    """
+    cfg_path = Path(path).resolve()
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(cfg_path.parent), version_base=None):
+        composed = compose(config_name=cfg_path.stem, overrides=list(overrides or []))
+    cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), composed))
+    if cfg.task not in ("dit", "vae"):
+        raise ValueError(f"{path}: task must be 'dit' or 'vae', got {cfg.task!r}")
+    cfg.data.root = _absolute(cfg.data.root)
+    cfg.train.run_dir = _absolute(cfg.train.run_dir)
+    uri = cfg.tracking.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        cfg.tracking.tracking_uri = "sqlite:///" + _absolute(uri.removeprefix("sqlite:///"))
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict (for Ray, MLflow and the saved ``config.yaml``)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def from_dict(d: dict) -> Config:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))

@@ -1,0 +1,87 @@
+"""In-memory training datasets read from shards, and a step-indexed (hence resumable) batch order.
+
+The batch a rank sees at step ``s`` is a pure function of (seed, s, rank, world size): a resumed
+job that restarts at step ``s`` neither loses nor repeats samples.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .shards import join, list_shards, load_npy, read_json, read_shard
+from .video import decode_mp4
+
+
+def load_video_clips(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """All clips of ``{root}/videos/{split}`` → (videos ``(N, F, H, W, 3)`` uint8, labels ``(N,)`` long).
+
+    Raises:
+        FileNotFoundError: no shards there (run data_prep/shard_videos.py first).
+    """
+    shards = list_shards(join(root, "videos", split))
+    if not shards:
+        raise FileNotFoundError(f"no video shards under {join(root, 'videos', split)}: run data_prep/shard_videos.py")
+    videos, labels = [], []
+    for url in tqdm(shards, desc="loading video shards", leave=False):
+        for s in read_shard(url):
+            videos.append(decode_mp4(s["mp4"]))
+            labels.append(json.loads(s["json"])["label"])
+    return torch.from_numpy(np.stack(videos)), torch.tensor(labels)
+
+
+def latent_dir(root: str, vae_id: str, split: str) -> str:
+    return join(root, "latents", vae_id, split)
+
+
+def load_latents(root: str, vae_id: str, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """All latents of ``{root}/latents/{vae_id}/{split}`` → (``(N, F, L, D)`` float32, labels ``(N,)``, manifest).
+
+    Raises:
+        FileNotFoundError: no latent shards or manifest (run tools/encode_latents.py first).
+    """
+    where = latent_dir(root, vae_id, split)
+    manifest = read_json(join(where, "_manifest.json"))
+    shards = list_shards(where)
+    if manifest is None or not shards:
+        raise FileNotFoundError(f"no latent shards/manifest under {where}: run tools/encode_latents.py")
+    lat, labels = [], []
+    for url in shards:
+        for s in read_shard(url):
+            lat.append(load_npy(s["npy"]).astype(np.float32))
+            labels.append(json.loads(s["json"])["label"])
+    return torch.from_numpy(np.stack(lat)), torch.tensor(labels), manifest
+
+
+class StepSampler:
+    """Indices of the micro batches of one rank at a global step, from a seeded epoch permutation.
+
+    The global batch of step ``s`` is positions ``[s·G, (s+1)·G)`` of an endless stream made of
+    per-epoch permutations (epoch e seeded by ``seed + e``), ``G = micro · accum · world``. Rank r
+    takes the r-th contiguous block, split into ``accum`` micro batches.
+    """
+
+    def __init__(self, num_samples: int, micro_batch_size: int, grad_accum: int, rank: int, world: int,
+                 seed: int):
+        if num_samples < 1:
+            raise ValueError("dataset is empty")
+        self.n, self.micro, self.accum = num_samples, micro_batch_size, grad_accum
+        self.rank, self.world, self.seed = rank, world, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}  # a step spans ≤ 2 epochs
+            self._perms[epoch] = torch.randperm(self.n, generator=gen)
+        return self._perms[epoch]
+
+    def micro_batches(self, step: int) -> list[torch.Tensor]:
+        """``accum`` index tensors ``(micro,)`` for this rank at ``step``."""
+        per_rank = self.micro * self.accum
+        start = step * per_rank * self.world + self.rank * per_rank
+        pos = torch.arange(start, start + per_rank)
+        idx = torch.stack([self._perm(int(p) // self.n)[int(p) % self.n] for p in pos])
+        return list(idx.split(self.micro))

@@ -1,0 +1,64 @@
+"""Checkpoints as DeepSpeed tags under ``{run_dir}/ckpt/step-00001234/``.
+
+DeepSpeed writes a tag's files first and the ``latest`` pointer last, so a crash mid-save leaves
+``latest`` on the previous complete tag. ``client_state`` carries the global step (which fixes
+the data position, see :class:`ardscale.data.loader.StepSampler`) and the MLflow run id.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def ckpt_dir(run_dir: str) -> str:
+    return str(Path(run_dir) / "ckpt")
+
+
+def tag(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def latest_tag(run_dir: str) -> str | None:
+    """Tag that ``latest`` points to, or None when the run has no complete checkpoint."""
+    p = Path(ckpt_dir(run_dir)) / "latest"
+    return p.read_text().strip() if p.is_file() else None
+
+
+def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int) -> None:
+    """Save a tag for ``step`` (all ranks call this), then drop all but the newest ``keep_last`` tags."""
+    engine.save_checkpoint(ckpt_dir(run_dir), tag=tag(step), client_state={**client_state, "step": step})
+    if dist.is_initialized():
+        dist.barrier()
+    if (not dist.is_initialized() or dist.get_rank() == 0) and keep_last > 0:
+        tags = sorted(p for p in Path(ckpt_dir(run_dir)).glob("step-*") if p.is_dir())
+        for old in tags[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def resume(engine, run_dir: str) -> dict | None:
+    """Load the newest complete checkpoint into ``engine`` (model, optimizer, LR scheduler); its client state or None."""
+    t = latest_tag(run_dir)
+    if t is None:
+        return None
+    path, client = engine.load_checkpoint(ckpt_dir(run_dir), tag=t)
+    if path is None:
+        raise RuntimeError(f"{ckpt_dir(run_dir)}/{t}: checkpoint could not be loaded")
+    return client
+
+
+def load_weights(run_dir: str, which: str | None = None) -> tuple[dict, str]:
+    """Consolidated fp32 model ``state_dict`` of a run's newest (or ``which``) tag, without a process group.
+
+    Raises:
+        FileNotFoundError: the run has no checkpoint.
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    t = which or latest_tag(run_dir)
+    if t is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint (no ckpt/latest)")
+    state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir(run_dir), tag=t)
+    return {k: v.detach().float() for k, v in state.items() if isinstance(v, torch.Tensor)}, t

@@ -1,0 +1,131 @@
+"""Ray batch job: video shards → AR-VAE latent shards.
+
+Reads ``{root}/videos/{split}/shard-*.tar`` and writes ``{root}/latents/{vae_id}/{split}/`` with the
+same shard names: ``KEY.npy`` (``(F, L, D)`` float16) + ``KEY.json`` (the video's metadata). Ray Data
+``map_batches`` runs a pool of encoder actors, one input shard per call; an output shard that
+already exists is complete (written atomically) and skipped. ``_manifest.json`` records the VAE
+run, checkpoint tag and a hash of its weights, the counts, and the latent statistics.
+
+    python tools/encode_latents.py --vae-run runs/demo/vae --root runs/demo/data --split train
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+
+import numpy as np
+import torch
+
+from ardscale.config import from_dict
+from ardscale.data.shards import join, list_shards, npy_bytes, read_shard, write_json, write_shard
+from ardscale.data.video import VideoReadError, decode_mp4
+from ardscale.engine import checkpoint
+from ardscale.models.arvae import ARVAE
+
+
+def load_vae(run_dir: str, which: str | None = None) -> tuple[ARVAE, str, str]:
+    """AR-VAE of a training run in eval mode → (model, tag, weights sha256[:12])."""
+    import yaml
+
+    cfg = from_dict(yaml.safe_load(open(f"{run_dir}/config.yaml")))
+    if cfg.task != "vae":
+        raise ValueError(f"{run_dir} is a {cfg.task!r} run, not an AR-VAE run")
+    state, tag = checkpoint.load_weights(run_dir, which)
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].numpy().tobytes())
+    model = ARVAE(cfg.vae)
+    model.load_state_dict(state)
+    return model.eval(), tag, h.hexdigest()[:12]
+
+
+class ShardEncoder:
+    """Ray Data actor: encodes whole input shards into output shards (batch = rows of src/dst URLs)."""
+
+    def __init__(self, vae_run: str, tag: str, batch_size: int = 16):
+        torch.set_num_threads(1)
+        self.model, _, _ = load_vae(vae_run, tag)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def _encode(self, clips: list[np.ndarray]) -> np.ndarray:
+        v = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        return self.model.encode(v).numpy()
+
+    def __call__(self, batch: dict) -> dict:
+        out = {"src": [], "clips": [], "failed": [], "sum": [], "sumsq": [], "count": []}
+        for src, dst in zip(batch["src"], batch["dst"]):
+            samples, failed = [], []
+            for s in read_shard(src):
+                try:
+                    samples.append((s["__key__"], decode_mp4(s["mp4"]), s["json"]))
+                except (VideoReadError, KeyError) as e:
+                    failed.append(f"{src}:{s['__key__']}: {e}")
+            rows, total, total_sq, count = [], 0.0, 0.0, 0
+            for i in range(0, len(samples), self.batch_size):
+                chunk = samples[i:i + self.batch_size]
+                z = self._encode([c[1] for c in chunk])
+                total, total_sq = total + float(z.sum()), total_sq + float((z.astype(np.float64) ** 2).sum())
+                count += z.size
+                rows += [{"__key__": k, "npy": npy_bytes(zi.astype(np.float16)), "json": meta}
+                         for (k, _, meta), zi in zip(chunk, z)]
+            write_shard(dst, rows)
+            out["src"].append(src)
+            out["clips"].append(len(rows))
+            out["failed"].append(json.dumps(failed))
+            out["sum"].append(total)
+            out["sumsq"].append(total_sq)
+            out["count"].append(count)
+        return out
+
+
+def run(vae_run: str, root: str, split: str, num_actors: int = 1) -> dict:
+    """Encode one split; returns (and writes) the manifest."""
+    import ray
+
+    from ardscale.engine.launch import init_ray
+
+    model, tag, digest = load_vae(vae_run)
+    vae_id = digest
+    src_dir, dst_dir = join(root, "videos", split), join(root, "latents", vae_id, split)
+    srcs = list_shards(src_dir)
+    if not srcs:
+        raise FileNotFoundError(f"no video shards under {src_dir}: run data_prep/shard_videos.py first")
+    done = {u.rsplit("/", 1)[-1] for u in list_shards(dst_dir)}
+    todo = [{"src": s, "dst": join(dst_dir, s.rsplit("/", 1)[-1])} for s in srcs if s.rsplit("/", 1)[-1] not in done]
+    t0 = time.time()
+    init_ray()
+    results = []
+    if todo:
+        ds = ray.data.from_items(todo).map_batches(
+            ShardEncoder, fn_constructor_kwargs={"vae_run": vae_run, "tag": tag}, batch_size=1,
+            concurrency=min(num_actors, len(todo)), num_cpus=1)
+        results = ds.take_all()
+    clips = sum(r["clips"] for r in results)
+    count = sum(r["count"] for r in results)
+    mean = sum(r["sum"] for r in results) / max(count, 1)
+    std = (max(sum(r["sumsq"] for r in results) / max(count, 1) - mean**2, 0.0)) ** 0.5
+    manifest = {"vae_run": vae_run, "vae_tag": tag, "vae_hash": digest, "vae_id": vae_id, "split": split,
+                "shards": len(srcs), "shards_encoded": len(todo), "clips_encoded": clips,
+                "failed": [f for r in results for f in json.loads(r["failed"])],
+                "latent_tokens": model.config.latent_tokens, "latent_dim": model.config.latent_dim,
+                "latent_mean": mean, "latent_std": std, "seconds": round(time.time() - t0, 2)}
+    write_json(join(dst_dir, "_manifest.json"), manifest)
+    return manifest
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vae-run", required=True, help="run dir of an AR-VAE training run (task: vae)")
+    p.add_argument("--root", required=True, help="dataset root holding videos/{split}")
+    p.add_argument("--split", default="train")
+    p.add_argument("--num-actors", type=int, default=1, help="encoder actors (one per GPU / CPU worker)")
+    a = p.parse_args(argv)
+    print(json.dumps(run(a.vae_run, a.root, a.split, a.num_actors)))
+
+
+if __name__ == "__main__":
+    main()
