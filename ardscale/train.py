@@ -64,7 +64,7 @@ def build_task(cfg: Config):
         videos, _ = load_video_clips(cfg.data.root, cfg.data.split)
         tokens = videos.shape[1] * cfg.vae.num_patches
         return model, len(videos), tokens, lambda eng, idx, gen: vae_loss(eng, videos[idx])
-    latents, labels, manifest = load_latents(cfg.data.root, cfg.data.vae_id, cfg.data.split)
+    latents, labels, _ = load_latents(cfg.data.root, cfg.data.vae_id, cfg.data.split)
     if labels.max() >= cfg.model.num_classes:
         raise ValueError(f"label {int(labels.max())} ≥ model.num_classes={cfg.model.num_classes}")
     model, diffusion = DiT(cfg.model), make_diffusion(cfg)

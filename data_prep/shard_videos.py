@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -54,13 +54,15 @@ def plan_shards(items: list[VideoItem], videos_per_shard: int) -> list[list[Vide
     return [items[i:i + videos_per_shard] for i in range(0, len(items), videos_per_shard)]
 
 
-def run(src: str, out: str, split: str = "train", source: str = "ucf101", split_id: int = 1,
+def run(src: str, out: str, split: str = "train", source: str = "auto", split_id: int = 1,
         num_frames: int = 8, fps: float = 8.0, size: int = 64, max_clips: int | None = 4,
         videos_per_shard: int = 16, limit: int | None = None) -> dict:
     """Shard one split with Ray; returns the report (also written to ``{split dir}/_report.json``)."""
     from ardscale.engine.launch import init_ray
 
-    items = ucf101_items(src, split, split_id) if source == "ucf101" else folder_items(src)
+    if source == "auto":
+        source = "ucf101" if any(Path(src).rglob("classInd.txt")) else "folder"
+    items = ucf101_items(src, split, split_id) if source == "ucf101" else folder_items(src, split)
     if not items:
         raise FileNotFoundError(f"{src}: no videos found for source={source} split={split}")
     items = items[:limit] if limit else items
@@ -98,8 +100,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help="folder of raw videos (UCF-101 layout or any folder)")
     p.add_argument("--out", required=True, help="output root: local folder or fsspec URL (s3://...)")
-    p.add_argument("--source", choices=["ucf101", "folder"], default="ucf101")
-    p.add_argument("--split", default="train", help="train | test | all (ucf101 split lists)")
+    p.add_argument("--source", choices=["auto", "ucf101", "folder"], default="auto",
+                   help="auto: ucf101 when a classInd.txt is under --src, else a plain folder")
+    p.add_argument("--split", default="train", help="train | test | all (official lists for ucf101; "
+                   "a fixed 90/10 split by file name for folders)")
     p.add_argument("--split-id", type=int, default=1)
     p.add_argument("--num-frames", type=int, default=8)
     p.add_argument("--fps", type=float, default=8.0)

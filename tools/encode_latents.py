@@ -11,35 +11,29 @@ run, checkpoint tag and a hash of its weights, the counts, and the latent statis
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ardscale.config import from_dict
-from ardscale.data.shards import join, list_shards, npy_bytes, read_shard, write_json, write_shard
+from ardscale.data.shards import join, list_shards, npy_bytes, read_json, read_shard, write_json, write_shard
 from ardscale.data.video import VideoReadError, decode_mp4
 from ardscale.engine import checkpoint
 from ardscale.models.arvae import ARVAE
 
 
 def load_vae(run_dir: str, which: str | None = None) -> tuple[ARVAE, str, str]:
-    """AR-VAE of a training run in eval mode → (model, tag, weights sha256[:12])."""
-    import yaml
+    """AR-VAE of a training run in eval mode → (model, tag, weights sha256[:12]).
 
-    cfg = from_dict(yaml.safe_load(open(f"{run_dir}/config.yaml")))
+    Raises:
+        ValueError: ``run_dir`` is not an AR-VAE run.
+    """
+    cfg, model, tag, digest = checkpoint.load_trained(run_dir, which)
     if cfg.task != "vae":
         raise ValueError(f"{run_dir} is a {cfg.task!r} run, not an AR-VAE run")
-    state, tag = checkpoint.load_weights(run_dir, which)
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].numpy().tobytes())
-    model = ARVAE(cfg.vae)
-    model.load_state_dict(state)
-    return model.eval(), tag, h.hexdigest()[:12]
+    return model, tag, digest
 
 
 class ShardEncoder:
@@ -56,7 +50,7 @@ class ShardEncoder:
         return self.model.encode(v).numpy()
 
     def __call__(self, batch: dict) -> dict:
-        out = {"src": [], "clips": [], "failed": [], "sum": [], "sumsq": [], "count": []}
+        out = {"src": [], "clips": [], "failed": [], "sum": [], "sumsq": [], "count": [], "frames": []}
         for src, dst in zip(batch["src"], batch["dst"]):
             samples, failed = [], []
             for s in read_shard(src):
@@ -79,6 +73,7 @@ class ShardEncoder:
             out["sum"].append(total)
             out["sumsq"].append(total_sq)
             out["count"].append(count)
+            out["frames"].append(samples[0][1].shape[0] if samples else 0)
         return out
 
 
@@ -96,6 +91,9 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1) -> dict:
         raise FileNotFoundError(f"no video shards under {src_dir}: run data_prep/shard_videos.py first")
     done = {u.rsplit("/", 1)[-1] for u in list_shards(dst_dir)}
     todo = [{"src": s, "dst": join(dst_dir, s.rsplit("/", 1)[-1])} for s in srcs if s.rsplit("/", 1)[-1] not in done]
+    previous = read_json(join(dst_dir, "_manifest.json"))
+    if not todo and previous is not None:
+        return previous
     t0 = time.time()
     init_ray()
     results = []
@@ -111,6 +109,7 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1) -> dict:
     manifest = {"vae_run": vae_run, "vae_tag": tag, "vae_hash": digest, "vae_id": vae_id, "split": split,
                 "shards": len(srcs), "shards_encoded": len(todo), "clips_encoded": clips,
                 "failed": [f for r in results for f in json.loads(r["failed"])],
+                "num_frames": max([r["frames"] for r in results], default=None),
                 "latent_tokens": model.config.latent_tokens, "latent_dim": model.config.latent_dim,
                 "latent_mean": mean, "latent_std": std, "seconds": round(time.time() - t0, 2)}
     write_json(join(dst_dir, "_manifest.json"), manifest)
@@ -123,8 +122,12 @@ def main(argv=None):
     p.add_argument("--root", required=True, help="dataset root holding videos/{split}")
     p.add_argument("--split", default="train")
     p.add_argument("--num-actors", type=int, default=1, help="encoder actors (one per GPU / CPU worker)")
+    p.add_argument("--manifest-out", default=None, help="also write the manifest to this local file")
     a = p.parse_args(argv)
-    print(json.dumps(run(a.vae_run, a.root, a.split, a.num_actors)))
+    manifest = run(a.vae_run, a.root, a.split, a.num_actors)
+    if a.manifest_out:
+        Path(a.manifest_out).write_text(json.dumps(manifest, indent=2))
+    print(json.dumps(manifest))
 
 
 if __name__ == "__main__":

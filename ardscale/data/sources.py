@@ -1,6 +1,7 @@
 """Raw video sources: UCF-101 (official split lists) and plain folders of videos."""
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,17 @@ def ucf101_items(root: str, split: str = "train", split_id: int = 1) -> list[Vid
     return items
 
 
-def folder_items(root: str) -> list[VideoItem]:
-    """Every video under ``root``; the class is the parent folder's name relative to root
-    (``video`` for files directly in root), labels are sorted class names' indices."""
+def in_test_split(key: str, test_fraction: float = 0.1) -> bool:
+    """Stable hold-out for folders without split lists: a hash of the key, not of the run."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < test_fraction
+
+
+def folder_items(root: str, split: str = "all") -> list[VideoItem]:
+    """Videos under ``root``; the class is the parent folder's name relative to root
+    (``video`` for files directly in root), labels are sorted class names' indices.
+    ``split`` train/test keeps a fixed 90/10 division by file name (:func:`in_test_split`)."""
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be train, test or all, got {split!r}")
     base = Path(root)
     paths = _videos_under(base)
     names = [str(p.parent.relative_to(base)) if p.parent != base else "video" for p in paths]
@@ -73,6 +82,8 @@ def folder_items(root: str) -> list[VideoItem]:
     items = []
     for p, c in zip(paths, names):
         key = re.sub(r"[^A-Za-z0-9_-]", "_", str(p.relative_to(base).with_suffix("")))
+        if split != "all" and in_test_split(key) != (split == "test"):
+            continue
         items.append(VideoItem(str(p), classes[c], c, key))
     return items
 

@@ -6,6 +6,7 @@ the data position, see :class:`ardscale.data.loader.StepSampler`) and the MLflow
 """
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -62,3 +63,33 @@ def load_weights(run_dir: str, which: str | None = None) -> tuple[dict, str]:
         raise FileNotFoundError(f"{run_dir}: no checkpoint (no ckpt/latest)")
     state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir(run_dir), tag=t)
     return {k: v.detach().float() for k, v in state.items() if isinstance(v, torch.Tensor)}, t
+
+
+def load_trained(run_dir: str, which: str | None = None):
+    """Model of a training run in eval mode, built from its saved ``config.yaml``.
+
+    Returns:
+        ``(cfg, model, tag, digest)``: the run's :class:`~ardscale.config.Config`, an ``ARVAE`` or
+        ``DiT`` (per ``cfg.task``) with the tag's fp32 weights, the tag, and the first 12 hex
+        digits of a sha256 over the weights (identifies e.g. the VAE behind a latent dataset).
+    Raises:
+        FileNotFoundError: no ``config.yaml`` or no checkpoint in ``run_dir``.
+    """
+    import yaml
+
+    from ..config import from_dict
+    from ..models.arvae import ARVAE
+    from ..models.dit import DiT
+
+    cfg_file = Path(run_dir) / "config.yaml"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a training run (no config.yaml)")
+    cfg = from_dict(yaml.safe_load(cfg_file.read_text()))
+    state, tag = load_weights(run_dir, which)
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].numpy().tobytes())
+    model = ARVAE(cfg.vae) if cfg.task == "vae" else DiT(cfg.model)
+    model.load_state_dict(state)
+    return cfg, model.eval(), tag, h.hexdigest()[:12]

@@ -33,7 +33,7 @@ class ARVAEConfig:
     latent_dim: int = 4          # D
 
     @classmethod
-    def tiny(cls, **overrides) -> "ARVAEConfig":
+    def tiny(cls, **overrides) -> ARVAEConfig:
         """A CPU test size: 64² frames, 8² patches, width 64, 2 layers."""
         return cls(**{"image_size": 64, "patch_size": 8, "width": 64, "depth": 2, "num_heads": 4, **overrides})
 

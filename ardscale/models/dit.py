@@ -29,7 +29,7 @@ class DiTConfig:
     num_timesteps: int = 1000
 
     @classmethod
-    def tiny(cls, **overrides) -> "DiTConfig":
+    def tiny(cls, **overrides) -> DiTConfig:
         """A CPU test size (~0.1M params)."""
         return cls(**{"hidden_size": 64, "depth": 2, "num_heads": 4, "num_classes": 10, **overrides})
 

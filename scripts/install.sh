@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install ardscale and everything it needs from the package registries (CPU machine).
+# torch is pinned to the local CPU wheel; a looser pin would pull the CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install --quiet --disable-pip-version-check torch==2.13.0
+python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,s3,ray,mlflow]"

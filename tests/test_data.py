@@ -1,0 +1,112 @@
+"""Video decoding, shards (local and round trip), sources and split lists, the resumable sampler."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from ardscale.data.loader import StepSampler
+from ardscale.data.shards import list_shards, read_shard, write_shard
+from ardscale.data.sources import VideoItem, folder_items, ucf101_items
+from ardscale.data.video import VideoReadError, decode_mp4, read_clips
+from data_prep.shard_videos import run as shard_run
+from data_prep.shard_videos import shard_one
+
+CLIP = "videos/Archery/v_Archery_g01_c01.avi"   # 131 frames at 25 fps (MANIFEST.md)
+
+
+def test_read_clips_real_video(ucf_root):
+    clips = read_clips(str(ucf_root / CLIP), num_frames=8, fps=8, size=64)
+    # 131 frames / 25 fps = 5.24 s → 42 frames at 8 fps → 5 clips of 8
+    assert len(clips) == 5
+    assert [s for s, _ in clips] == [0, 25, 50, 75, 100]
+    frames = clips[0][1]
+    assert frames.shape == (8, 64, 64, 3) and frames.dtype == np.uint8
+    assert frames.std() > 10 and np.abs(frames[1:].astype(int) - frames[:-1]).mean() > 0.5
+
+
+def test_shard_round_trip_and_bad_files(ucf_root, tmp_path):
+    empty = tmp_path / "v_Archery_g99_c01.avi"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video")
+    truncated = tmp_path / "v_Archery_g98_c01.avi"
+    truncated.write_bytes((ucf_root / CLIP).read_bytes()[:3000])
+    items = [VideoItem(str(ucf_root / CLIP), 2, "Archery", "v_Archery_g01_c01"),
+             VideoItem(str(empty), 2, "Archery", "empty"), VideoItem(str(text), 0, "x", "text"),
+             VideoItem(str(truncated), 2, "Archery", "trunc")]
+    url = str(tmp_path / "out" / "shard-000000.tar")
+    stats = shard_one(items, url, num_frames=8, fps=8, size=64, max_clips=None, split="train")
+    assert stats["clips"] == 5
+    assert sorted(f["path"] for f in stats["failed"]) == sorted([str(empty), str(text), str(truncated)])
+    samples = list(read_shard(url))
+    assert [s["__key__"] for s in samples] == [f"v_Archery_g01_c01-{k:03d}" for k in range(5)]
+    meta = json.loads(samples[2]["json"])
+    assert meta["label"] == 2 and meta["class_name"] == "Archery" and meta["frame_start"] == 50
+    assert meta["source"].endswith("v_Archery_g01_c01.avi") and meta["num_frames"] == 8
+    want = read_clips(str(ucf_root / CLIP), 8, 8, 64)[2][1].astype(np.float32)
+    got = decode_mp4(samples[2]["mp4"]).astype(np.float32)
+    assert got.shape == want.shape
+    assert np.abs(got - want).mean() < 4.0   # H.264 crf 18 on 64² frames
+    with pytest.raises(VideoReadError):
+        read_clips(str(empty), 8, 8, 64)
+
+
+def test_write_shard_is_atomic(tmp_path):
+    def broken():
+        yield {"__key__": "a", "txt": "ok"}
+        raise RuntimeError("crash mid-shard")
+    with pytest.raises(RuntimeError):
+        write_shard(str(tmp_path / "shard-000000.tar"), broken())
+    assert list(tmp_path.iterdir()) == []
+    assert list_shards(str(tmp_path)) == []
+
+
+def test_ucf101_official_split_lists(ucf_root):
+    train, test = ucf101_items(str(ucf_root), "train"), ucf101_items(str(ucf_root), "test")
+    assert (len(train), len(test)) == (296, 165)     # MANIFEST.md, split 1
+    assert not {i.key for i in train} & {i.key for i in test}
+    assert all(i.label == 2 for i in train if i.class_name == "Archery")   # classInd 3 → 2
+    assert len(ucf101_items(str(ucf_root), "train", split_id=2)) == 334
+
+
+def test_folder_source(tmp_path):
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        for k in range(20):
+            (tmp_path / cls / f"clip.{k}.mp4").write_bytes(b"")
+    everything = folder_items(str(tmp_path))
+    train, test = folder_items(str(tmp_path), "train"), folder_items(str(tmp_path), "test")
+    assert len(everything) == 40 == len(train) + len(test) and len(test) > 0
+    assert {i.label for i in everything} == {0, 1} and all("." not in i.key for i in everything)
+
+
+def test_step_sampler_partitions_each_epoch_across_ranks():
+    n, micro, accum, world = 48, 3, 2, 2
+    seen = []
+    for step in range(4):   # 4 steps × 12 samples = one epoch of 48
+        for rank in range(world):
+            batches = StepSampler(n, micro, accum, rank, world, seed=5).micro_batches(step)
+            assert len(batches) == accum and all(len(b) == micro for b in batches)
+            seen += torch.cat(batches).tolist()
+    assert sorted(seen) == list(range(n)), "a sample was lost or repeated within the epoch"
+    a = StepSampler(n, micro, accum, 1, world, seed=5).micro_batches(7)
+    b = StepSampler(n, micro, accum, 1, world, seed=5).micro_batches(7)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+def test_shard_job_with_ray_skips_complete_shards(ucf_root, tmp_path, ray_local):
+    out = str(tmp_path / "data")
+    r1 = shard_run(str(ucf_root), out, "test", limit=6, videos_per_shard=3, max_clips=1)
+    assert (r1["videos"], r1["shards"], r1["shards_reused"], r1["videos_failed"]) == (6, 2, 0, 0)
+    assert r1["clips"] == 6
+    shards = list_shards(f"{out}/videos/test")
+    assert len(shards) == 2
+    mtimes = [os.path.getmtime(p) for p in shards]
+    r2 = shard_run(str(ucf_root), out, "test", limit=6, videos_per_shard=3, max_clips=1)
+    assert r2["shards_reused"] == 2 and r2["clips"] == 6
+    assert [os.path.getmtime(p) for p in list_shards(f"{out}/videos/test")] == mtimes, "a shard was rewritten"
+    report = json.loads((tmp_path / "data" / "videos" / "test" / "_report.json").read_text())
+    assert report["clips"] == 6

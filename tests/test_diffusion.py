@@ -1,0 +1,131 @@
+"""Timestep schedulers (FoPP Alg. 1, AD Eq. 5), the per-frame schedule and the sampler."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from ardscale.diffusion.ad import ad_timesteps, ddim_grid
+from ardscale.diffusion.sampler import sample
+from ardscale.diffusion.schedule import GaussianDiffusion
+from ardscale.diffusion.timesteps import fopp_tables, sample_timesteps
+from ardscale.models.dit import DiT, DiTConfig
+
+
+def compositions(F, T):
+    return [c for c in itertools.product(range(T), repeat=F) if all(a <= b for a, b in itertools.pairwise(c))]
+
+
+def fopp_exact(F, T):
+    """P(composition) under Alg. 1: f ~ U, t_f ~ U, then uniform over compositions through (f, t_f)."""
+    comps = compositions(F, T)
+    through = {(f, v): sum(1 for c in comps if c[f] == v) for f in range(F) for v in range(T)}
+    return {c: sum(1 / (F * T * through[(f, c[f])]) for f in range(F)) for c in comps}
+
+
+@pytest.mark.parametrize("F,T", [(3, 3), (4, 6)])
+def test_fopp_matches_alg1_distribution(F, T):
+    n = 100_000
+    t = sample_timesteps("fopp", n, F, T, generator=torch.Generator().manual_seed(0))
+    assert (t.diff(dim=1) >= 0).all(), "FoPP drew a decreasing composition"
+    assert t.min() >= 0 and t.max() <= T - 1
+    exact = fopp_exact(F, T)
+    assert len(exact) == math.comb(F + T - 1, F)
+    counts = {}
+    for row in map(tuple, t.tolist()):
+        counts[row] = counts.get(row, 0) + 1
+    assert set(counts) <= set(exact)
+    chi2 = sum((counts.get(c, 0) - n * p) ** 2 / (n * p) for c, p in exact.items())
+    dof = len(exact) - 1
+    assert chi2 < dof + 5 * math.sqrt(2 * dof), f"chi2={chi2:.1f} for {dof} dof"
+
+
+def test_fopp_tables_equal_the_papers_dp_counts():
+    F, T = 5, 7
+    log_cum_e, log_cum_s = fopp_tables(F, T)
+    # d^e by the recurrence d[i][j] = d[i][j-1] + d[i-1][j] (prefix counts), d[0][*] = 1
+    de = [[1] * T]
+    for i in range(1, F):
+        row = []
+        for j in range(T):
+            row.append((row[j - 1] if j else 0) + de[i - 1][j])
+        de.append(row)
+    de_t = torch.tensor(de, dtype=torch.float64)
+    assert torch.allclose(log_cum_e, torch.log(de_t.cumsum(1)), atol=1e-9)
+    ds_t = de_t.flip(0)  # suffix counts are prefix counts of the mirrored problem
+    assert torch.allclose(log_cum_s, torch.log(ds_t.cumsum(1)), atol=1e-9)
+
+
+def test_fopp_large_sizes_do_not_overflow():
+    t = sample_timesteps("fopp", 64, 1024, 1000, generator=torch.Generator().manual_seed(1))
+    assert (t.diff(dim=1) >= 0).all() and t.min() >= 0 and t.max() <= 999
+
+
+def test_naive_scheduler_is_biased_towards_the_all_T_composition():
+    # The paper's argument (Sec. 3.3): t_1 = T already forces <T, ..., T>, probability ≈ 1/T.
+    F, T, n = 3, 3, 60_000
+    t = sample_timesteps("naive", n, F, T, generator=torch.Generator().manual_seed(0))
+    assert (t.diff(dim=1) >= 0).all()
+    p_all_T = (t == T - 1).all(dim=1).float().mean().item()
+    assert p_all_T > 1.5 * fopp_exact(F, T)[(T - 1,) * F]
+
+
+def test_equal_and_independent():
+    g = torch.Generator().manual_seed(0)
+    eq = sample_timesteps("equal", 100, 5, 10, generator=g)
+    assert (eq == eq[:, :1]).all()
+    ind = sample_timesteps("independent", 2000, 5, 10, generator=g)
+    assert (ind.diff(dim=1) < 0).any()
+    with pytest.raises(ValueError, match="unknown timestep scheduler"):
+        sample_timesteps("bogus", 1, 1, 1)
+
+
+@pytest.mark.parametrize("F,N,s", [(1, 5, 0), (4, 10, 0), (4, 10, 3), (5, 6, 6), (3, 4, 100)])
+def test_ad_scheduler_rows(F, N, s):
+    rows = ad_timesteps(F, N, s)
+    assert rows.shape == (N + (F - 1) * min(s, N - 1) + 1, F)
+    assert (rows[0] == N).all() and (rows[-1] == 0).all()
+    assert (rows.diff(dim=1) >= 0).all(), "a row is not non-decreasing along frames"
+    assert (rows.diff(dim=0) <= 0).all(), "a frame's timestep increased over iterations"
+    assert ((rows[:-1] - rows[1:]) <= 1).all(), "a frame skipped a DDIM step"
+
+
+def test_ad_s0_is_synchronous_and_large_s_is_autoregressive():
+    assert (ad_timesteps(4, 5, 0) == torch.arange(5, -1, -1)[:, None]).all()
+    ar = ad_timesteps(3, 4, 4)
+    for r in ar:  # at most one frame is being denoised at a time
+        assert ((r > 0) & (r < 4)).sum() <= 1
+
+
+def test_q_sample_and_ddim_step():
+    d = GaussianDiffusion(1000)
+    x0 = torch.randn(2, 3, 32, 4, dtype=torch.float64)
+    noise = torch.randn_like(x0)
+    t = torch.tensor([[0, 500, 999], [999, 999, 999]])
+    xt = d.q_sample(x0, t, noise)
+    abar = d.alphas_cumprod[999]
+    assert torch.allclose(xt[1, 0], abar.sqrt() * x0[1, 0] + (1 - abar).sqrt() * noise[1, 0])
+    # With the true x0, one DDIM (eta=0) step lands exactly on the q_sample of the next timestep.
+    t_next = torch.tensor([[-1, 300, 999], [10, 999, 500]])
+    out = d.ddim_step(xt, x0, t, t_next)
+    assert torch.allclose(out[0, 0], x0[0, 0])
+    assert torch.allclose(out[0, 1], d.q_sample(x0, t_next, noise)[0, 1], atol=1e-10)
+    assert torch.equal(out[0, 2], xt[0, 2]) and torch.equal(out[1, 1], xt[1, 1])  # frozen frames
+
+
+def test_sampler_s0_equals_plain_synchronous_ddim():
+    torch.manual_seed(0)
+    model = DiT(DiTConfig.tiny()).eval()
+    for p in model.parameters():  # non-zero output layer so the test is not trivial
+        torch.nn.init.normal_(p, std=0.05)
+    d, N, F = GaussianDiffusion(1000), 8, 3
+    y = torch.tensor([1, 2])
+    got = sample(model, d, y, F, num_steps=N, s=0, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(2, F, 32, 4, generator=torch.Generator().manual_seed(3))
+    grid = ddim_grid(N, 1000)
+    with torch.no_grad():
+        for n in range(N, 0, -1):
+            t, tn = torch.full((2, F), int(grid[n])), torch.full((2, F), int(grid[n - 1]))
+            x = d.ddim_step(x, model(x, t, y), t, tn)
+    assert torch.equal(got, x)
+    assert got.std() > 0.01
