@@ -126,7 +126,11 @@ def train_worker(cfg_dict: dict) -> dict:
 
 
 def _run_in_process(cfg: Config) -> dict:
-    """num_workers=0: a one-process gloo group on loopback, for debugging and tests."""
+    """num_workers=0: a one-process gloo group on loopback, for debugging and tests.
+
+    The group is kept for the life of the process: DeepSpeed caches process groups, so a second
+    launch in the same process must find the same group rather than a new one.
+    """
     import socket
 
     if not dist.is_initialized():
@@ -136,10 +140,7 @@ def _run_in_process(cfg: Config) -> dict:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
                           LOCAL_RANK="0")
         dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        return train_worker(to_dict(cfg))
-    finally:
-        dist.destroy_process_group()
+    return train_worker(to_dict(cfg))
 
 
 def launch(cfg: Config):
