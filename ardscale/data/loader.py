@@ -6,29 +6,39 @@ job that restarts at step ``s`` neither loses nor repeats samples.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .shards import join, list_shards, load_npy, read_json, read_shard
-from .video import decode_mp4
+from .video import VideoReadError, decode_mp4
 
 
 def load_video_clips(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All clips of ``{root}/videos/{split}`` → (videos ``(N, F, H, W, 3)`` uint8, labels ``(N,)`` long).
 
+    A sample whose mp4 does not decode is skipped and reported (count and keys) on stderr.
     Raises:
         FileNotFoundError: no shards there (run data_prep/shard_videos.py first).
     """
     shards = list_shards(join(root, "videos", split))
     if not shards:
         raise FileNotFoundError(f"no video shards under {join(root, 'videos', split)}: run data_prep/shard_videos.py")
-    videos, labels = [], []
+    videos, labels, bad = [], [], []
     for url in tqdm(shards, desc="loading video shards", leave=False):
         for s in read_shard(url):
-            videos.append(decode_mp4(s["mp4"]))
+            try:
+                videos.append(decode_mp4(s["mp4"]))
+            except (VideoReadError, KeyError) as e:
+                bad.append(f"{url}:{s['__key__']}: {e}")
+                continue
             labels.append(json.loads(s["json"])["label"])
+    if bad:
+        print(f"skipped {len(bad)} undecodable samples: {bad[:5]}", file=sys.stderr)
+    if not videos:
+        raise ValueError(f"no decodable clips under {join(root, 'videos', split)}")
     return torch.from_numpy(np.stack(videos)), torch.tensor(labels)
 
 
