@@ -8,10 +8,10 @@ import pytest
 from ardscale.config import load
 from ardscale.data.shards import list_shards, load_npy, read_shard, write_shard
 from ardscale.data.sources import VideoItem
-from ardscale.train import launch
-from data_prep.shard_videos import shard_one
 from ardscale.data.video import decode_mp4
 from ardscale.sample import generate
+from ardscale.train import launch
+from data_prep.shard_videos import shard_one
 from tools.encode_latents import run as encode_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
