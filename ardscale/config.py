@@ -22,6 +22,7 @@ class DataConfig:
     root: str = "runs/data"      # dataset root: local folder or fsspec URL
     split: str = "train"
     vae_id: str = ""             # DiT only: latents/{vae_id}/{split} produced by tools/encode_latents.py
+    clip_frames: int = 0         # VAE only: random run of this many frames per sample (0 = whole clip)
 
 
 @dataclass

@@ -49,6 +49,15 @@ def dit_loss(model, latents: torch.Tensor, labels: torch.Tensor, cfg: Config,
     return F.mse_loss(pred.float(), x0.to(dev))
 
 
+def temporal_crop(videos: torch.Tensor, frames: int, gen: torch.Generator) -> torch.Tensor:
+    """A random run of ``frames`` consecutive frames per clip: ``(B, F, ...)`` → ``(B, frames, ...)``."""
+    B, F = videos.shape[:2]
+    if frames <= 0 or frames >= F:
+        return videos
+    start = torch.randint(F - frames + 1, (B, 1), generator=gen)
+    return videos[torch.arange(B)[:, None], start + torch.arange(frames)]
+
+
 def vae_loss(model, videos: torch.Tensor) -> torch.Tensor:
     """L1 + L2 reconstruction of uint8 clips ``(B, F, H, W, 3)`` mapped to [-1, 1] (stage-1 loss)."""
     dtype = next(model.parameters()).dtype
@@ -62,8 +71,9 @@ def build_task(cfg: Config):
     if cfg.task == "vae":
         model = ARVAE(cfg.vae)
         videos, _ = load_video_clips(cfg.data.root, cfg.data.split)
-        tokens = videos.shape[1] * cfg.vae.num_patches
-        return model, len(videos), tokens, lambda eng, idx, gen: vae_loss(eng, videos[idx])
+        k = cfg.data.clip_frames or videos.shape[1]
+        return model, len(videos), k * cfg.vae.num_patches, \
+            lambda eng, idx, gen: vae_loss(eng, temporal_crop(videos[idx], k, gen))
     latents, labels, _ = load_latents(cfg.data.root, cfg.data.vae_id, cfg.data.split)
     if labels.max() >= cfg.model.num_classes:
         raise ValueError(f"label {int(labels.max())} ≥ model.num_classes={cfg.model.num_classes}")

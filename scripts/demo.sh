@@ -15,10 +15,14 @@ mkdir -p "$OUT"
 export RAY_ADDRESS=127.0.0.1:6379 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1
 log() { echo "[demo $(( $(date +%s) - T0 ))s] $*"; }
 
-log "starting a local Ray cluster on loopback"
-ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --port=6379 \
-  --num-cpus="$(nproc)" --disable-usage-stats >"$OUT/ray_start.log" 2>&1
-trap 'log "stopping Ray"; ray stop --force >/dev/null 2>&1 || true' EXIT
+if ray status --address "$RAY_ADDRESS" >/dev/null 2>&1; then
+  log "using the Ray cluster already running at $RAY_ADDRESS (left running)"
+else
+  log "starting a local Ray cluster on loopback"
+  ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --port=6379 \
+    --num-cpus="$(nproc)" --disable-usage-stats >"$OUT/ray_start.log" 2>&1
+  trap 'log "stopping the Ray cluster it started"; ray stop --force >/dev/null 2>&1 || true' EXIT
+fi
 
 log "sharding $SRC (train and test splits) into $OUT/data"
 for split in train test; do

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ardscale.config import load
 from ardscale.data.shards import npy_bytes, write_json, write_shard
 from ardscale.engine import checkpoint
-from ardscale.train import launch
+from ardscale.train import launch, temporal_crop
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
@@ -91,3 +92,13 @@ def test_two_worker_ray_deepspeed_zero2_step(latent_root, tmp_path, ray_local):
     assert len(optim_shards) == 2, optim_shards   # ZeRO-2: one optimizer partition per rank
     state, tag = checkpoint.load_weights(run)
     assert tag == "step-00000002" and "blocks.0.attn.qkv.weight" in state
+
+
+def test_temporal_crop_takes_consecutive_frames_of_each_clip():
+    videos = torch.arange(4 * 8).view(4, 8, 1)   # value = clip * 8 + frame
+    out = temporal_crop(videos, 3, torch.Generator().manual_seed(0))
+    assert out.shape == (4, 3, 1)
+    for b in range(4):
+        frames = out[b, :, 0] - b * 8
+        assert frames.min() >= 0 and frames.max() <= 7 and frames.diff().eq(1).all()
+    assert temporal_crop(videos, 0, torch.Generator()) is videos
