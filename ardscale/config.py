@@ -56,6 +56,7 @@ class TrainConfig:
     keep_last: int = 3
     seed: int = 0
     run_dir: str = "runs/default"    # checkpoints, resolved config and Ray Train state
+    init_from: str = ""              # run dir whose newest weights start this run (a previous stage)
 
 
 @dataclass
@@ -114,6 +115,7 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
         raise ValueError(f"{path}: task must be 'dit' or 'vae', got {cfg.task!r}")
     cfg.data.root = _absolute(cfg.data.root)
     cfg.train.run_dir = _absolute(cfg.train.run_dir)
+    cfg.train.init_from = cfg.train.init_from and _absolute(cfg.train.init_from)
     uri = cfg.tracking.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         cfg.tracking.tracking_uri = "sqlite:///" + _absolute(uri.removeprefix("sqlite:///"))

@@ -89,6 +89,8 @@ def train_worker(cfg_dict: dict) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model, num_samples, tokens_per_sample, loss_fn = build_task(cfg)
+    if cfg.train.init_from:  # weights of a previous stage; this run's own checkpoint, if any, wins below
+        model.load_state_dict(checkpoint.load_weights(cfg.train.init_from)[0])
     engine = build_engine(model, cfg, world)
     client = checkpoint.resume(engine, cfg.train.run_dir) or {}
     start = client.get("step", 0)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on real video, on this machine:
-#   local Ray cluster (loopback) → shard videos → train AR-VAE → encode latents →
+#   local Ray cluster (loopback) → shard videos → train AR-VAE (frames, then clips) → encode latents →
 #   `ray job submit -- python -m ardscale.train configs/demo.yaml` (causal DiT) → sample → stop Ray.
 # Usage: bash scripts/demo.sh [VIDEO_FOLDER] [OUT_DIR]
 #   VIDEO_FOLDER defaults to ../shared/data/ucf101-subset (UCF-101 layout with split lists; any
@@ -30,9 +30,12 @@ for split in train test; do
 done
 
 COMMON=(data.root="$OUT/data" tracking.tracking_uri="sqlite:///$OUT/mlruns.db")
-log "training the AR-VAE (Ray job)"
+log "training the AR-VAE, stage 1: single frames (Ray job)"
+ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/demo_vae_frames.yaml" \
+  "${COMMON[@]}" train.run_dir="$OUT/vae_frames"
+log "training the AR-VAE, stage 3: 8-frame clips, temporally causal decoder (Ray job)"
 ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/demo_vae.yaml" \
-  "${COMMON[@]}" train.run_dir="$OUT/vae"
+  "${COMMON[@]}" train.init_from="$OUT/vae_frames" train.run_dir="$OUT/vae"
 
 log "encoding train latents"
 python tools/encode_latents.py --vae-run "$OUT/vae" --root "$OUT/data" --split train --num-actors 2 \

@@ -29,7 +29,7 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
         {"__key__": "ok", "mp4": good["mp4"], "json": good["json"]},
         {"__key__": "corrupt", "mp4": b"\x00\x00not an mp4", "json": good["json"]}])
     run = str(tmp_path / "vae")
-    launch(load(str(CONFIGS / "demo_vae.yaml"), [f"data.root={root}", f"train.run_dir={run}", "train.steps=1", "scale.num_workers=0",
+    launch(load(str(CONFIGS / "demo_vae_frames.yaml"), [f"data.root={root}", f"train.run_dir={run}", "train.steps=1", "scale.num_workers=0",
                          "vae.image_size=32", "vae.width=32", "vae.depth=1", "optim.micro_batch_size=2",
                          f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
     m = encode_run(run, str(root), "train", num_actors=2)

@@ -102,3 +102,14 @@ def test_temporal_crop_takes_consecutive_frames_of_each_clip():
         frames = out[b, :, 0] - b * 8
         assert frames.min() >= 0 and frames.max() <= 7 and frames.diff().eq(1).all()
     assert temporal_crop(videos, 0, torch.Generator()) is videos
+
+
+def test_init_from_starts_a_new_run_from_previous_stage_weights(latent_root, tmp_path):
+    stage1, stage2 = str(tmp_path / "stage1"), str(tmp_path / "stage2")
+    launch(load(CONFIG, overrides(latent_root, stage1, **{"train.steps": 2})))
+    launch(load(CONFIG, overrides(latent_root, stage2, **{"train.steps": 1, "train.init_from": stage1,
+                                                           "optim.lr": 0.0})))
+    (w1, _), (w2, tag2) = checkpoint.load_weights(stage1), checkpoint.load_weights(stage2)
+    assert tag2 == "step-00000001" and w1.keys() == w2.keys()
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)     # lr 0: the stage-2 step kept stage-1 weights
+    assert losses(stage2)[0] < losses(stage1)[0]           # and it started from trained, not fresh, weights

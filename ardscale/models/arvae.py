@@ -56,6 +56,12 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position table ``(grid*grid, dim)`` (as MAE): half the channels per axis."""
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    return torch.cat([sinusoidal(ys.flatten(), dim // 2), sinusoidal(xs.flatten(), dim - dim // 2)], dim=-1)
+
+
 def decoder_mask(num_frames: int, latent_tokens: int, num_patches: int, device=None) -> torch.Tensor:
     """Boolean ``(F*(L+N), F*(L+N))`` mask, True = may attend. Per frame the layout is [latents; patches].
 
@@ -80,14 +86,16 @@ class ARVAE(nn.Module):
         self.config = c = config
         W, N, p = c.width, c.num_patches, c.patch_size
         self.patch_embed = nn.Linear(c.in_channels * p * p, W)
-        self.patch_pos = nn.Parameter(torch.randn(N, W) * 0.02)
-        self.latent_queries = nn.Parameter(torch.randn(c.latent_tokens, W) * 0.02)
-        self.latent_pos = nn.Parameter(torch.randn(c.latent_tokens, W) * 0.02)
+        # Patch positions start from a 2-D sin-cos table: with a tiny random init the latent
+        # queries cannot tell patches apart and training stalls at per-clip mean colours.
+        self.patch_pos = nn.Parameter(sincos_2d(c.image_size // p, W))
+        self.latent_queries = nn.Parameter(torch.randn(c.latent_tokens, W) * W**-0.5)
+        self.latent_pos = nn.Parameter(torch.randn(c.latent_tokens, W) * W**-0.5)
         self.encoder = nn.ModuleList(Block(W, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
         self.latent_norm = nn.LayerNorm(W)           # "the decoder's first normalisation" (Sec. 3.1)
         self.to_latent = nn.Linear(W, c.latent_dim)
         self.from_latent = nn.Linear(c.latent_dim, W)
-        self.mask_tokens = nn.Parameter(torch.randn(N, W) * 0.02)  # shared across frames
+        self.mask_tokens = nn.Parameter(torch.randn(N, W) * W**-0.5)  # shared across frames
         self.decoder = nn.ModuleList(Block(W, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
         self.out_norm = nn.LayerNorm(W)
         self.to_pixels = nn.Linear(W, c.in_channels * p * p)
