@@ -102,7 +102,7 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
 
     Raises:
         FileNotFoundError: no such config file. omegaconf errors: unknown key / wrong type (named).
-        ValueError: task not ``dit`` or ``vae``.
+        ValueError: task not ``dit`` or ``vae``; a DiT config without ``data.vae_id``; a URL run dir.
     """
     cfg_path = Path(path).resolve()
     if not cfg_path.is_file():
@@ -113,6 +113,11 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
     cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), composed))
     if cfg.task not in ("dit", "vae"):
         raise ValueError(f"{path}: task must be 'dit' or 'vae', got {cfg.task!r}")
+    if cfg.task == "dit" and not cfg.data.vae_id:
+        raise ValueError(f"{path}: data.vae_id is empty; set it to the vae_id that tools/encode_latents.py printed")
+    if "://" in cfg.train.run_dir:
+        raise ValueError(f"{path}: train.run_dir={cfg.train.run_dir!r}: checkpoints are written to a local "
+                         "(or mounted shared) folder for now; data.root may be any fsspec URL")
     cfg.data.root = _absolute(cfg.data.root)
     cfg.train.run_dir = _absolute(cfg.train.run_dir)
     cfg.train.init_from = cfg.train.init_from and _absolute(cfg.train.init_from)

@@ -42,13 +42,17 @@ def losses(run_dir):
 
 
 def test_config_load_overrides_and_errors(tmp_path):
-    cfg = load(CONFIG, ["train.steps=9", "model.depth=3", "train.run_dir=rel/run"])
+    cfg = load(CONFIG, ["train.steps=9", "model.depth=3", "train.run_dir=rel/run", "data.vae_id=x"])
     assert cfg.train.steps == 9 and cfg.model.depth == 3 and Path(cfg.train.run_dir).is_absolute()
     assert cfg.tracking.tracking_uri.startswith("sqlite:////")
     with pytest.raises(Exception, match="train.stepz"):
         load(CONFIG, ["train.stepz=1"])
     with pytest.raises(Exception, match="steps"):
-        load(CONFIG, ["train.steps=many"])
+        load(CONFIG, ["train.steps=many", "data.vae_id=x"])
+    with pytest.raises(ValueError, match="data.vae_id"):
+        load(CONFIG)
+    with pytest.raises(ValueError, match="run_dir"):
+        load(CONFIG, ["data.vae_id=x", "train.run_dir=s3://bucket/run"])
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load(str(tmp_path / "nope.yaml"))
 
