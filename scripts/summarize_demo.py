@@ -1,17 +1,36 @@
-"""Print where the demo's results are: loss curves (start → end), sample video, MLflow runs."""
+"""Print where the demo's results are (loss start → end, sample video, MLflow) and plot the loss curves."""
 import json
 import sys
 from pathlib import Path
 
-out, seconds = Path(sys.argv[1]), int(sys.argv[2])
-print(f"\n== ardscale demo finished in {seconds // 60} min {seconds % 60} s ==")
-for stage in ("vae_frames", "vae", "dit"):
-    rows = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
-    head, tail = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10):]
-    mean = lambda rs: sum(r["loss"] for r in rs) / len(rs)
-    run_id = (out / stage / "mlflow_run_id").read_text().strip()
-    print(f"{stage:>10}: {len(rows)} steps, loss {mean(head):.4f} (first 10%) -> {mean(tail):.4f} (last 10%), "
-          f"MLflow run {run_id}")
-info = json.loads((out / "samples" / "samples.json").read_text())
-print(f"samples: {info['mp4']}\n         {info['gif']}  (labels {info['labels']}, pixel std {info['pixel_std']:.1f})")
-print(f"MLflow:  mlflow ui --backend-store-uri sqlite:///{out}/mlruns.db   (experiment ardscale-demo)")
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+STAGES = ("vae_frames", "vae", "dit")
+
+
+def main(out: Path, seconds: int) -> None:
+    print(f"\n== ardscale demo finished in {seconds // 60} min {seconds % 60} s ==")
+    fig, axes = plt.subplots(1, len(STAGES), figsize=(4 * len(STAGES), 3))
+    for ax, stage in zip(axes, STAGES):
+        rows = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
+        k = max(1, len(rows) // 10)
+        head = sum(r["loss"] for r in rows[:k]) / k
+        tail = sum(r["loss"] for r in rows[-k:]) / k
+        run_id = (out / stage / "mlflow_run_id").read_text().strip()
+        print(f"{stage:>10}: {len(rows)} steps, loss {head:.4f} (first 10%) -> {tail:.4f} (last 10%), "
+              f"MLflow run {run_id}")
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8)
+        ax.set(title=stage, xlabel="step", ylabel="loss", yscale="log")
+    fig.tight_layout()
+    fig.savefig(out / "loss_curves.png", dpi=100)
+    info = json.loads((out / "samples" / "samples.json").read_text())
+    print(f"   samples: {info['mp4']}\n            {info['gif']}  (labels {info['labels']})")
+    print(f"    curves: {out / 'loss_curves.png'}")
+    print(f"    MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlruns.db   (experiment ardscale-demo)")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]))
