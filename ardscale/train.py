@@ -83,6 +83,13 @@ def build_task(cfg: Config):
         lambda eng, idx, gen: dit_loss(eng, latents[idx], labels[idx], cfg, diffusion, gen)
 
 
+def _trim_metrics(path: Path, start: int) -> None:
+    """Drop rows of steps >= ``start``: a crash after the last checkpoint repeats those steps."""
+    if path.is_file():
+        rows = [r for r in path.read_text().splitlines() if json.loads(r)["step"] < start]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
 def train_worker(cfg_dict: dict) -> dict:
     """Per-worker loop (Ray Train ``train_loop_per_worker``, or in-process). Returns last metrics."""
     cfg = from_dict(cfg_dict)
@@ -99,6 +106,7 @@ def train_worker(cfg_dict: dict) -> dict:
     run_dir = Path(cfg.train.run_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(run_dir / "metrics.jsonl", start)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg_dict))
         (run_dir / "mlflow_run_id").write_text(run_id)
         if start == 0:

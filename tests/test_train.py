@@ -38,7 +38,9 @@ def overrides(root, run_dir, **kw):
 
 
 def losses(run_dir):
-    return {r["step"]: r["loss"] for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())}
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert len({r["step"] for r in rows}) == len(rows), "metrics.jsonl repeats a step"
+    return {r["step"]: r["loss"] for r in rows}
 
 
 def test_config_load_overrides_and_errors(tmp_path):
@@ -63,6 +65,8 @@ def test_save_resume_gives_identical_next_loss(latent_root, tmp_path):
     launch(load(CONFIG, overrides(latent_root, split, **{"train.steps": 2, "train.ckpt_every": 2})))
     assert checkpoint.latest_tag(split) == "step-00000002"
     first_run_id = (Path(split) / "mlflow_run_id").read_text()
+    with open(Path(split) / "metrics.jsonl", "a") as f:   # as if it had crashed after step 2, unsaved
+        f.write(json.dumps({"step": 2, "loss": 123.0}) + "\n")
     launch(load(CONFIG, overrides(latent_root, split, **{"train.steps": 4, "train.ckpt_every": 2})))
     a, b = losses(full), losses(split)
     assert sorted(b) == [0, 1, 2, 3], "resume repeated or skipped a step"
