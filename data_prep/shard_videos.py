@@ -56,14 +56,21 @@ def plan_shards(items: list[VideoItem], videos_per_shard: int) -> list[list[Vide
 
 def run(src: str, out: str, split: str = "train", source: str = "auto", split_id: int = 1,
         num_frames: int = 8, fps: float = 8.0, size: int = 64, max_clips: int | None = 4,
-        videos_per_shard: int = 16, limit: int | None = None) -> dict:
-    """Shard one split with Ray; returns the report (also written to ``{split dir}/_report.json``)."""
+        videos_per_shard: int = 16, limit: int | None = None, allow_empty: bool = False) -> dict | None:
+    """Shard one split with Ray; returns the report (also written to ``{split dir}/_report.json``).
+
+    Raises:
+        FileNotFoundError: no video for this split (unless ``allow_empty``: then None is returned).
+    """
     from ardscale.engine.launch import init_ray
 
     if source == "auto":
         source = "ucf101" if any(Path(src).rglob("classInd.txt")) else "folder"
     items = ucf101_items(src, split, split_id) if source == "ucf101" else folder_items(src, split)
     if not items:
+        if allow_empty:
+            print(f"{src}: no videos for split={split}; nothing to shard")
+            return None
         raise FileNotFoundError(f"{src}: no videos found for source={source} split={split}")
     items = items[:limit] if limit else items
     out_dir = join(out, "videos", split)
@@ -111,10 +118,12 @@ def main(argv=None):
     p.add_argument("--max-clips", type=int, default=4, help="clips per video (0 = all)")
     p.add_argument("--videos-per-shard", type=int, default=16)
     p.add_argument("--limit", type=int, default=None, help="only the first N videos (debugging)")
+    p.add_argument("--allow-empty", action="store_true", help="an empty split is not an error")
     a = p.parse_args(argv)
     report = run(a.src, a.out, a.split, a.source, a.split_id, a.num_frames, a.fps, a.size,
-                 a.max_clips or None, a.videos_per_shard, a.limit)
-    print(json.dumps({k: v for k, v in report.items() if k not in ("failed", "classes")}))
+                 a.max_clips or None, a.videos_per_shard, a.limit, a.allow_empty)
+    if report is not None:
+        print(json.dumps({k: v for k, v in report.items() if k not in ("failed", "classes")}))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 
 from ardscale.data.loader import StepSampler
 from ardscale.data.shards import list_shards, read_shard, write_shard
-from ardscale.data.sources import VideoItem, folder_items, ucf101_items
+from ardscale.data.sources import VideoItem, folder_items, in_test_split, ucf101_items
 from ardscale.data.video import VideoReadError, decode_mp4, read_clips
 from data_prep.shard_videos import run as shard_run
 from data_prep.shard_videos import shard_one
@@ -110,3 +110,13 @@ def test_shard_job_with_ray_skips_complete_shards(ucf_root, tmp_path, ray_local)
     assert [os.path.getmtime(p) for p in list_shards(f"{out}/videos/test")] == mtimes, "a shard was rewritten"
     report = json.loads((tmp_path / "data" / "videos" / "test" / "_report.json").read_text())
     assert report["clips"] == 6
+
+
+def test_empty_split_is_an_error_unless_allowed(tmp_path):
+    (tmp_path / "cls").mkdir()
+    name = next(f"clip{k}" for k in range(100) if not in_test_split(f"cls_clip{k}"))
+    (tmp_path / "cls" / f"{name}.mp4").write_bytes(b"")
+    assert [i.key for i in folder_items(str(tmp_path), "train")] == [f"cls_{name}"]
+    with pytest.raises(FileNotFoundError, match="split=test"):
+        shard_run(str(tmp_path), str(tmp_path / "out"), "test", source="folder")
+    assert shard_run(str(tmp_path), str(tmp_path / "out"), "test", source="folder", allow_empty=True) is None
