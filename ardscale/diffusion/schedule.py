@@ -64,11 +64,6 @@ class GaussianDiffusion:
         abar = self._abar(t, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
-    def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """Noise implied by ``x_t`` and an x0 prediction, all ``(B, F, L, D)``; t ``(B, F)`` ≥ 0."""
-        abar = self._abar(t, x_t)
-        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
-
     def ddim_step(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
                   eta: float = 0.0, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Re-corrupt an x0 prediction from ``t`` to the less noisy ``t_next`` (DDIM; Eq. 4 when eta=1).
