@@ -33,7 +33,7 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
                          "vae.image_size=32", "vae.width=32", "vae.depth=1", "optim.micro_batch_size=2",
                          f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
     m = encode_run(run, str(root), "train", num_actors=2)
-    assert (m["shards"], m["shards_encoded"], m["clips_encoded"]) == (2, 2, 4)
+    assert (m["shards"], m["shards_encoded_now"], m["clips"]) == (2, 2, 4)
     assert len(m["failed"]) == 1 and "corrupt" in m["failed"][0]
     assert m["num_frames"] == 4 and m["latent_std"] > 0
     out = list_shards(str(root / "latents" / m["vae_id"] / "train"))
@@ -43,8 +43,11 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     z = load_npy(first[0]["npy"])
     assert z.shape == (4, 32, 4) and z.dtype == np.float16
     assert json.loads(first[1]["json"])["label"] == 2
-    again = encode_run(run, str(root), "train", num_actors=2)   # complete shards are skipped
-    assert again == m
+    (root / "latents" / m["vae_id"] / "train" / "shard-000001.stats.json").unlink()  # as if killed mid-job
+    again = encode_run(run, str(root), "train", num_actors=2)
+    assert again["shards_encoded_now"] == 1, "a complete shard was encoded again"
+    assert (again["clips"], again["failed"], again["num_frames"]) == (m["clips"], m["failed"], 4)
+    assert abs(again["latent_std"] - m["latent_std"]) < 1e-6
 
     dit_run = str(tmp_path / "dit")
     launch(load(str(CONFIGS / "demo.yaml"), [

@@ -3,8 +3,9 @@
 Reads ``{root}/videos/{split}/shard-*.tar`` and writes ``{root}/latents/{vae_id}/{split}/`` with the
 same shard names: ``KEY.npy`` (``(F, L, D)`` float16) + ``KEY.json`` (the video's metadata). Ray Data
 ``map_batches`` runs a pool of encoder actors, one input shard per call; an output shard that
-already exists is complete (written atomically) and skipped. ``_manifest.json`` records the VAE
-run, checkpoint tag and a hash of its weights, the counts, and the latent statistics.
+whose ``.stats.json`` sidecar exists is complete and skipped. ``_manifest.json`` records the VAE
+run, checkpoint tag and a hash of its weights (``vae_id``), and the counts and latent statistics
+summed over all shards' sidecars.
 
     python tools/encode_latents.py --vae-run runs/demo/vae --root runs/demo/data --split train
 """
@@ -50,7 +51,7 @@ class ShardEncoder:
         return self.model.encode(v).numpy()
 
     def __call__(self, batch: dict) -> dict:
-        out = {"src": [], "clips": [], "failed": [], "sum": [], "sumsq": [], "count": [], "frames": []}
+        """Encode each ``src`` shard into ``dst``, then write ``dst``'s stats sidecar (marks it complete)."""
         for src, dst in zip(batch["src"], batch["dst"]):
             samples, failed = [], []
             for s in read_shard(src):
@@ -67,14 +68,14 @@ class ShardEncoder:
                 rows += [{"__key__": k, "npy": npy_bytes(zi.astype(np.float16)), "json": meta}
                          for (k, _, meta), zi in zip(chunk, z)]
             write_shard(dst, rows)
-            out["src"].append(src)
-            out["clips"].append(len(rows))
-            out["failed"].append(json.dumps(failed))
-            out["sum"].append(total)
-            out["sumsq"].append(total_sq)
-            out["count"].append(count)
-            out["frames"].append(samples[0][1].shape[0] if samples else 0)
-        return out
+            write_json(_stats_url(dst), {"src": src, "clips": len(rows), "failed": failed, "sum": total,
+                                         "sumsq": total_sq, "count": count,
+                                         "frames": samples[0][1].shape[0] if samples else 0})
+        return {"dst": list(batch["dst"])}
+
+
+def _stats_url(shard_url: str) -> str:
+    return shard_url.removesuffix(".tar") + ".stats.json"
 
 
 def run(vae_run: str, root: str, split: str, num_actors: int = 1) -> dict:
@@ -83,33 +84,28 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1) -> dict:
 
     from ardscale.engine.launch import init_ray
 
-    model, tag, digest = load_vae(vae_run)
-    vae_id = digest
+    model, tag, vae_id = load_vae(vae_run)
     src_dir, dst_dir = join(root, "videos", split), join(root, "latents", vae_id, split)
     srcs = list_shards(src_dir)
     if not srcs:
         raise FileNotFoundError(f"no video shards under {src_dir}: run data_prep/shard_videos.py first")
-    done = {u.rsplit("/", 1)[-1] for u in list_shards(dst_dir)}
-    todo = [{"src": s, "dst": join(dst_dir, s.rsplit("/", 1)[-1])} for s in srcs if s.rsplit("/", 1)[-1] not in done]
-    previous = read_json(join(dst_dir, "_manifest.json"))
-    if not todo and previous is not None:
-        return previous
+    dsts = [join(dst_dir, u.rsplit("/", 1)[-1]) for u in srcs]
+    todo = [{"src": s, "dst": d} for s, d in zip(srcs, dsts) if read_json(_stats_url(d)) is None]
     t0 = time.time()
-    init_ray()
-    results = []
     if todo:
-        ds = ray.data.from_items(todo).map_batches(
+        init_ray()
+        ray.data.from_items(todo).map_batches(
             ShardEncoder, fn_constructor_kwargs={"vae_run": vae_run, "tag": tag}, batch_size=1,
-            concurrency=min(num_actors, len(todo)), num_cpus=1)
-        results = ds.take_all()
-    clips = sum(r["clips"] for r in results)
-    count = sum(r["count"] for r in results)
-    mean = sum(r["sum"] for r in results) / max(count, 1)
-    std = (max(sum(r["sumsq"] for r in results) / max(count, 1) - mean**2, 0.0)) ** 0.5
-    manifest = {"vae_run": vae_run, "vae_tag": tag, "vae_hash": digest, "vae_id": vae_id, "split": split,
-                "shards": len(srcs), "shards_encoded": len(todo), "clips_encoded": clips,
-                "failed": [f for r in results for f in json.loads(r["failed"])],
-                "num_frames": max([r["frames"] for r in results], default=None),
+            concurrency=min(num_actors, len(todo)), num_cpus=1).materialize()
+    # The manifest sums every shard's sidecar, so a resumed job reports the whole split.
+    stats = [read_json(_stats_url(d)) for d in dsts]
+    count = sum(r["count"] for r in stats)
+    mean = sum(r["sum"] for r in stats) / max(count, 1)
+    std = (max(sum(r["sumsq"] for r in stats) / max(count, 1) - mean**2, 0.0)) ** 0.5
+    manifest = {"vae_run": vae_run, "vae_tag": tag, "vae_id": vae_id, "split": split,
+                "shards": len(srcs), "shards_encoded_now": len(todo), "clips": sum(r["clips"] for r in stats),
+                "failed": [f for r in stats for f in r["failed"]],
+                "num_frames": max([r["frames"] for r in stats], default=None),
                 "latent_tokens": model.config.latent_tokens, "latent_dim": model.config.latent_dim,
                 "latent_mean": mean, "latent_std": std, "seconds": round(time.time() - t0, 2)}
     write_json(join(dst_dir, "_manifest.json"), manifest)
