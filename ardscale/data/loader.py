@@ -93,5 +93,9 @@ class StepSampler:
         per_rank = self.micro * self.accum
         start = step * per_rank * self.world + self.rank * per_rank
         pos = torch.arange(start, start + per_rank)
-        idx = torch.stack([self._perm(int(p) // self.n)[int(p) % self.n] for p in pos])
+        epoch, offset = pos // self.n, pos % self.n
+        idx = torch.empty_like(pos)
+        for e in epoch.unique().tolist():
+            here = epoch == e
+            idx[here] = self._perm(e)[offset[here]]
         return list(idx.split(self.micro))
