@@ -8,7 +8,7 @@ import torch
 from ardscale.diffusion.ad import ad_timesteps, ddim_grid
 from ardscale.diffusion.sampler import sample
 from ardscale.diffusion.schedule import GaussianDiffusion
-from ardscale.diffusion.timesteps import fopp_tables, sample_timesteps
+from ardscale.diffusion.timesteps import fopp_tables, fopp_with_frame, sample_timesteps
 from ardscale.models.dit import DiT, DiTConfig
 
 
@@ -23,10 +23,18 @@ def fopp_exact(F, T):
     return {c: sum(1 / (F * T * through[(f, c[f])]) for f in range(F)) for c in comps}
 
 
+def chi2_ok(counts: dict, probs: dict, n: int) -> tuple[bool, float]:
+    """Chi-square goodness of fit within 5 standard deviations of its mean (dof)."""
+    chi2 = sum((counts.get(c, 0) - n * p) ** 2 / (n * p) for c, p in probs.items())
+    dof = len(probs) - 1
+    return chi2 < dof + 5 * math.sqrt(2 * dof), chi2
+
+
+@pytest.mark.parametrize("name", ["fopp", "fopp_dp"])
 @pytest.mark.parametrize("F,T", [(3, 3), (4, 6)])
-def test_fopp_matches_alg1_distribution(F, T):
+def test_fopp_matches_alg1_distribution(name, F, T):
     n = 100_000
-    t = sample_timesteps("fopp", n, F, T, generator=torch.Generator().manual_seed(0))
+    t = sample_timesteps(name, n, F, T, generator=torch.Generator().manual_seed(0))
     assert (t.diff(dim=1) >= 0).all(), "FoPP drew a decreasing composition"
     assert t.min() >= 0 and t.max() <= T - 1
     exact = fopp_exact(F, T)
@@ -35,9 +43,42 @@ def test_fopp_matches_alg1_distribution(F, T):
     for row in map(tuple, t.tolist()):
         counts[row] = counts.get(row, 0) + 1
     assert set(counts) <= set(exact)
-    chi2 = sum((counts.get(c, 0) - n * p) ** 2 / (n * p) for c, p in exact.items())
-    dof = len(exact) - 1
-    assert chi2 < dof + 5 * math.sqrt(2 * dof), f"chi2={chi2:.1f} for {dof} dof"
+    ok, chi2 = chi2_ok(counts, exact, n)
+    assert ok, f"chi2={chi2:.1f} for {len(exact) - 1} dof"
+
+
+@pytest.mark.parametrize("F,T", [(3, 3), (4, 6)])
+def test_fopp_chosen_frame_is_uniform_and_completions_are_uniform(F, T):
+    n = 120_000
+    t, f = fopp_with_frame(n, F, T, generator=torch.Generator().manual_seed(1))
+    # (a) the chosen frame's timestep is uniform over 0..T-1
+    tf = t[torch.arange(n), f]
+    ok, chi2 = chi2_ok(dict(enumerate(torch.bincount(tf, minlength=T).tolist())), {v: 1 / T for v in range(T)}, n)
+    assert ok, f"t_f marginal chi2={chi2:.1f}"
+    # (b) given (f, t_f), every non-decreasing completion is equally likely
+    for fr, v in [(1, T // 2), (0, 0), (F - 1, T - 1)]:
+        rows = t[(f == fr) & (tf == v)]
+        through = [c for c in compositions(F, T) if c[fr] == v]
+        counts = {}
+        for row in map(tuple, rows.tolist()):
+            counts[row] = counts.get(row, 0) + 1
+        assert set(counts) <= set(through)
+        if len(through) > 1:
+            ok, chi2 = chi2_ok(counts, {c: 1 / len(through) for c in through}, len(rows))
+            assert ok, f"(f, t_f)=({fr}, {v}): chi2={chi2:.1f} over {len(through)} completions"
+
+
+def test_naive_scheduler_completions_are_not_uniform():
+    # Fix t_1 = 0 (F=3, T=3): naive gives (0,0,0) 1/9 but (0,2,2) 1/3; uniform would be 1/6 each.
+    F, T, n = 3, 3, 60_000
+    t = sample_timesteps("naive", n, F, T, generator=torch.Generator().manual_seed(2))
+    rows = t[t[:, 0] == 0]
+    through = [c for c in compositions(F, T) if c[0] == 0]
+    counts = {}
+    for row in map(tuple, rows.tolist()):
+        counts[row] = counts.get(row, 0) + 1
+    ok, chi2 = chi2_ok(counts, {c: 1 / len(through) for c in through}, len(rows))
+    assert not ok and chi2 > 1000
 
 
 def test_fopp_tables_equal_the_papers_dp_counts():
@@ -56,9 +97,19 @@ def test_fopp_tables_equal_the_papers_dp_counts():
     assert torch.allclose(log_cum_s, torch.log(ds_t.cumsum(1)), atol=1e-9)
 
 
-def test_fopp_large_sizes_do_not_overflow():
-    t = sample_timesteps("fopp", 64, 1024, 1000, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("name", ["fopp", "fopp_dp"])
+def test_fopp_large_sizes_do_not_overflow(name):
+    t = sample_timesteps(name, 64, 1024, 1000, generator=torch.Generator().manual_seed(1))
     assert (t.diff(dim=1) >= 0).all() and t.min() >= 0 and t.max() <= 999
+    assert t.unique().numel() > 500  # spread over the range, not collapsed at one end
+
+
+def test_fopp_edge_sizes_and_seeding():
+    assert sample_timesteps("fopp", 5, 1, 7, torch.Generator().manual_seed(0)).shape == (5, 1)
+    assert (sample_timesteps("fopp", 5, 4, 1) == 0).all()  # T=1: only the all-zero composition
+    a = sample_timesteps("fopp", 8, 16, 1000, torch.Generator().manual_seed(3))
+    b = sample_timesteps("fopp", 8, 16, 1000, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
 
 
 def test_naive_scheduler_is_biased_towards_the_all_T_composition():

@@ -1,11 +1,22 @@
 """Training timestep schedulers (paper Sec. 3.3, Alg. 1, and the baselines it compares to).
 
 All return DDPM indices ``0 … T-1`` of shape ``(B, F)``, long; the paper's ``t`` is ``index + 1``.
+
+Alg. 1 (FoPP) picks a frame f ~ U(frames) and its timestep t_f ~ U(timesteps), then draws the
+frames before f and after f so that, given (f, t_f), every non-decreasing composition through
+t_f is equally likely. The paper does this with DP counts d^e/d^s, one frame at a time
+(``fopp_dp`` below, kept as the literal reference). ``fopp`` draws the same distribution
+without a loop over frames: a uniform non-decreasing sequence of k values in ``0 … m-1`` is a
+uniform multiset, and a Pólya urn with one ball per value draws exactly that (each of the
+C(m+k-1, k) multisets has probability k!/(m(m+1)…(m+k-1)) · ∏n_v!/∏n_v! = 1/C(m+k-1, k)).
+Urn draw j copies an earlier draw or takes a fresh value, so all k draws come from one random
+array plus log2(k) pointer-jumping gathers, then a sort.
 """
 from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 
@@ -49,8 +60,9 @@ def _sample_prefix(log_cum: torch.Tensor, upper: torch.Tensor, generator) -> tor
     return torch.minimum(k, upper)
 
 
-def _fopp(batch_size: int, num_frames: int, num_timesteps: int, generator) -> torch.Tensor:
-    """Alg. 1: f ~ U(frames), t_f ~ U(timesteps), then propagate backwards and forwards."""
+def _fopp_dp(batch_size: int, num_frames: int, num_timesteps: int, generator) -> torch.Tensor:
+    """Alg. 1 as printed: f ~ U(frames), t_f ~ U(timesteps), then propagate backwards and
+    forwards with the DP tables, one frame per step (F steps, each vectorised over the batch)."""
     log_cum_e, log_cum_s = fopp_tables(num_frames, num_timesteps)
     T = num_timesteps
     t = torch.zeros(batch_size, num_frames, dtype=torch.long)  # zeros keep inactive lookups in range
@@ -70,6 +82,60 @@ def _fopp(batch_size: int, num_frames: int, num_timesteps: int, generator) -> to
     return t
 
 
+def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
+    """A NumPy generator seeded from ``generator`` (or torch's global RNG), so torch seeding rules."""
+    seed = torch.randint(0, 2**62, (1,), generator=generator).item()
+    return np.random.default_rng(seed)
+
+
+def polya_urn(num_values: np.ndarray, num_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Exchangeable draws of a Pólya urn that starts with one ball per value, ``(R, K)`` int64.
+
+    Row r draws ``K = num_draws`` times from values ``0 … num_values[r]-1``. Draw j picks one of
+    the ``m + j`` balls uniformly: one of the m original balls (a fresh value) or the ball added
+    after draw ``i < j`` (a copy of draw i). Sorted, the first k draws of a row are a uniform
+    non-decreasing sequence of length k (any k ≤ K: later draws never affect earlier ones).
+    """
+    R, K = num_values.shape[0], num_draws
+    m = num_values[:, None]
+    j = np.arange(K)
+    u = rng.random((R, K))
+    u *= m + j
+    ball = u.astype(np.int64)                     # < m: fresh value `ball`; else copy draw ball-m
+    ptr = np.where(ball < m, j, ball - m) + (np.arange(R) * K)[:, None]
+    ptr, ball = ptr.ravel(), ball.ravel()
+    for _ in range(max(K - 1, 1).bit_length()):  # pointer jumping: every chain reaches its fresh root
+        ptr = ptr[ptr]
+    return ball[ptr].reshape(R, K)
+
+
+def fopp_with_frame(batch_size: int, num_frames: int, num_timesteps: int,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alg. 1's distribution, drawn without a loop over frames (see the module docstring).
+
+    The frames before f are a uniform non-decreasing sequence in ``0 … t_f``; the frames after f,
+    read backwards in mirrored values ``T-1-t``, one in ``0 … T-1-t_f``. Both come from one urn
+    call over 2B rows.
+
+    Returns:
+        ``t`` ``(B, F)`` long DDPM indices and the chosen frame ``f`` ``(B,)`` long (for tests of
+        Alg. 1's two properties: t_f uniform, and uniform compositions given (f, t_f)).
+    """
+    B, F, T = batch_size, num_frames, num_timesteps
+    rng = _numpy_rng(generator)
+    f = rng.integers(F, size=B)
+    v = rng.integers(T, size=B)
+    K = max(F - 1, 1)
+    draws = polya_urn(np.concatenate([v + 1, T - v]), K, rng)
+    draws[np.arange(K) >= np.concatenate([f, F - 1 - f])[:, None]] = T  # unused draws sort last
+    draws.sort(axis=1)
+    i = np.arange(F)
+    before = draws[:B, np.minimum(i, K - 1)]
+    after = T - 1 - draws[B:, np.clip(F - 1 - i, 0, K - 1)]
+    t = np.where(i < f[:, None], before, np.where(i == f[:, None], v[:, None], after))
+    return torch.from_numpy(t), torch.from_numpy(f)
+
+
 def _naive(batch_size: int, num_frames: int, num_timesteps: int, generator) -> torch.Tensor:
     """The paper's "intuitive" scheduler: t_1 ~ U(1, T), t_{i+1} ~ U(t_i, T). Biased (Sec. 3.3)."""
     t = torch.empty(batch_size, num_frames, dtype=torch.long)
@@ -86,20 +152,24 @@ def sample_timesteps(name: str, batch_size: int, num_frames: int, num_timesteps:
     """Per-frame training timesteps ``(B, F)`` long, DDPM indices ``0 … T-1``.
 
     Args:
-        name: ``fopp`` (Alg. 1, non-decreasing), ``equal`` (synchronous), ``independent``
-            (Diffusion Forcing, unconstrained) or ``naive`` (non-decreasing, biased).
-        generator: CPU ``torch.Generator`` for reproducible draws.
+        name: ``fopp`` (Alg. 1, non-decreasing; no loop over frames), ``fopp_dp`` (Alg. 1
+            literally, frame by frame with the DP tables: same distribution, slower; the
+            reference), ``equal`` (synchronous), ``independent`` (Diffusion Forcing,
+            unconstrained) or ``naive`` (non-decreasing, biased).
+        generator: CPU ``torch.Generator`` for reproducible draws (``None``: torch's global RNG).
     Raises:
         ValueError: unknown name or non-positive sizes.
     """
     if batch_size < 1 or num_frames < 1 or num_timesteps < 1:
         raise ValueError(f"sizes must be positive, got B={batch_size} F={num_frames} T={num_timesteps}")
     if name == "fopp":
-        return _fopp(batch_size, num_frames, num_timesteps, generator)
+        return fopp_with_frame(batch_size, num_frames, num_timesteps, generator)[0]
+    if name == "fopp_dp":
+        return _fopp_dp(batch_size, num_frames, num_timesteps, generator)
     if name == "equal":
         return torch.randint(num_timesteps, (batch_size, 1), generator=generator).expand(-1, num_frames).clone()
     if name == "independent":
         return torch.randint(num_timesteps, (batch_size, num_frames), generator=generator)
     if name == "naive":
         return _naive(batch_size, num_frames, num_timesteps, generator)
-    raise ValueError(f"unknown timestep scheduler {name!r}: expected fopp, equal, independent or naive")
+    raise ValueError(f"unknown timestep scheduler {name!r}: expected fopp, fopp_dp, equal, independent or naive")
