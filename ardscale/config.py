@@ -32,6 +32,7 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     timestep_sampler: str = "fopp"   # fopp | fopp_dp | equal | independent | naive
+    prediction: str = "x0"           # x0 (paper) | eps | v: what the DiT outputs
     scale_factor: float = 0.5        # latents are multiplied by this before the DiT (paper Sec. 4.1)
     class_dropout: float = 0.1       # label dropout for classifier-free guidance
 

@@ -31,12 +31,13 @@ from .models.dit import DiT
 
 def make_diffusion(cfg: Config) -> GaussianDiffusion:
     d = cfg.diffusion
-    return GaussianDiffusion(d.num_timesteps, d.beta_schedule, d.beta_start, d.beta_end)
+    return GaussianDiffusion(d.num_timesteps, d.beta_schedule, d.beta_start, d.beta_end, d.prediction)
 
 
 def dit_loss(model, latents: torch.Tensor, labels: torch.Tensor, cfg: Config,
              diffusion: GaussianDiffusion, gen: torch.Generator) -> torch.Tensor:
-    """x0-prediction MSE on FoPP-corrupted latents ``(B, F, L, D)`` (Sec. 3.2-3.3)."""
+    """MSE on FoPP-corrupted latents ``(B, F, L, D)`` (Sec. 3.2-3.3); the target is x0 as in the
+    paper, or eps / v when ``diffusion.prediction`` says so."""
     B, Fr = latents.shape[:2]
     x0 = latents * cfg.diffusion.scale_factor
     t = sample_timesteps(cfg.diffusion.timestep_sampler, B, Fr, cfg.diffusion.num_timesteps, generator=gen)
@@ -46,7 +47,7 @@ def dit_loss(model, latents: torch.Tensor, labels: torch.Tensor, cfg: Config,
     dev, dtype = model.device, next(model.parameters()).dtype
     x_t = diffusion.q_sample(x0, t, noise)
     pred = model(x_t.to(dev, dtype), t.to(dev), y.to(dev))
-    return F.mse_loss(pred.float(), x0.to(dev))
+    return F.mse_loss(pred.float(), diffusion.target(x0, noise, t).to(dev))
 
 
 def temporal_crop(videos: torch.Tensor, frames: int, gen: torch.Generator) -> torch.Tensor:

@@ -180,3 +180,57 @@ def test_sampler_s0_equals_plain_synchronous_ddim():
             x = d.ddim_step(x, model(x, t, y), t, tn)
     assert torch.equal(got, x)
     assert got.std() > 0.01
+
+
+def test_beta_schedules():
+    lin = GaussianDiffusion(1000, "linear", 1e-4, 0.02)
+    assert lin.alphas_cumprod[-1] < 1e-4                       # pure noise at t = T
+    assert 0.3 < GaussianDiffusion(1000, "linear", 1e-4, 0.002).alphas_cumprod[-1] < 0.4  # Table 6's 0.002
+    sl = GaussianDiffusion(1000, "scaled_linear", 0.00085, 0.012)
+    root = sl.betas.sqrt()
+    assert torch.allclose(root.diff(), root.diff()[:1].expand(999), atol=1e-12)
+    assert math.isclose(sl.betas[0].item(), 0.00085) and math.isclose(sl.betas[-1].item(), 0.012)
+    cos = GaussianDiffusion(1000, "cosine")
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    for t in (0, 250, 500, 900):
+        assert math.isclose(cos.alphas_cumprod[t].item(), f(t + 1) / f(0), rel_tol=1e-9)
+    with pytest.raises(ValueError, match="unknown beta schedule"):
+        GaussianDiffusion(10, "quadratic")
+    with pytest.raises(ValueError, match="unknown prediction"):
+        GaussianDiffusion(10, prediction="score")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "cosine"])
+def test_posterior_matches_ddpm_and_ddim_eta1(schedule):
+    d = GaussianDiffusion(1000, schedule, 1e-4, 0.02)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, z = (torch.randn(2, 3, 8, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([[1, 400, 999], [10, 20, 30]])
+    x_t = d.q_sample(x0, t, noise)
+    mean, var = d.q_posterior(x0, x_t, t, t - 1)
+    a, ap, b = d.alphas_cumprod[t], d.alphas_cumprod[t - 1], d.betas[t]
+    ref_mean = (b * ap.sqrt() / (1 - a))[..., None, None] * x0 + ((1 - b).sqrt() * (1 - ap) / (1 - a))[..., None, None] * x_t
+    assert torch.allclose(mean, ref_mean, atol=1e-12)
+    assert torch.allclose(var[..., 0, 0], b * (1 - ap) / (1 - a), atol=1e-15)
+    # DDIM with eta = 1 samples that posterior, also over a strided gap (t → t - 7).
+    t_prev = (t - 7).clamp(min=0)
+    mean, var = d.q_posterior(x0, x_t, t, t_prev)
+    step = d.ddim_step(x_t, x0, t, t_prev, eta=1.0, noise=z)
+    moved = t_prev != t
+    assert torch.allclose(step[moved], (mean + var.sqrt() * z)[moved], atol=1e-10)
+
+
+def test_x0_eps_v_conversions_round_trip():
+    d = GaussianDiffusion(1000)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = (torch.randn(2, 4, 8, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    t = torch.tensor([[0, 10, 500, 999], [3, 3, 700, 800]])
+    x_t = d.q_sample(x0, t, noise)
+    assert torch.allclose(d.eps_from_x0(x_t, t, x0), noise, atol=1e-8)
+    assert torch.allclose(d.x0_from_eps(x_t, t, noise), x0, atol=1e-8)
+    assert torch.allclose(d.x0_from_v(x_t, t, d.v_from(x0, noise, t)), x0, atol=1e-10)
+    for pred in ("x0", "eps", "v"):
+        dp = GaussianDiffusion(1000, prediction=pred)
+        assert torch.allclose(dp.to_x0(dp.target(x0, noise, t), x_t, t), x0, atol=1e-8), pred
+    clipped = d.to_x0(x0 * 10, x_t, t, clip=1.5)
+    assert clipped.abs().max() == 1.5 and torch.equal(clipped, (x0 * 10).clamp(-1.5, 1.5))

@@ -31,26 +31,39 @@ def make_betas(schedule: str, num_timesteps: int, beta_start: float, beta_end: f
     raise ValueError(f"unknown beta schedule {schedule!r}: expected linear, scaled_linear or cosine")
 
 
+PREDICTIONS = ("x0", "eps", "v")
+
+
 class GaussianDiffusion:
-    """Holds ``alphas_cumprod`` and applies Eq. 2-4 frame by frame.
+    """Holds ``alphas_cumprod`` and applies Eq. 1-4 frame by frame.
+
+    Timesteps ``t`` are ``(B, F)`` long DDPM indices; ``-1`` means clean (``ᾱ = 1``), which the
+    sampler uses for finished frames. Tensors are ``(B, F, L, D)``; results keep their dtype.
 
     Args:
         num_timesteps: T (paper: 1000).
         schedule, beta_start, beta_end: see :func:`make_betas`. Table 6 of the paper prints a
             linear end of 0.002, which leaves ``alphas_cumprod[T-1] ≈ 0.35`` (not pure noise,
             so sampling from N(0, I) would be off-distribution); the default is DDPM's 0.02.
+        prediction: what the network outputs: ``x0`` (the paper, Sec. 3.2), ``eps`` or ``v``
+            (Salimans & Ho). :meth:`target` and :meth:`to_x0` convert.
+    Raises:
+        ValueError: unknown schedule or prediction type.
     """
 
     def __init__(self, num_timesteps: int = 1000, schedule: str = "linear",
-                 beta_start: float = 1e-4, beta_end: float = 2e-2):
+                 beta_start: float = 1e-4, beta_end: float = 2e-2, prediction: str = "x0"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}: expected one of {PREDICTIONS}")
         self.num_timesteps = num_timesteps
+        self.prediction = prediction
         self.betas = make_betas(schedule, num_timesteps, beta_start, beta_end)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        self._abar_ext = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])
 
     def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``alphas_cumprod`` at ``t`` ``(B, F)`` broadcast to ``like`` ``(B, F, L, D)``; index -1 = clean."""
-        abar = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod]).to(like.device)
-        return abar[t + 1].to(like.dtype)[:, :, None, None]
+        return self._abar_ext.to(like.device)[t + 1].to(like.dtype)[:, :, None, None]
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Corrupt clean latents, Eq. 3 in its correct form ``sqrt(ᾱ)x0 + sqrt(1-ᾱ)ε``.
@@ -64,19 +77,73 @@ class GaussianDiffusion:
         abar = self._abar(t, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                    t_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of ``q(x_{t_prev} | x_t, x0)`` for any ``t_prev < t`` (Eq. 4).
+
+        With ``t_prev = t - 1`` this is DDPM's posterior; a larger gap is the same formula with
+        ``α_{t|t_prev} = ᾱ_t / ᾱ_{t_prev}`` (the strided DDIM grid).
+
+        Returns:
+            mean ``(B, F, L, D)`` and variance ``(B, F, 1, 1)``.
+        """
+        abar_t, abar_p = self._abar(t, x_t), self._abar(t_prev, x_t)
+        beta = 1 - abar_t / abar_p
+        denom = (1 - abar_t).clamp(min=1e-12)
+        mean = abar_p.sqrt() * beta / denom * x0 + (abar_t / abar_p).sqrt() * (1 - abar_p) / denom * x_t
+        return mean, (1 - abar_p) / denom * beta
+
+    # -- conversions between x0, eps and v at timestep t ------------------------------------
+    def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """``ε = (x_t - sqrt(ᾱ)x0) / sqrt(1-ᾱ)``; 0 for clean frames (t = -1)."""
+        abar = self._abar(t, x_t)
+        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt().clamp(min=1e-12)
+
+    def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``x0 = (x_t - sqrt(1-ᾱ)ε) / sqrt(ᾱ)``."""
+        abar = self._abar(t, x_t)
+        return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+    def v_from(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``v = sqrt(ᾱ)ε - sqrt(1-ᾱ)x0``."""
+        abar = self._abar(t, x0)
+        return abar.sqrt() * eps - (1 - abar).sqrt() * x0
+
+    def x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``x0 = sqrt(ᾱ)x_t - sqrt(1-ᾱ)v``."""
+        abar = self._abar(t, x_t)
+        return abar.sqrt() * x_t - (1 - abar).sqrt() * v
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The regression target for ``self.prediction`` given the clean latents and the noise."""
+        if self.prediction == "x0":
+            return x0
+        return noise if self.prediction == "eps" else self.v_from(x0, noise, t)
+
+    def to_x0(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip: float = 0.0) -> torch.Tensor:
+        """The network output (``self.prediction``) as an x0 estimate, clamped to ``[-clip, clip]``
+        when ``clip > 0`` (DDPM's ``clip_denoised``, with a bound for the scaled latent range)."""
+        if self.prediction == "eps":
+            out = self.x0_from_eps(x_t, t, out)
+        elif self.prediction == "v":
+            out = self.x0_from_v(x_t, t, out)
+        return out.clamp(-clip, clip) if clip > 0 else out
+
     def ddim_step(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
                   eta: float = 0.0, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Re-corrupt an x0 prediction from ``t`` to the less noisy ``t_next`` (DDIM; Eq. 4 when eta=1).
+        """Re-corrupt an x0 prediction from ``t`` to the less noisy ``t_next`` (DDIM; eta=1 samples
+        the posterior of Eq. 4, see :meth:`q_posterior`).
 
         Args:
             x_t: ``(B, F, L, D)`` current latents at ``t`` ``(B, F)``.
-            x0: ``(B, F, L, D)`` model prediction of the clean latents.
+            x0: ``(B, F, L, D)`` x0 estimate (see :meth:`to_x0`).
             t_next: ``(B, F)`` target indices, ``-1`` = clean (then x0 is returned for that frame).
             eta: 0 = deterministic DDIM, 1 = DDPM posterior variance.
+            noise: ``(B, F, L, D)`` standard normal for eta > 0 (default: ``randn_like``).
         Frames with ``t_next == t`` are returned unchanged (the paper's frozen-frame mask).
         """
         abar_t, abar_n = self._abar(t, x_t), self._abar(t_next, x_t)
-        eps = (x_t - abar_t.sqrt() * x0) / (1 - abar_t).sqrt().clamp(min=1e-12)
+        eps = self.eps_from_x0(x_t, t, x0)
         sigma = eta * ((1 - abar_n) / (1 - abar_t).clamp(min=1e-12) * (1 - abar_t / abar_n)).clamp(min=0).sqrt()
         out = abar_n.sqrt() * x0 + (1 - abar_n - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0:
