@@ -191,7 +191,7 @@ def test_beta_schedules():
     assert torch.allclose(root.diff(), root.diff()[:1].expand(999), atol=1e-12)
     assert math.isclose(sl.betas[0].item(), 0.00085) and math.isclose(sl.betas[-1].item(), 0.012)
     cos = GaussianDiffusion(1000, "cosine")
-    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
     for t in (0, 250, 500, 900):
         assert math.isclose(cos.alphas_cumprod[t].item(), f(t + 1) / f(0), rel_tol=1e-9)
     with pytest.raises(ValueError, match="unknown beta schedule"):
