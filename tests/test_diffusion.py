@@ -234,3 +234,84 @@ def test_x0_eps_v_conversions_round_trip():
         assert torch.allclose(dp.to_x0(dp.target(x0, noise, t), x_t, t), x0, atol=1e-8), pred
     clipped = d.to_x0(x0 * 10, x_t, t, clip=1.5)
     assert clipped.abs().max() == 1.5 and torch.equal(clipped, (x0 * 10).clamp(-1.5, 1.5))
+
+
+def random_dit(**kw):
+    torch.manual_seed(0)
+    model = DiT(DiTConfig.tiny(**kw)).eval()
+    for p in model.parameters():  # non-zero adaLN/output layers so every frame matters
+        torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a DiT and records (first frame index, t) of every call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.calls = model, model.config, []
+
+    def forward(self, x, t, y, cache=None, cache_frames=0):
+        self.calls.append((cache.num_frames if cache is not None else 0, t[0].clone()))
+        return self.model(x, t, y, cache, cache_frames)
+
+
+@pytest.mark.parametrize("s,cfg_scale", [(0, 1.0), (2, 1.0), (8, 1.0), (2, 2.5)])
+def test_kv_cache_gives_the_uncached_video(s, cfg_scale):
+    model, d, N, F = random_dit(), GaussianDiffusion(1000), 8, 6
+    y = torch.tensor([1, 2])
+    run = lambda cache: sample(model, d, y, F, N, s, cfg_scale, generator=torch.Generator().manual_seed(5),
+                               kv_cache=cache)
+    a, b = run(True), run(False)
+    assert a.std() > 0.05
+    assert (a - b).abs().max() < 1e-5
+
+
+def test_kv_cache_computes_each_clean_frame_once_and_skips_waiting_frames():
+    model, d, N, F, s = Recorder(random_dit()), GaussianDiffusion(1000), 5, 4, 5
+    sample(model, d, torch.tensor([0]), F, N, s, generator=torch.Generator().manual_seed(0))
+    fed_clean = torch.zeros(F, dtype=torch.long)
+    frames_computed = 0
+    rows = ad_timesteps(F, N, s)
+    for i, (first, t) in enumerate(model.calls):
+        frames_computed += len(t)
+        fed_clean[first:first + len(t)] += (t == 0).long() & (rows[i, first:first + len(t)] == 0).long()
+        last_changing = int((rows[i] != rows[i + 1]).nonzero().max())
+        assert first + len(t) == last_changing + 1, "a waiting (pure-noise) frame was computed"
+    assert fed_clean[:-1].tolist() == [1] * (F - 1) and fed_clean[-1] == 0
+    # Auto-regressive (s >= N-1): each frame is computed in its N steps, plus once as clean context.
+    assert frames_computed == F * N + (F - 1)
+    uncached = Recorder(random_dit())
+    sample(uncached, d, torch.tensor([0]), F, N, s, kv_cache=False, generator=torch.Generator().manual_seed(0))
+    ends = [int((rows[i] != rows[i + 1]).nonzero().max()) + 1 for i in range(len(rows) - 1)]
+    assert sum(len(t) for _, t in uncached.calls) == sum(ends) == 44  # frames 0..last changing, every time
+
+
+def test_sliding_window_beyond_training_length():
+    model, d, N = random_dit(), GaussianDiffusion(1000), 6
+    y, g = torch.tensor([3]), lambda: torch.Generator().manual_seed(1)
+    a = sample(model, d, y, 14, N, 3, window=5, generator=g())
+    b = sample(model, d, y, 14, N, 3, window=5, kv_cache=False, generator=g())
+    assert (a - b).abs().max() < 1e-5 and a[:, -1].std() > 0.05
+    rec = Recorder(model)
+    sample(rec, d, y, 14, N, 3, window=5, kv_cache=False, generator=g())
+    assert max(len(t) for _, t in rec.calls) == 5
+    # A window that covers the video changes nothing.
+    assert torch.equal(sample(model, d, y, 6, N, 3, window=6, generator=g()),
+                       sample(model, d, y, 6, N, 3, generator=g()))
+    with pytest.raises(ValueError, match="denoised at once"):
+        sample(model, d, y, 10, N, 0, window=5)  # s=0: all 10 frames are in flight together
+
+
+def test_video_continuation_keeps_the_context_and_uses_it():
+    model, d, N = random_dit(), GaussianDiffusion(1000), 6
+    y = torch.tensor([1, 1])
+    ctx = torch.randn(2, 3, 32, 4, generator=torch.Generator().manual_seed(9))
+    out = sample(model, d, y, 7, N, 2, context=ctx, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(out[:, :3], ctx)
+    other = sample(model, d, y, 7, N, 2, context=3 * ctx + 2, generator=torch.Generator().manual_seed(2))
+    assert (out[:, 3:] - other[:, 3:]).abs().mean() > 1e-3
+    ref = sample(model, d, y, 7, N, 2, context=ctx, kv_cache=False, generator=torch.Generator().manual_seed(2))
+    assert (out - ref).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="leaves none to generate"):
+        sample(model, d, y, 3, N, 2, context=ctx)

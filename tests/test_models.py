@@ -2,9 +2,10 @@
 import pytest
 import torch
 
+from ardscale.models import attention as attn
 from ardscale.models.arvae import ARVAE, ARVAEConfig, decoder_mask
 from ardscale.models.attention import block_causal_mask
-from ardscale.models.dit import DiT, DiTConfig
+from ardscale.models.dit import DiT, DiTConfig, KVCache
 
 
 def randomized(model):
@@ -18,6 +19,72 @@ def test_block_causal_mask():
     m = block_causal_mask(3, 2)
     assert m.shape == (6, 6)
     assert m[2, 1] and m[2, 3] and not m[2, 4] and m[5, 0]
+
+
+def reference_attention(q, k, v, L):
+    """Block-causal attention in float64 with an explicit softmax (queries = last frames)."""
+    q, k, v = (x.double() for x in (q, k, v))
+    mask = block_causal_mask(q.shape[2] // L, L, None, k.shape[2] // L)
+    scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+
+
+def fake_flash(q, k, v):
+    """flash_attn_func's contract ((B, N, H, Dh), no mask) on SDPA, to test the frame split."""
+    return torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "flash"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fq,fk,L", [(4, 4, 3), (2, 5, 4), (1, 3, 32)])
+def test_attention_backends_equal_float64_reference(backend, dtype, fq, fk, L):
+    g = torch.Generator().manual_seed(fq * 10 + fk)
+    q = torch.randn(2, 3, fq * L, 8, generator=g, dtype=dtype)
+    k, v = (torch.randn(2, 3, fk * L, 8, generator=g, dtype=dtype) for _ in range(2))
+    if backend == "flash":
+        out = attn._flash_block_causal(q, k, v, fq, L, flash_fn=fake_flash)
+    else:
+        out = attn.attention(q, k, v, L, backend)
+    assert out.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    assert (out.double() - reference_attention(q, k, v, L)).abs().max() < tol
+
+
+def test_backend_resolution():
+    assert attn.resolve_backend("auto", torch.device("cpu")) == "sdpa"
+    assert attn.resolve_backend("auto", torch.device("cuda")) == "flex"
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        attn.resolve_backend("xformers", torch.device("cpu"))
+    with pytest.raises(ValueError, match="needs the flash-attn package and a CUDA device"):
+        attn.resolve_backend("flash", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        DiT(DiTConfig.tiny(attn_backend="bogus"))
+
+
+def test_dit_flex_backend_equals_sdpa_on_cpu():
+    sd = randomized(DiT(DiTConfig.tiny(attn_backend="sdpa")))
+    fx = DiT(DiTConfig.tiny(attn_backend="flex")).eval()
+    fx.load_state_dict(sd.state_dict())
+    x, t, y = torch.randn(2, 3, 32, 4), torch.tensor([[5, 50, 500]] * 2), torch.tensor([1, 2])
+    with torch.no_grad():
+        assert (sd(x, t, y) - fx(x, t, y)).abs().max() < 1e-5
+
+
+def test_dit_kv_cache_equals_full_forward():
+    model = randomized(DiT(DiTConfig.tiny()))
+    x = torch.randn(2, 6, 32, 4)
+    t = torch.tensor([[0, 0, 0, 100, 400, 900]] * 2)
+    y = torch.tensor([1, 7])
+    with torch.no_grad():
+        full = model(x, t, y)
+        cache = KVCache()
+        first = model(x[:, :2], t[:, :2], y, cache, cache_frames=2)     # frames 0-1 enter the cache
+        assert cache.num_frames == 2 and cache.keys[0].shape == (2, 4, 64, 16)
+        rest = model(x[:, 2:], t[:, 2:], y, cache, cache_frames=1)    # frame 2 joins them
+        last = model(x[:, 3:], t[:, 3:], y, cache)
+    assert (first - full[:, :2]).abs().max() < 1e-5
+    assert (rest - full[:, 2:]).abs().max() < 1e-5
+    assert (last - full[:, 3:]).abs().max() < 1e-5 and cache.num_frames == 3
 
 
 @pytest.mark.parametrize("j", [0, 2, 4])

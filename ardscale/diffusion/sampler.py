@@ -1,46 +1,101 @@
 """AR-Diffusion sampling loop (paper Sec. 3.2 inference, Sec. 3.4 AD scheduler).
 
 Each iteration: predict x0 with the DiT at the current composition, then re-corrupt it to the
-next composition with a DDIM step; frames whose timestep does not change are kept as they are.
+next composition with a DDIM step (Eq. 4 when eta = 1). Frames whose timestep does not change
+keep their latents (the paper's mask) and are not computed:
+
+- frames after the last changing frame are skipped (block-causal: nothing before reads them);
+- clean frames enter a :class:`~ardscale.models.dit.KVCache` once, with their final latents, and
+  are never recomputed;
+- ``context`` gives clean first frames (video continuation);
+- ``window`` caps the frames the DiT sees at once, so videos longer than the training length
+  slide a window over frames (first in, first out; positions restart at the window's start).
 """
 from __future__ import annotations
 
 import torch
 from tqdm import tqdm
 
+from ..models.dit import KVCache
 from .ad import ad_timesteps, ddim_grid
 from .schedule import GaussianDiffusion
+
+
+def composition_rows(num_frames: int, num_steps: int, s: int, num_context: int = 0) -> torch.Tensor:
+    """AD compositions ``(I, F)`` as DDIM step indices, with ``num_context`` clean (0) first frames."""
+    rows = ad_timesteps(num_frames - num_context, num_steps, s)
+    return torch.cat([rows.new_zeros(rows.shape[0], num_context), rows], dim=1)
+
+
+def _window_start(start: int, first_changing: int, end: int, window: int | None) -> int:
+    """Move the window start forward just enough that frames ``start … end-1`` fit ``window``."""
+    if window is None or end - start <= window:
+        return start
+    if end - first_changing > window:
+        raise ValueError(f"{end - first_changing} frames are denoised at once but window={window}: "
+                         f"raise s (AD keeps about N/s frames in flight) or the window")
+    return end - window
 
 
 @torch.no_grad()
 def sample(model, diffusion: GaussianDiffusion, labels: torch.Tensor, num_frames: int,
            num_steps: int = 50, s: int = 0, cfg_scale: float = 1.0, eta: float = 0.0,
-           generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+           generator: torch.Generator | None = None, progress: bool = False,
+           context: torch.Tensor | None = None, window: int | None = None, kv_cache: bool = True,
+           clip_x0: float = 0.0) -> torch.Tensor:
     """Generate latents ``(B, F, L, D)`` (in the DiT's scaled latent space).
 
     Args:
         model: a DiT; ``model.config`` gives L, D and the null class for CFG.
         labels: ``(B,)`` long class labels.
+        num_frames: F, total frames including ``context``.
         num_steps: DDIM steps N. s: AD timestep difference (0 = synchronous, ≥ N = auto-regressive).
         cfg_scale: classifier-free guidance weight w; 1 disables CFG (one model call per step).
-        generator: CPU generator for the initial noise (and eta > 0 noise).
+        eta: 0 = DDIM, 1 = DDPM posterior noise.
+        generator: CPU generator for the initial noise and the eta > 0 noise (drawn for the full
+            video every iteration, so cached and uncached runs see the same noise).
+        context: ``(B, k, L, D)`` clean latents of the first k frames (video continuation).
+        window: most frames per DiT call (e.g. the training length); None = no limit.
+        kv_cache: reuse keys/values of finished frames (same result within float tolerance).
+        clip_x0: clamp x0 estimates to ``[-clip_x0, clip_x0]`` (0 = off).
+    Raises:
+        ValueError: context longer than the video, or a window too small for s (see above).
     """
     c = model.config
     device = next(model.parameters()).device
     B = labels.shape[0]
+    k = 0 if context is None else context.shape[1]
+    if k >= num_frames:
+        raise ValueError(f"context has {k} frames; num_frames={num_frames} leaves none to generate")
     x = torch.randn(B, num_frames, c.tokens_per_frame, c.latent_dim, generator=generator).to(device)
-    grid = ddim_grid(num_steps, diffusion.num_timesteps).to(device)
-    rows = ad_timesteps(num_frames, num_steps, s).to(device)
-    null = torch.full_like(labels, c.num_classes)
+    if k:
+        x[:, :k] = context.to(device, x.dtype)
+    grid = ddim_grid(num_steps, diffusion.num_timesteps)   # index bookkeeping stays on the CPU
+    rows = composition_rows(num_frames, num_steps, s, k)
+    guided = cfg_scale != 1.0
+    y = torch.cat([labels, torch.full_like(labels, c.num_classes)]) if guided else labels
+    y = y.to(device)
+    start, cache = 0, KVCache()
     for i in tqdm(range(len(rows) - 1), desc="sampling", disable=not progress):
-        t, t_next = grid[rows[i]].expand(B, -1), grid[rows[i + 1]].expand(B, -1)
-        t_in = t.clamp(min=0)  # clean context frames enter at the least-noisy index
-        if cfg_scale == 1.0:
-            x0 = model(x, t_in, labels)
-        else:
-            both = model(torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([labels, null]))
-            cond, uncond = both.chunk(2)
-            x0 = uncond + cfg_scale * (cond - uncond)
+        cur, nxt = rows[i], rows[i + 1]
+        changing = (cur != nxt).nonzero().flatten()
         noise = torch.randn(x.shape, generator=generator).to(device) if eta > 0 else None
-        x = diffusion.ddim_step(x, x0, t, t_next, eta=eta, noise=noise)
+        end = int(changing[-1]) + 1
+        new_start = _window_start(start, int(changing[0]), end, window)
+        if new_start != start:
+            start, cache = new_start, KVCache()   # positions shift with the window: cache is stale
+        lo = start + (cache.num_frames if kv_cache else 0)
+        clean = int((cur[lo:end] == 0).cumprod(0).sum())  # clean frames lead the input (rows non-decreasing)
+        t = grid[cur[lo:end]].to(device).expand(B, -1)
+        t_next = grid[nxt[lo:end]].to(device).expand(B, -1)
+        x_in, t_in = x[:, lo:end], t.clamp(min=0)   # clean frames enter at the least-noisy index
+        if guided:
+            x_in, t_in = torch.cat([x_in, x_in]), torch.cat([t_in, t_in])
+        out = model(x_in, t_in, y, cache if kv_cache else None, clean if kv_cache else 0)
+        if guided:
+            cond, uncond = out.chunk(2)
+            out = uncond + cfg_scale * (cond - uncond)
+        x0 = diffusion.to_x0(out, x[:, lo:end], t, clip_x0)
+        x[:, lo:end] = diffusion.ddim_step(x[:, lo:end], x0, t, t_next, eta,
+                                           None if noise is None else noise[:, lo:end])
     return x

@@ -1,28 +1,125 @@
 """Block-causal attention over frames (paper Sec. 3.2: temporal causal attention).
 
-Frame ``i`` attends to every token of frames ``<= i``. This module holds the mask and the
-kernel call; the spine uses SDPA with a boolean mask on every device (FlexAttention / flash-attn
-backends are a later deepening and must stay equal to this one).
+Frame ``i`` attends to every token of frames ``<= i``. Queries may be the last ``Fq`` frames of
+the ``Fk`` key frames: with a KV cache the keys of finished frames come from earlier calls and
+only the remaining frames are computed.
+
+Three kernels give the same result (tests compare each with a float64 reference):
+
+- ``sdpa``: ``scaled_dot_product_attention`` with a boolean mask. Any device, any dtype, with
+  backward; the CPU path (FlexAttention has no CPU backward).
+- ``flex``: FlexAttention with a ``BlockMask`` (compiled on CUDA: fully masked blocks are
+  skipped, so block-causal costs about half of full attention). The default on CUDA.
+- ``flash``: flash-attn (fp16/bf16, CUDA), when installed. It has no block mask, so each query
+  frame is one ``flash_attn_func`` call over the keys of frames ``<= i``.
 """
 from __future__ import annotations
+
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
-
-def block_causal_mask(num_frames: int, tokens_per_frame: int, device=None) -> torch.Tensor:
-    """Boolean mask ``(F*L, F*L)``, True = may attend: query frame >= key frame."""
-    frame = torch.arange(num_frames, device=device).repeat_interleave(tokens_per_frame)
-    return frame[:, None] >= frame[None, :]
+BACKENDS = ("auto", "sdpa", "flex", "flash")
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Multi-head attention ``(B, H, N, Dh)`` → ``(B, H, N, Dh)`` with a boolean ``(N, N)`` mask."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+def block_causal_mask(num_frames: int, tokens_per_frame: int, device=None, num_key_frames: int | None = None
+                      ) -> torch.Tensor:
+    """Boolean mask ``(Fq*L, Fk*L)``, True = may attend: query frame >= key frame.
+
+    The ``Fq = num_frames`` query frames are the last ones of the ``Fk`` key frames (default Fk = Fq).
+    """
+    fk = num_frames if num_key_frames is None else num_key_frames
+    q_frame = torch.arange(fk - num_frames, fk, device=device).repeat_interleave(tokens_per_frame)
+    k_frame = torch.arange(fk, device=device).repeat_interleave(tokens_per_frame)
+    return q_frame[:, None] >= k_frame[None, :]
+
+
+@lru_cache(maxsize=64)
+def _sdpa_mask(fq: int, fk: int, L: int, device: torch.device) -> torch.Tensor:
+    return block_causal_mask(fq, L, device, fk)
+
+
+@lru_cache(maxsize=64)
+def _flex_block_mask(fq: int, fk: int, L: int, device: torch.device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    offset = fk - fq
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return q_idx // L + offset >= kv_idx // L
+
+    return create_block_mask(mask_mod, None, None, fq * L, fk * L, device=device)
+
+
+@lru_cache(maxsize=2)
+def _flex_kernel(compiled: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
+def flash_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """The kernel ``name`` stands for on ``device``: ``auto`` is ``flex`` on CUDA, else ``sdpa``.
+
+    Raises:
+        ValueError: unknown name, or ``flash`` without flash-attn / CUDA.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}: expected one of {BACKENDS}")
+    if name == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    if name == "flash" and not (device.type == "cuda" and flash_available()):
+        raise ValueError("attention backend 'flash' needs the flash-attn package and a CUDA device; "
+                         "use 'flex' or 'sdpa'")
+    return name
+
+
+def _flash_block_causal(q, k, v, fq: int, L: int, flash_fn=None):
+    """Block-causal attention from per-query-frame flash-attn calls; ``(B, H, N, Dh)`` layout."""
+    if flash_fn is None:
+        from flash_attn import flash_attn_func as flash_fn
+    offset = k.shape[2] // L - fq
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # flash-attn wants (B, N, H, Dh)
+    outs = [flash_fn(q[:, i * L:(i + 1) * L], k[:, :(offset + i + 1) * L], v[:, :(offset + i + 1) * L])
+            for i in range(fq)]
+    return torch.cat(outs, dim=1).transpose(1, 2)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int,
+              backend: str = "sdpa") -> torch.Tensor:
+    """Block-causal multi-head attention.
+
+    Args:
+        q: ``(B, H, Fq*L, Dh)`` queries of the last Fq frames. k, v: ``(B, H, Fk*L, Dh)``, Fk >= Fq.
+        tokens_per_frame: L.
+        backend: a resolved name (``sdpa``, ``flex`` or ``flash``; see :func:`resolve_backend`).
+    Returns:
+        ``(B, H, Fq*L, Dh)`` in q's dtype.
+    """
+    L = tokens_per_frame
+    fq, fk = q.shape[2] // L, k.shape[2] // L
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_sdpa_mask(fq, fk, L, q.device))
+    if backend == "flex":
+        kernel = _flex_kernel(q.device.type == "cuda")
+        return kernel(q, k, v, block_mask=_flex_block_mask(fq, fk, L, q.device))
+    if backend == "flash":
+        return _flash_block_causal(q, k, v, fq, L)
+    raise ValueError(f"unresolved attention backend {backend!r}")
 
 
 class SelfAttention(torch.nn.Module):
-    """QKV projection + masked SDPA + output projection on ``(B, N, C)`` tokens."""
+    """QKV projection + SDPA with an optional boolean ``(N, N)`` mask + output projection on
+    ``(B, N, C)`` tokens (the AR-VAE's attention; the DiT uses :class:`BlockCausalSelfAttention`)."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -32,11 +129,43 @@ class SelfAttention(torch.nn.Module):
         self.qkv = torch.nn.Linear(dim, 3 * dim)
         self.proj = torch.nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = attention(q, k, v, mask)
-        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+        return self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+
+    def _out(self, o: torch.Tensor) -> torch.Tensor:
+        B, H, N, Dh = o.shape
+        return self.proj(o.transpose(1, 2).reshape(B, N, H * Dh))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self._qkv(x)
+        return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+
+class BlockCausalSelfAttention(SelfAttention):
+    """Self-attention where frame i reads frames <= i, with a KV cache and a choice of kernel.
+
+    Args:
+        backend: ``auto``, ``sdpa``, ``flex`` or ``flash`` (see :func:`resolve_backend`).
+    """
+
+    def __init__(self, dim: int, num_heads: int, backend: str = "auto"):
+        super().__init__(dim, num_heads)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}: expected one of {BACKENDS}")
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor, tokens_per_frame: int,
+                past: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``x`` ``(B, Fq*L, C)``; ``past`` = cached keys/values ``(B, H, Fc*L, Dh)`` of the frames
+        before x. Returns the output ``(B, Fq*L, C)`` and x's own keys/values (for the cache)."""
+        q, k, v = self._qkv(x)
+        new_kv = (k, v)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        out = attention(q, k, v, tokens_per_frame, resolve_backend(self.backend, x.device))
+        return self._out(out), new_kv
 
 
 class Mlp(torch.nn.Sequential):

@@ -3,6 +3,10 @@
 A DiT (Peebles & Xie) over latent tokens ``(B, F, L, D)``: every frame carries its own timestep,
 injected through adaLN-Zero per token, and attention is block-causal over frames. The model
 predicts x0.
+
+Because frame i only reads frames <= i, a frame whose input no longer changes (a finished,
+clean frame during sampling) has fixed keys/values in every layer: :class:`KVCache` keeps them
+so that later calls compute only the frames after it.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import Mlp, SelfAttention, block_causal_mask
+from .attention import BlockCausalSelfAttention, Mlp
 
 
 @dataclass
@@ -27,6 +31,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 101       # label `num_classes` is the null class used for CFG
     num_timesteps: int = 1000
+    attn_backend: str = "auto"   # auto (flex on CUDA, sdpa elsewhere) | sdpa | flex | flash
 
     @classmethod
     def tiny(cls, **overrides) -> DiTConfig:
@@ -46,21 +51,48 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+class KVCache:
+    """Per-layer keys/values ``(B, H, Fc*L, Dh)`` of the first ``num_frames`` frames of a video.
+
+    Only frames whose input is final may enter (during sampling: clean frames, whose earlier
+    frames are clean too). The next :meth:`DiT.forward` then takes the frames after them.
+    """
+
+    def __init__(self):
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.num_frames = 0
+
+    def past(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return (self.keys[layer], self.values[layer]) if self.num_frames else None
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        if layer == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)
+            self.values[layer] = torch.cat([self.values[layer], v], dim=2)
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero transformer block with per-token conditioning ``c`` ``(B, N, C)``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attn_backend: str = "auto"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(dim, num_heads)
+        self.attn = BlockCausalSelfAttention(dim, num_heads, attn_backend)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, tokens_per_frame: int,
+                past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Returns the block output ``(B, N, C)`` and the attention keys/values of x."""
         sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + g1 * self.attn(modulate(self.norm1(x), sh1, sc1), mask)
-        return x + g2 * self.mlp(modulate(self.norm2(x), sh2, sc2))
+        a, kv = self.attn(modulate(self.norm1(x), sh1, sc1), tokens_per_frame, past)
+        x = x + g1 * a
+        return x + g2 * self.mlp(modulate(self.norm2(x), sh2, sc2)), kv
 
 
 class DiT(nn.Module):
@@ -70,6 +102,10 @@ class DiT(nn.Module):
         x: ``(B, F, L, D)`` noisy latents (float).
         t: ``(B, F)`` long DDPM indices ``0 … T-1``, one per frame.
         y: ``(B,)`` long class labels; ``config.num_classes`` is the null (unconditional) label.
+        cache: a :class:`KVCache` holding the frames before x (x's frames are then at positions
+            ``cache.num_frames …``); None = x is the whole video.
+        cache_frames: append the keys/values of x's first ``cache_frames`` frames to ``cache``;
+            the caller promises those frames are final.
     Returns:
         ``(B, F, L, D)`` predicted clean latents. Output of frame i depends only on frames <= i.
     Raises:
@@ -84,7 +120,7 @@ class DiT(nn.Module):
         self.token_pos = nn.Parameter(torch.zeros(c.tokens_per_frame, H))
         self.t_embedder = nn.Sequential(nn.Linear(256, H), nn.SiLU(), nn.Linear(H, H))
         self.y_embedder = nn.Embedding(c.num_classes + 1, H)
-        self.blocks = nn.ModuleList(DiTBlock(H, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(DiTBlock(H, c.num_heads, c.mlp_ratio, c.attn_backend) for _ in range(c.depth))
         self.norm_final = nn.LayerNorm(H, elementwise_affine=False, eps=1e-6)
         self.adaLN_final = nn.Sequential(nn.SiLU(), nn.Linear(H, 2 * H))
         self.out = nn.Linear(H, c.latent_dim)
@@ -107,7 +143,8 @@ class DiT(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache: KVCache | None = None,
+                cache_frames: int = 0) -> torch.Tensor:
         B, F, L, D = x.shape
         c = self.config
         if (L, D) != (c.tokens_per_frame, c.latent_dim):
@@ -116,13 +153,17 @@ class DiT(nn.Module):
         if t.shape != (B, F):
             raise ValueError(f"timesteps must have shape (B, F)=({B}, {F}), got {tuple(t.shape)}")
         H = c.hidden_size
-        frame_pos = sinusoidal(torch.arange(F, device=x.device), H)          # (F, H): any length F
+        first = cache.num_frames if cache is not None else 0
+        frame_pos = sinusoidal(torch.arange(first, first + F, device=x.device), H)  # (F, H): any length
         h = self.x_embedder(x) + self.token_pos + frame_pos[:, None].to(x.dtype)
         cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + self.y_embedder(y)[:, None]  # (B, F, H)
         cond = cond.repeat_interleave(L, dim=1)                                # (B, F*L, H)
         h = h.reshape(B, F * L, H)
-        mask = block_causal_mask(F, L, x.device)
-        for blk in self.blocks:
-            h = blk(h, cond, mask)
+        for i, blk in enumerate(self.blocks):
+            h, (k, v) = blk(h, cond, L, cache.past(i) if cache is not None else None)
+            if cache is not None and cache_frames:
+                cache.extend(i, k[:, :, :cache_frames * L], v[:, :, :cache_frames * L])
+        if cache is not None:
+            cache.num_frames += cache_frames
         shift, scale = self.adaLN_final(cond).chunk(2, dim=-1)
         return self.out(modulate(self.norm_final(h), shift, scale)).view(B, F, L, D)
