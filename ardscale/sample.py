@@ -3,17 +3,23 @@
 Runs the AD scheduler (Eq. 5, ``--s``) over ``--steps`` DDIM steps with classifier-free guidance,
 decodes with the AR-VAE that produced the training latents, writes ``samples.mp4`` and
 ``samples.gif`` (a grid, one cell per sample) and logs both to the run's MLflow run.
+
+``--frames`` may exceed the training length: the DiT and the VAE decoder then slide a window of
+the training length over frames. ``--context K`` continues real videos: the first K frames are
+the latents of clips from ``--context-split`` (encoded by tools/encode_latents.py), and their
+labels are used.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data.loader import latent_dir
+from .data.loader import latent_dir, load_latents
 from .data.shards import join, read_json
 from .data.video import encode_mp4, video_grid, write_gif
 from .diffusion.sampler import sample
@@ -29,11 +35,25 @@ def default_labels(cfg, n: int) -> torch.Tensor:
     return torch.tensor([classes[i % len(classes)] for i in range(n)])
 
 
+def context_latents(cfg, split: str, num_frames: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``num_frames`` latents ``(n, k, L, D)`` (DiT scale) and labels of n random clips of ``split``."""
+    lat, labels, _ = load_latents(cfg.data.root, cfg.data.vae_id, split)
+    if num_frames >= lat.shape[1] + 1:
+        raise ValueError(f"--context {num_frames} exceeds the {lat.shape[1]} frames of the {split} latents")
+    pick = torch.randperm(len(lat), generator=torch.Generator().manual_seed(seed))[:n]
+    return lat[pick, :num_frames] * cfg.diffusion.scale_factor, labels[pick]
+
+
 def generate(run_dir: str, num_samples: int = 8, num_steps: int = 50, s: int = 2, cfg_scale: float = 2.0,
              num_frames: int | None = None, labels: list[int] | None = None, seed: int = 0,
-             out_dir: str | None = None, log_mlflow: bool = True) -> dict:
-    """Generate, decode and write a sample grid; returns paths and the labels used.
+             out_dir: str | None = None, log_mlflow: bool = True, context: int = 0, context_split: str = "test",
+             window: int | None = None, kv_cache: bool = True, eta: float = 0.0, clip_x0: float = 0.0) -> dict:
+    """Generate, decode and write a sample grid; returns paths, labels and timings.
 
+    Args:
+        num_frames: frames to generate (default: the training clip length).
+        context: continue this many real frames of ``context_split`` clips (0 = from noise).
+        window: frames per DiT/decoder call (default: the training clip length).
     Raises:
         FileNotFoundError: run without checkpoint, or its latent manifest (hence VAE) is missing.
     """
@@ -47,21 +67,31 @@ def generate(run_dir: str, num_samples: int = 8, num_steps: int = 50, s: int = 2
     report = read_json(join(cfg.data.root, "videos", cfg.data.split, "_report.json"), {})
     fps = report.get("params", {}).get("fps", 8.0)
     y = torch.tensor(labels) if labels else default_labels(cfg, num_samples)
+    ctx = None
+    if context:
+        ctx, y = context_latents(cfg, context_split, context, num_samples, seed)
     gen = torch.Generator().manual_seed(seed)
-    z = sample(dit, make_diffusion(cfg), y, num_frames or manifest["num_frames"], num_steps, s, cfg_scale,
-               generator=gen, progress=True)
+    window = window or manifest["num_frames"]
+    t0 = time.perf_counter()
+    z = sample(dit, make_diffusion(cfg), y, num_frames or manifest["num_frames"], num_steps, s, cfg_scale, eta,
+               generator=gen, progress=True, context=ctx, window=window, kv_cache=kv_cache, clip_x0=clip_x0)
+    t1 = time.perf_counter()
     with torch.no_grad():
-        video = vae.decode(z / cfg.diffusion.scale_factor)                      # (B, F, C, H, W)
+        video = vae.decode(z / cfg.diffusion.scale_factor, window)               # (B, F, C, H, W)
+    t2 = time.perf_counter()
     frames = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).numpy()
     grid = video_grid(frames, cols=min(4, len(frames)))
+    if ctx is not None:  # a white bar marks the given frames
+        frames[:, :context, :2] = 255
     out = Path(out_dir or Path(run_dir) / "samples" / f"{tag}-s{s}-cfg{cfg_scale}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples.mp4").write_bytes(encode_mp4(grid, fps))
     write_gif(str(out / "samples.gif"), grid, fps)
     np.save(out / "samples.npy", frames)
     info = {"mp4": str(out / "samples.mp4"), "gif": str(out / "samples.gif"), "labels": y.tolist(),
-            "checkpoint": tag, "s": s, "steps": num_steps, "cfg_scale": cfg_scale,
-            "pixel_std": float(frames.std())}
+            "checkpoint": tag, "s": s, "steps": num_steps, "cfg_scale": cfg_scale, "frames": frames.shape[1],
+            "context": context, "window": window, "kv_cache": kv_cache,
+            "generate_s": round(t1 - t0, 3), "decode_s": round(t2 - t1, 3), "pixel_std": float(frames.std())}
     (out / "samples.json").write_text(json.dumps(info, indent=2))
     run_id_file = Path(run_dir) / "mlflow_run_id"
     if log_mlflow and run_id_file.is_file():
@@ -82,12 +112,20 @@ def main(argv=None):
     p.add_argument("--s", type=int, default=2, help="AD timestep difference (0 = synchronous)")
     p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--frames", type=int, default=None, help="frames to generate (default: training F)")
+    p.add_argument("--window", type=int, default=None, help="frames per DiT call (default: training F)")
+    p.add_argument("--context", type=int, default=0, help="continue this many real frames (0 = off)")
+    p.add_argument("--context-split", default="test", help="split whose latents give the context")
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute finished frames every step")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (1 = DDPM posterior noise)")
+    p.add_argument("--clip-x0", type=float, default=0.0, help="clamp x0 estimates to ±this (0 = off)")
     p.add_argument("--labels", type=str, default=None, help="comma-separated class labels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     labels = [int(x) for x in a.labels.split(",")] if a.labels else None
-    info = generate(a.run_dir, a.num_samples, a.steps, a.s, a.cfg, a.frames, labels, a.seed, a.out)
+    info = generate(a.run_dir, a.num_samples, a.steps, a.s, a.cfg, a.frames, labels, a.seed, a.out,
+                    context=a.context, context_split=a.context_split, window=a.window,
+                    kv_cache=not a.no_kv_cache, eta=a.eta, clip_x0=a.clip_x0)
     print(json.dumps(info))
 
 

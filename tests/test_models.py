@@ -153,3 +153,13 @@ def test_arvae_decoder_is_temporally_causal(j):
 def test_arvae_rejects_wrong_resolution():
     with pytest.raises(ValueError, match="video must be"):
         ARVAE(ARVAEConfig.tiny()).encode(torch.zeros(1, 2, 3, 32, 32))
+
+
+def test_arvae_windowed_decode():
+    vae = randomized(ARVAE(ARVAEConfig.tiny()))
+    z = torch.randn(1, 6, vae.config.latent_tokens, vae.config.latent_dim)
+    with torch.no_grad():
+        full, win = vae.decode(z), vae.decode(z, window=3)
+        assert torch.allclose(win[:, :3], full[:, :3], atol=1e-6)
+        assert torch.allclose(win[:, 4], vae.decode(z[:, 2:5])[:, -1], atol=1e-6)
+        assert torch.equal(vae.decode(z, window=6), full)

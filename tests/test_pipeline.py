@@ -65,3 +65,9 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     assert len(arts) == 1
     names = {a.path.rsplit("/", 1)[-1] for a in mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], arts[0])}
     assert names == {"samples.mp4", "samples.gif", "samples.json"}
+
+    # Continue 2 real frames to 7 (longer than the 4 trained on: sliding window of 4).
+    long = generate(dit_run, num_samples=2, num_steps=4, s=2, cfg_scale=1.0, num_frames=7, context=2,
+                    context_split="train", out_dir=str(tmp_path / "long"), log_mlflow=False)
+    assert (long["frames"], long["context"], long["window"], long["labels"]) == (7, 2, 4, [2, 2])
+    assert decode_mp4(Path(long["mp4"]).read_bytes()).shape == (7, 32, 2 * 32, 3)

@@ -120,8 +120,20 @@ class ARVAE(nn.Module):
         z = self.to_latent(self.latent_norm(x[:, -self.config.latent_tokens:]))
         return z.view(B, F, self.config.latent_tokens, self.config.latent_dim)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents ``(B, F, L, D)`` → video ``(B, F, C, H, W)`` (≈[-1, 1]); frame i uses latents of frames <= i."""
+    def decode(self, latents: torch.Tensor, window: int | None = None) -> torch.Tensor:
+        """Latents ``(B, F, L, D)`` → video ``(B, F, C, H, W)`` (≈[-1, 1]); frame i uses latents of frames <= i.
+
+        ``window``: for videos longer than the decoder was trained on, frame ``i >= window`` is
+        decoded from the latents of frames ``i-window+1 … i`` only (positions restart), as the
+        sampler's sliding window does.
+        """
+        F = latents.shape[1]
+        if window is None or F <= window:
+            return self._decode(latents)
+        tail = [self._decode(latents[:, i - window + 1:i + 1])[:, -1:] for i in range(window, F)]
+        return torch.cat([self._decode(latents[:, :window]), *tail], dim=1)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         B, F, L, _ = latents.shape
         c = self.config
         N, W = c.num_patches, c.width
