@@ -97,16 +97,18 @@ def polya_urn(num_values: np.ndarray, num_draws: int, rng: np.random.Generator) 
     non-decreasing sequence of length k (any k ≤ K: later draws never affect earlier ones).
     """
     R, K = num_values.shape[0], num_draws
-    m = num_values[:, None]
-    j = np.arange(K)
+    m = num_values[:, None].astype(np.int32)
     u = rng.random((R, K))
-    u *= m + j
-    ball = u.astype(np.int64)                     # < m: fresh value `ball`; else copy draw ball-m
-    ptr = np.where(ball < m, j, ball - m) + (np.arange(R) * K)[:, None]
-    ptr, ball = ptr.ravel(), ball.ravel()
+    u *= m + np.arange(K, dtype=np.float64)
+    ball = u.astype(np.int32) - m                  # < 0: fresh value ball+m; >= 0: copy of draw `ball`
+    j = np.arange(K, dtype=np.int32)
+    ptr = np.maximum(ball, j * (ball < 0))         # a fresh draw points at itself
+    ptr += (np.arange(R, dtype=np.int32) * K)[:, None]
+    ptr = ptr.ravel()
     for _ in range(max(K - 1, 1).bit_length()):  # pointer jumping: every chain reaches its fresh root
         ptr = ptr[ptr]
-    return ball[ptr].reshape(R, K)
+    ball += m                                      # (int32 halves the memory touched: it is the cost)
+    return ball.ravel()[ptr].reshape(R, K).astype(np.int64)
 
 
 def fopp_with_frame(batch_size: int, num_frames: int, num_timesteps: int,

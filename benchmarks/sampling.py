@@ -1,0 +1,62 @@
+"""Sampling cost of the AD scheduler with and without the KV cache (tiny DiT, CPU).
+
+For F=16 (s = 0, 5, 15) and F=128 (s = 5), N=50 DDIM steps, batch 2, no CFG: wall time, DiT
+calls and frame-evaluations (frames fed to the DiT, summed over calls), and the largest
+difference between the cached and uncached videos.
+
+    python benchmarks/sampling.py            # writes benchmarks/results/sampling.json
+"""
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ardscale.diffusion.sampler import sample
+from ardscale.diffusion.schedule import GaussianDiffusion
+from ardscale.models.dit import DiT, DiTConfig
+
+
+class Counter(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+        self.calls = self.frames = 0
+
+    def forward(self, x, t, y, cache=None, cache_frames=0):
+        self.calls += 1
+        self.frames += x.shape[1]
+        return self.model(x, t, y, cache, cache_frames)
+
+
+def run(model, frames: int, s: int, kv_cache: bool, steps: int = 50) -> tuple[dict, torch.Tensor]:
+    counter = Counter(model)
+    t0 = time.perf_counter()
+    z = sample(counter, GaussianDiffusion(1000), torch.tensor([1, 2]), frames, steps, s,
+               generator=torch.Generator().manual_seed(0), kv_cache=kv_cache)
+    row = {"F": frames, "s": s, "N": steps, "kv_cache": kv_cache, "seconds": round(time.perf_counter() - t0, 3),
+           "dit_calls": counter.calls, "frame_evals": counter.frames}
+    return row, z
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = DiT(DiTConfig.tiny()).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    rows = []
+    for frames, s in [(16, 0), (16, 5), (16, 15), (128, 5)]:
+        cached, z1 = run(model, frames, s, True)
+        plain, z2 = run(model, frames, s, False)
+        cached["max_abs_diff_vs_uncached"] = float((z1 - z2).abs().max())
+        cached["speedup"] = round(plain["seconds"] / cached["seconds"], 2)
+        rows += [plain, cached]
+        print(json.dumps(plain), json.dumps(cached), sep="\n", flush=True)
+    c = model.config
+    out = {"device": f"CPU ({platform.processor() or platform.machine()}), 2 threads", "torch": torch.__version__,
+           "model": f"DiTConfig.tiny(): hidden {c.hidden_size}, depth {c.depth}, L={c.tokens_per_frame}",
+           "batch": 2, "results": rows}
+    path = Path(__file__).parent / "results" / "sampling.json"
+    path.write_text(json.dumps(out, indent=2))
