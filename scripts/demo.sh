@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on real video, on this machine:
 #   local Ray cluster (loopback) → shard videos → train AR-VAE (frames, then clips) → encode latents →
-#   `ray job submit -- python -m ardscale.train configs/demo.yaml` (causal DiT) → sample → stop Ray.
+#   `ray job submit -- python -m ardscale.train configs/demo.yaml` (causal DiT) → sample (and continue
+#   held-out clips past the training length) → stop Ray.
 # Usage: bash scripts/demo.sh [VIDEO_FOLDER] [OUT_DIR]
 #   VIDEO_FOLDER defaults to ../shared/data/ucf101-subset (UCF-101 layout with split lists; any
 #   folder of videos works: class = sub-folder name, fixed 90/10 train/test split by file name).
@@ -48,6 +49,15 @@ ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/demo.
 
 log "sampling with the AD scheduler"
 python -m ardscale.sample "$OUT/dit" --num-samples 8 --steps 50 --s 2 --cfg 2.0 --out "$OUT/samples" | tail -n 1
+
+if python tools/encode_latents.py --vae-run "$OUT/vae" --root "$OUT/data" --split test --num-actors 2 \
+    >/dev/null 2>"$OUT/encode_test.log"; then
+  log "continuing 4 real held-out frames to 24 frames (AD s=10, KV cache, sliding window of 8 frames)"
+  python -m ardscale.sample "$OUT/dit" --num-samples 8 --steps 50 --s 10 --cfg 2.0 --context 4 --frames 24 \
+    --out "$OUT/samples_long" | tail -n 1
+else
+  log "no held-out latents (empty test split?): continuation skipped, see $OUT/encode_test.log"
+fi
 
 log "done"
 python scripts/summarize_demo.py "$OUT" "$(( $(date +%s) - T0 ))"
