@@ -22,6 +22,9 @@ class DataConfig:
     root: str = "runs/data"      # dataset root: local folder or fsspec URL
     split: str = "train"
     vae_id: str = ""             # DiT only: latents/{vae_id}/{split} produced by tools/encode_latents.py
+    vae_run: str = ""            # DiT only, optional: the VAE run that must have produced those latents
+    eval_split: str = "test"     # VAE only: held-out clips for PSNR/SSIM and reconstruction videos
+    eval_clips: int = 16
     clip_frames: int = 0         # VAE only: random run of this many frames per sample (0 = whole clip)
 
 
@@ -35,6 +38,23 @@ class DiffusionConfig:
     prediction: str = "x0"           # x0 (paper) | eps | v: what the DiT outputs
     scale_factor: float = 0.5        # latents are multiplied by this before the DiT (paper Sec. 4.1)
     class_dropout: float = 0.1       # label dropout for classifier-free guidance
+
+
+@dataclass
+class VAELossConfig:
+    """AR-VAE objective per stage (paper Sec. 4.1). Stage 1: l1/l2 (+ perceptual); stage 2 adds
+    ``adversarial > 0``; stage 3 trains clips through the temporally causal decoder."""
+
+    l1: float = 1.0
+    l2: float = 1.0
+    perceptual: float = 0.0          # LPIPS weight; needs both weight files below, else off (logged)
+    perceptual_vgg: str = ""         # torchvision vgg16 state_dict (.pth)
+    perceptual_lin: str = ""         # LPIPS v0.1 vgg.pth (linear heads)
+    adversarial: float = 0.0         # PatchGAN hinge weight, times VQGAN's adaptive weight; 0 = off
+    disc_start: int = 0              # GAN warm-up: adversarial terms start at this global step
+    disc_lr: float = 1e-4
+    disc_channels: int = 64
+    disc_layers: int = 3
 
 
 @dataclass
@@ -53,6 +73,7 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 1000
     log_every: int = 10
+    eval_every: int = 0              # VAE: held-out PSNR/SSIM + reconstruction video every N steps (0 = at the end)
     ckpt_every: int = 500
     keep_last: int = 3
     seed: int = 0
@@ -82,6 +103,7 @@ class Config:
     model: DiTConfig = field(default_factory=DiTConfig)
     vae: ARVAEConfig = field(default_factory=ARVAEConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    vae_loss: VAELossConfig = field(default_factory=VAELossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
@@ -122,6 +144,7 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
     cfg.data.root = _absolute(cfg.data.root)
     cfg.train.run_dir = _absolute(cfg.train.run_dir)
     cfg.train.init_from = cfg.train.init_from and _absolute(cfg.train.init_from)
+    cfg.data.vae_run = cfg.data.vae_run and _absolute(cfg.data.vae_run)
     uri = cfg.tracking.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         cfg.tracking.tracking_uri = "sqlite:///" + _absolute(uri.removeprefix("sqlite:///"))

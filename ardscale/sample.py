@@ -25,7 +25,7 @@ from .data.video import encode_mp4, video_grid, write_gif
 from .diffusion.sampler import sample
 from .engine import checkpoint
 from .engine.tracking import Tracker
-from .train import make_diffusion
+from .objectives import make_diffusion
 
 
 def default_labels(cfg, n: int) -> torch.Tensor:

@@ -15,73 +15,15 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from .config import Config, from_dict, load, to_dict
-from .data.loader import StepSampler, load_latents, load_video_clips
-from .diffusion.schedule import GaussianDiffusion
-from .diffusion.timesteps import sample_timesteps
+from .data.loader import StepSampler, load_video_clips
+from .data.shards import join, read_json
 from .engine import checkpoint
 from .engine.deepspeed import build_engine
 from .engine.tracking import Tracker
-from .models.arvae import ARVAE
-from .models.dit import DiT
-
-
-def make_diffusion(cfg: Config) -> GaussianDiffusion:
-    d = cfg.diffusion
-    return GaussianDiffusion(d.num_timesteps, d.beta_schedule, d.beta_start, d.beta_end, d.prediction)
-
-
-def dit_loss(model, latents: torch.Tensor, labels: torch.Tensor, cfg: Config,
-             diffusion: GaussianDiffusion, gen: torch.Generator) -> torch.Tensor:
-    """MSE on FoPP-corrupted latents ``(B, F, L, D)`` (Sec. 3.2-3.3); the target is x0 as in the
-    paper, or eps / v when ``diffusion.prediction`` says so."""
-    B, Fr = latents.shape[:2]
-    x0 = latents * cfg.diffusion.scale_factor
-    t = sample_timesteps(cfg.diffusion.timestep_sampler, B, Fr, cfg.diffusion.num_timesteps, generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    drop = torch.rand(B, generator=gen) < cfg.diffusion.class_dropout
-    y = torch.where(drop, cfg.model.num_classes, labels)
-    dev, dtype = model.device, next(model.parameters()).dtype
-    x_t = diffusion.q_sample(x0, t, noise)
-    pred = model(x_t.to(dev, dtype), t.to(dev), y.to(dev))
-    return F.mse_loss(pred.float(), diffusion.target(x0, noise, t).to(dev))
-
-
-def temporal_crop(videos: torch.Tensor, frames: int, gen: torch.Generator) -> torch.Tensor:
-    """A random run of ``frames`` consecutive frames per clip: ``(B, F, ...)`` → ``(B, frames, ...)``."""
-    B, F = videos.shape[:2]
-    if frames <= 0 or frames >= F:
-        return videos
-    start = torch.randint(F - frames + 1, (B, 1), generator=gen)
-    return videos[torch.arange(B)[:, None], start + torch.arange(frames)]
-
-
-def vae_loss(model, videos: torch.Tensor) -> torch.Tensor:
-    """L1 + L2 reconstruction of uint8 clips ``(B, F, H, W, 3)`` mapped to [-1, 1] (stage-1 loss)."""
-    dtype = next(model.parameters()).dtype
-    v = (videos.permute(0, 1, 4, 2, 3).float() / 127.5 - 1).to(model.device)
-    rec = model(v.to(dtype)).float()
-    return F.l1_loss(rec, v) + F.mse_loss(rec, v)
-
-
-def build_task(cfg: Config):
-    """Model, training tensors and a ``loss(engine, idx, gen)`` closure for ``cfg.task``."""
-    if cfg.task == "vae":
-        model = ARVAE(cfg.vae)
-        videos, _ = load_video_clips(cfg.data.root, cfg.data.split)
-        k = cfg.data.clip_frames or videos.shape[1]
-        return model, len(videos), k * cfg.vae.num_patches, \
-            lambda eng, idx, gen: vae_loss(eng, temporal_crop(videos[idx], k, gen))
-    latents, labels, _ = load_latents(cfg.data.root, cfg.data.vae_id, cfg.data.split)
-    if labels.max() >= cfg.model.num_classes:
-        raise ValueError(f"label {int(labels.max())} ≥ model.num_classes={cfg.model.num_classes}")
-    model, diffusion = DiT(cfg.model), make_diffusion(cfg)
-    tokens = latents.shape[1] * latents.shape[2]
-    return model, len(latents), tokens, \
-        lambda eng, idx, gen: dit_loss(eng, latents[idx], labels[idx], cfg, diffusion, gen)
+from .objectives import build_task, evaluate_vae
 
 
 def _trim_metrics(path: Path, start: int) -> None:
@@ -91,16 +33,66 @@ def _trim_metrics(path: Path, start: int) -> None:
         path.write_text("".join(r + "\n" for r in rows))
 
 
+def _engines(cfg: Config, task, world: int):
+    """DeepSpeed engines for the model (and the discriminator), resumed from the run's newest
+    complete checkpoint or started from ``train.init_from``. Returns (engine, disc, client state)."""
+    if cfg.train.init_from:  # weights of a previous stage; this run's own checkpoint, if any, wins below
+        task.model.load_state_dict(checkpoint.load_weights(cfg.train.init_from)[0])
+        if task.discriminator is not None and checkpoint.latest_tag(cfg.train.init_from, "ckpt_disc"):
+            task.discriminator.load_state_dict(checkpoint.load_weights(cfg.train.init_from, sub="ckpt_disc")[0])
+    engine = build_engine(task.model, cfg, world)
+    disc = None
+    if task.discriminator is not None:
+        disc = build_engine(task.discriminator, cfg, world, lr=cfg.vae_loss.disc_lr, betas=(0.5, 0.9))
+    client = checkpoint.resume(engine, cfg.train.run_dir) or {}
+    if disc is not None and client:
+        # The model's tag is the commit point; a discriminator saved at that tag goes with it.
+        tag = checkpoint.latest_tag(cfg.train.run_dir)
+        if (Path(checkpoint.ckpt_dir(cfg.train.run_dir, "ckpt_disc")) / tag).is_dir():
+            checkpoint.resume(disc, cfg.train.run_dir, "ckpt_disc", which=tag)
+    return engine, disc, client
+
+
+class _Evaluator:
+    """Held-out PSNR/SSIM and reconstruction videos of the AR-VAE (rank 0), logged to MLflow."""
+
+    def __init__(self, cfg: Config, tracker: Tracker):
+        self.cfg, self.tracker, self.videos = cfg, tracker, None
+        try:
+            self.videos = load_video_clips(cfg.data.root, cfg.data.eval_split)[0][:cfg.data.eval_clips]
+        except (FileNotFoundError, ValueError) as e:
+            print(f"no held-out evaluation: {e}", file=sys.stderr, flush=True)
+        report = read_json(join(cfg.data.root, "videos", cfg.data.split, "_report.json"), {})
+        self.fps = report.get("params", {}).get("fps", 8.0)
+
+    def __call__(self, model, step: int) -> dict:
+        if self.videos is None:
+            return {}
+        out = Path(self.cfg.train.run_dir) / "eval" / f"step-{step:08d}"
+        metrics = evaluate_vae(model, self.videos, out, self.fps)
+        self.tracker.log_metrics(metrics, step)
+        for name in ("recon.mp4", "recon.gif"):
+            self.tracker.log_artifact(str(out / name), f"eval/{out.name}")
+        (out / "metrics.json").write_text(json.dumps(metrics))
+        print(f"step {step:6d} held-out PSNR {metrics['val/psnr']:.2f} dB SSIM {metrics['val/ssim']:.4f}", flush=True)
+        return metrics
+
+
+def _reduce(parts: list[dict], world: int) -> dict:
+    """Mean of each loss over micro batches and ranks (same keys on every rank)."""
+    keys = sorted(parts[0])
+    vec = torch.stack([torch.stack([p[k] for p in parts]).mean() for k in keys]).cpu()
+    dist.all_reduce(vec)
+    return {k: v / world for k, v in zip(keys, vec.tolist())}
+
+
 def train_worker(cfg_dict: dict) -> dict:
     """Per-worker loop (Ray Train ``train_loop_per_worker``, or in-process). Returns last metrics."""
     cfg = from_dict(cfg_dict)
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model, num_samples, tokens_per_sample, loss_fn = build_task(cfg)
-    if cfg.train.init_from:  # weights of a previous stage; this run's own checkpoint, if any, wins below
-        model.load_state_dict(checkpoint.load_weights(cfg.train.init_from)[0])
-    engine = build_engine(model, cfg, world)
-    client = checkpoint.resume(engine, cfg.train.run_dir) or {}
+    task = build_task(cfg)
+    engine, disc, client = _engines(cfg, task, world)
     start = client.get("step", 0)
     tracker = Tracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, enabled=rank == 0)
     run_id = tracker.start(client.get("mlflow_run_id"), cfg.tracking.run_name, cfg_dict)
@@ -116,32 +108,33 @@ def train_worker(cfg_dict: dict) -> dict:
         box = [run_id]
         dist.broadcast_object_list(box, src=0)
         run_id = box[0]
-    sampler = StepSampler(num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum, rank, world, cfg.train.seed)
+    evaluate = _Evaluator(cfg, tracker) if cfg.task == "vae" and rank == 0 else None
+    sampler = StepSampler(task.num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum, rank, world,
+                          cfg.train.seed)
     metrics = {}
     for step in range(start, cfg.train.steps):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(hash((cfg.train.seed, step, rank)) & 0x7FFF_FFFF)
-        losses = []
-        for idx in sampler.micro_batches(step):
-            loss = loss_fn(engine, idx, gen)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.detach().float())
-        loss = torch.stack(losses).mean()
-        dist.all_reduce(loss)
+        parts = [task.micro_step(engine, disc, idx, gen, step) for idx in sampler.micro_batches(step)]
         dt = time.perf_counter() - t0
         samples = cfg.optim.micro_batch_size * cfg.optim.grad_accum * world
-        metrics = {"loss": loss.item() / world, "lr": engine.get_lr()[0], "step_time_s": dt,
-                   "samples_per_s": samples / dt, "tokens_per_s": samples * tokens_per_sample / dt}
+        metrics = {**_reduce(parts, world), "lr": engine.get_lr()[0], "step_time_s": dt,
+                   "samples_per_s": samples / dt, "tokens_per_s": samples * task.tokens_per_sample / dt}
+        last = step + 1 == cfg.train.steps
         if rank == 0:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
-            if step % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
+            if step % cfg.train.log_every == 0 or last:
                 tracker.log_metrics(metrics, step)
                 print(f"step {step:6d} loss {metrics['loss']:.5f} {metrics['samples_per_s']:.1f} samples/s",
                       flush=True)
-        if (step + 1) % cfg.train.ckpt_every == 0 or step + 1 == cfg.train.steps:
-            checkpoint.save(engine, cfg.train.run_dir, step + 1, {"mlflow_run_id": run_id}, cfg.train.keep_last)
+            if evaluate and (last or (cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0)):
+                metrics.update(evaluate(engine.module, step + 1))
+        if (step + 1) % cfg.train.ckpt_every == 0 or last:
+            state = {"mlflow_run_id": run_id}
+            if disc is not None:  # first: the model's `latest` below commits both
+                checkpoint.save(disc, cfg.train.run_dir, step + 1, state, cfg.train.keep_last, sub="ckpt_disc")
+            checkpoint.save(engine, cfg.train.run_dir, step + 1, state, cfg.train.keep_last)
     tracker.end()
     return metrics
 

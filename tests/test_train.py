@@ -9,7 +9,8 @@ import torch
 from ardscale.config import load
 from ardscale.data.shards import npy_bytes, write_json, write_shard
 from ardscale.engine import checkpoint
-from ardscale.train import launch, temporal_crop
+from ardscale.objectives import temporal_crop
+from ardscale.train import launch
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 

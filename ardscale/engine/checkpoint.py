@@ -14,43 +14,53 @@ import torch
 import torch.distributed as dist
 
 
-def ckpt_dir(run_dir: str) -> str:
-    return str(Path(run_dir) / "ckpt")
+def ckpt_dir(run_dir: str, sub: str = "ckpt") -> str:
+    """Where a run's engine writes its tags: ``ckpt`` (the model), ``ckpt_disc`` (a GAN discriminator)."""
+    return str(Path(run_dir) / sub)
 
 
 def tag(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def latest_tag(run_dir: str) -> str | None:
+def latest_tag(run_dir: str, sub: str = "ckpt") -> str | None:
     """Tag that ``latest`` points to, or None when the run has no complete checkpoint."""
-    p = Path(ckpt_dir(run_dir)) / "latest"
+    p = Path(ckpt_dir(run_dir, sub)) / "latest"
     return p.read_text().strip() if p.is_file() else None
 
 
-def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int) -> None:
-    """Save a tag for ``step`` (all ranks call this), then drop all but the newest ``keep_last`` tags."""
-    engine.save_checkpoint(ckpt_dir(run_dir), tag=tag(step), client_state={**client_state, "step": step})
+def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, sub: str = "ckpt") -> None:
+    """Save a tag for ``step`` (all ranks call this), then drop all but the newest ``keep_last`` tags.
+
+    With several engines (VAE + discriminator), save the others first: the model's ``latest``
+    is the commit point, and :func:`resume` loads the others at the model's tag.
+    """
+    engine.save_checkpoint(ckpt_dir(run_dir, sub), tag=tag(step), client_state={**client_state, "step": step})
     if dist.is_initialized():
         dist.barrier()
     if (not dist.is_initialized() or dist.get_rank() == 0) and keep_last > 0:
-        tags = sorted(p for p in Path(ckpt_dir(run_dir)).glob("step-*") if p.is_dir())
+        tags = sorted(p for p in Path(ckpt_dir(run_dir, sub)).glob("step-*") if p.is_dir())
         for old in tags[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def resume(engine, run_dir: str) -> dict | None:
-    """Load the newest complete checkpoint into ``engine`` (model, optimizer, LR scheduler); its client state or None."""
-    t = latest_tag(run_dir)
+def resume(engine, run_dir: str, sub: str = "ckpt", which: str | None = None) -> dict | None:
+    """Load tag ``which`` (default: the newest complete one) into ``engine`` (model, optimizer,
+    LR scheduler); its client state, or None when there is nothing to resume.
+
+    Raises:
+        RuntimeError: the tag exists but DeepSpeed cannot load it.
+    """
+    t = which or latest_tag(run_dir, sub)
     if t is None:
         return None
-    path, client = engine.load_checkpoint(ckpt_dir(run_dir), tag=t)
+    path, client = engine.load_checkpoint(ckpt_dir(run_dir, sub), tag=t)
     if path is None:
-        raise RuntimeError(f"{ckpt_dir(run_dir)}/{t}: checkpoint could not be loaded")
+        raise RuntimeError(f"{ckpt_dir(run_dir, sub)}/{t}: checkpoint could not be loaded")
     return client
 
 
-def load_weights(run_dir: str, which: str | None = None) -> tuple[dict, str]:
+def load_weights(run_dir: str, which: str | None = None, sub: str = "ckpt") -> tuple[dict, str]:
     """Consolidated fp32 model ``state_dict`` of a run's newest (or ``which``) tag, without a process group.
 
     Raises:
@@ -58,11 +68,20 @@ def load_weights(run_dir: str, which: str | None = None) -> tuple[dict, str]:
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    t = which or latest_tag(run_dir)
+    t = which or latest_tag(run_dir, sub)
     if t is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint (no ckpt/latest)")
-    state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir(run_dir), tag=t)
+        raise FileNotFoundError(f"{run_dir}: no checkpoint (no {sub}/latest)")
+    state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir(run_dir, sub), tag=t)
     return {k: v.detach().float() for k, v in state.items() if isinstance(v, torch.Tensor)}, t
+
+
+def weights_digest(state: dict) -> str:
+    """First 12 hex digits of a sha256 over a ``state_dict`` (names and fp32 bytes, sorted)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def load_trained(run_dir: str, which: str | None = None):
@@ -86,10 +105,6 @@ def load_trained(run_dir: str, which: str | None = None):
         raise FileNotFoundError(f"{run_dir}: not a training run (no config.yaml)")
     cfg = from_dict(yaml.safe_load(cfg_file.read_text()))
     state, tag = load_weights(run_dir, which)
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].numpy().tobytes())
     model = ARVAE(cfg.vae) if cfg.task == "vae" else DiT(cfg.model)
     model.load_state_dict(state)
-    return cfg, model.eval(), tag, h.hexdigest()[:12]
+    return cfg, model.eval(), tag, weights_digest(state)

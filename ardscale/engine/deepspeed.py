@@ -23,10 +23,12 @@ def ds_config(cfg: Config, world_size: int, use_bf16: bool) -> dict:
     }
 
 
-def build_engine(model: torch.nn.Module, cfg: Config, world_size: int):
+def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, lr: float | None = None,
+                 betas: tuple[float, float] | None = None):
     """Wrap ``model`` in a DeepSpeed engine with torch AdamW and linear warm-up to a constant LR.
 
-    bf16 on CUDA, fp32 on CPU (``DS_ACCELERATOR=cpu``, gloo). Returns the engine.
+    bf16 on CUDA, fp32 on CPU (``DS_ACCELERATOR=cpu``, gloo). ``lr``/``betas`` override
+    ``cfg.optim`` (a GAN discriminator's own optimizer). Returns the engine.
     """
     use_cuda = torch.cuda.is_available() and cfg.scale.use_gpu
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
@@ -34,7 +36,7 @@ def build_engine(model: torch.nn.Module, cfg: Config, world_size: int):
 
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr or o.lr, betas=tuple(betas or o.betas), weight_decay=o.weight_decay)
     warm = max(o.warmup_steps, 0)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
