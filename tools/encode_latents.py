@@ -1,11 +1,16 @@
 """Ray batch job: video shards → AR-VAE latent shards.
 
 Reads ``{root}/videos/{split}/shard-*.tar`` and writes ``{root}/latents/{vae_id}/{split}/`` with the
-same shard names: ``KEY.npy`` (``(F, L, D)`` float16) + ``KEY.json`` (the video's metadata). Ray Data
-``map_batches`` runs a pool of encoder actors, one input shard per call; an output shard that
-whose ``.stats.json`` sidecar exists is complete and skipped. ``_manifest.json`` records the VAE
-run, checkpoint tag and a hash of its weights (``vae_id``), and the counts and latent statistics
-summed over all shards' sidecars.
+same shard names: ``KEY.npy`` (``(F, L, D)`` float16) + ``KEY.json`` (the video's metadata).
+
+A Ray Data pipeline of two stages, one shard per row: CPU tasks read and decode shards
+(``decode_shard``), and a pool of AR-VAE actors (one per GPU with ``--gpus-per-actor 1``, bf16;
+else CPU) encodes and writes them. Ray Data streams between the stages, so decoding the next
+shards overlaps with encoding this one and the encoder is not left waiting. An output shard
+whose ``.stats.json`` sidecar exists is complete and skipped on a re-run. Undecodable samples are
+counted and listed, never dropped silently. ``_manifest.json`` records the VAE run, checkpoint
+tag and a hash of its weights (``vae_id``), and the counts and latent statistics summed over all
+shards' sidecars.
 
     python tools/encode_latents.py --vae-run runs/demo/vae --root runs/demo/data --split train
 """
@@ -37,49 +42,67 @@ def load_vae(run_dir: str, which: str | None = None) -> tuple[ARVAE, str, str]:
     return model, tag, digest
 
 
+def decode_shard(row: dict) -> dict:
+    """Ray Data ``map`` stage: one video shard → its decoded clips ``(N, F, H, W, 3)`` uint8, keys,
+    metadata and the samples that failed to decode."""
+    keys, clips, metas, failed = [], [], [], []
+    for s in read_shard(row["src"]):
+        try:
+            clips.append(decode_mp4(s["mp4"]))
+        except (VideoReadError, KeyError) as e:
+            failed.append(f"{row['src']}:{s['__key__']}: {e}")
+            continue
+        keys.append(s["__key__"])
+        metas.append(s["json"].decode() if isinstance(s["json"], bytes) else json.dumps(s["json"]))
+    return {"src": row["src"], "dst": row["dst"], "keys": json.dumps(keys), "metas": json.dumps(metas),
+            "failed": json.dumps(failed), "clips": np.stack(clips) if clips else np.zeros((0,), np.uint8)}
+
+
 class ShardEncoder:
-    """Ray Data actor: encodes whole input shards into output shards (batch = rows of src/dst URLs)."""
+    """Ray Data actor: encodes decoded shards (batch = 1 row of :func:`decode_shard`) and writes them."""
 
     def __init__(self, vae_run: str, tag: str, batch_size: int = 16):
-        torch.set_num_threads(1)
-        self.model, _, _ = load_vae(vae_run, tag)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)   # one actor per core
+        model, _, _ = load_vae(vae_run, tag)
+        self.model = model.to(self.device)
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def _encode(self, clips: list[np.ndarray]) -> np.ndarray:
-        v = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-        return self.model.encode(v).numpy()
+    def _encode(self, clips: np.ndarray) -> np.ndarray:
+        v = torch.from_numpy(clips).to(self.device).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return self.model.encode(v).float().cpu().numpy()
 
     def __call__(self, batch: dict) -> dict:
-        """Encode each ``src`` shard into ``dst``, then write ``dst``'s stats sidecar (marks it complete)."""
-        for src, dst in zip(batch["src"], batch["dst"]):
-            samples, failed = [], []
-            for s in read_shard(src):
-                try:
-                    samples.append((s["__key__"], decode_mp4(s["mp4"]), s["json"]))
-                except (VideoReadError, KeyError) as e:
-                    failed.append(f"{src}:{s['__key__']}: {e}")
-            rows, total, total_sq, count = [], 0.0, 0.0, 0
-            for i in range(0, len(samples), self.batch_size):
-                chunk = samples[i:i + self.batch_size]
-                z = self._encode([c[1] for c in chunk])
-                total, total_sq = total + float(z.sum()), total_sq + float((z.astype(np.float64) ** 2).sum())
-                count += z.size
-                rows += [{"__key__": k, "npy": npy_bytes(zi.astype(np.float16)), "json": meta}
-                         for (k, _, meta), zi in zip(chunk, z)]
-            write_shard(dst, rows)
-            write_json(_stats_url(dst), {"src": src, "clips": len(rows), "failed": failed, "sum": total,
-                                         "sumsq": total_sq, "count": count,
-                                         "frames": samples[0][1].shape[0] if samples else 0})
-        return {"dst": list(batch["dst"])}
+        """Encode the shard into ``dst``, then write ``dst``'s stats sidecar (marks it complete)."""
+        dst, clips = batch["dst"][0], batch["clips"][0]
+        keys, metas = json.loads(batch["keys"][0]), json.loads(batch["metas"][0])
+        rows, total, total_sq, count = [], 0.0, 0.0, 0
+        for i in range(0, len(keys), self.batch_size):
+            z = self._encode(clips[i:i + self.batch_size])
+            total, total_sq = total + float(z.sum()), total_sq + float((z.astype(np.float64) ** 2).sum())
+            count += z.size
+            rows += [{"__key__": k, "npy": npy_bytes(zi.astype(np.float16)), "json": m.encode()}
+                     for k, m, zi in zip(keys[i:], metas[i:], z)]
+        write_shard(dst, rows)
+        write_json(_stats_url(dst), {"src": batch["src"][0], "clips": len(rows), "failed": json.loads(batch["failed"][0]),
+                                     "sum": total, "sumsq": total_sq, "count": count,
+                                     "frames": int(clips.shape[1]) if keys else 0})
+        return {"dst": [dst], "clips": [len(rows)]}
 
 
 def _stats_url(shard_url: str) -> str:
     return shard_url.removesuffix(".tar") + ".stats.json"
 
 
-def run(vae_run: str, root: str, split: str, num_actors: int = 1) -> dict:
-    """Encode one split; returns (and writes) the manifest."""
+def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor: float = 0) -> dict:
+    """Encode one split; returns (and writes) the manifest.
+
+    Raises:
+        FileNotFoundError: no video shards under ``{root}/videos/{split}``.
+    """
     import ray
 
     from ardscale.engine.launch import init_ray
@@ -94,9 +117,12 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1) -> dict:
     t0 = time.time()
     if todo:
         init_ray()
-        ray.data.from_items(todo).map_batches(
+        actors = min(num_actors, len(todo))
+        # Half a CPU per decoder and per CPU encoder: N actors on N cores still leave room for the
+        # decoders, so decoding overlaps encoding instead of waiting for an actor to finish.
+        ray.data.from_items(todo).map(decode_shard, num_cpus=0.5).map_batches(
             ShardEncoder, fn_constructor_kwargs={"vae_run": vae_run, "tag": tag}, batch_size=1,
-            concurrency=min(num_actors, len(todo)), num_cpus=1).materialize()
+            concurrency=actors, num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 0.5).materialize()
     # The manifest sums every shard's sidecar, so a resumed job reports the whole split.
     stats = [read_json(_stats_url(d)) for d in dsts]
     count = sum(r["count"] for r in stats)
@@ -118,9 +144,10 @@ def main(argv=None):
     p.add_argument("--root", required=True, help="dataset root holding videos/{split}")
     p.add_argument("--split", default="train")
     p.add_argument("--num-actors", type=int, default=1, help="encoder actors (one per GPU / CPU worker)")
+    p.add_argument("--gpus-per-actor", type=float, default=0, help="1: one GPU per actor (bf16); 0: CPU")
     p.add_argument("--manifest-out", default=None, help="also write the manifest to this local file")
     a = p.parse_args(argv)
-    manifest = run(a.vae_run, a.root, a.split, a.num_actors)
+    manifest = run(a.vae_run, a.root, a.split, a.num_actors, a.gpus_per_actor)
     if a.manifest_out:
         Path(a.manifest_out).write_text(json.dumps(manifest, indent=2))
     print(json.dumps(manifest))
