@@ -59,9 +59,14 @@ class _Evaluator:
     def __init__(self, cfg: Config, tracker: Tracker):
         self.cfg, self.tracker, self.videos = cfg, tracker, None
         try:
-            self.videos = load_video_clips(cfg.data.root, cfg.data.eval_split)[0][:cfg.data.eval_clips]
+            videos = load_video_clips(cfg.data.root, cfg.data.eval_split)[0]
         except (FileNotFoundError, ValueError) as e:
             print(f"no held-out evaluation: {e}", file=sys.stderr, flush=True)
+        else:  # clips spread over the split (neighbouring clips come from one video)
+            videos = videos[torch.linspace(0, len(videos) - 1, min(cfg.data.eval_clips, len(videos))).long()]
+            if cfg.data.clip_frames == 1:  # a single-frame stage is judged on single frames
+                videos = videos.flatten(0, 1)[:, None]
+            self.videos = videos
         report = read_json(join(cfg.data.root, "videos", cfg.data.split, "_report.json"), {})
         self.fps = report.get("params", {}).get("fps", 8.0)
 

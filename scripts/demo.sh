@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on real video, on this machine:
-#   local Ray cluster (loopback) → shard videos → train AR-VAE (frames, then clips) → encode latents →
+#   local Ray cluster (loopback) → shard videos → train AR-VAE (frames, + GAN, then clips) → encode latents →
 #   `ray job submit -- python -m ardscale.train configs/demo.yaml` (causal DiT) → sample (and continue
 #   held-out clips past the training length) → stop Ray.
 # Usage: bash scripts/demo.sh [VIDEO_FOLDER] [OUT_DIR]
@@ -31,12 +31,15 @@ python data_prep/shard_videos.py --src "$SRC" --out "$OUT/data" --split test --n
   --allow-empty   # held out for evaluation; a small folder may have no test video
 
 COMMON=(data.root="$OUT/data" tracking.tracking_uri="sqlite:///$OUT/mlruns.db")
-log "training the AR-VAE, stage 1: single frames (Ray job)"
+log "training the AR-VAE, stage 1: single frames, reconstruction loss (Ray job)"
 ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/demo_vae_frames.yaml" \
   "${COMMON[@]}" train.run_dir="$OUT/vae_frames"
-log "training the AR-VAE, stage 3: 8-frame clips, temporally causal decoder (Ray job)"
+log "training the AR-VAE, stage 2: single frames + PatchGAN adversarial loss (Ray job)"
+ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/demo_vae_gan.yaml" \
+  "${COMMON[@]}" train.init_from="$OUT/vae_frames" train.run_dir="$OUT/vae_gan"
+log "training the AR-VAE, stage 3: 8-frame clips, temporally causal decoder, GAN still on (Ray job)"
 ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/demo_vae.yaml" \
-  "${COMMON[@]}" train.init_from="$OUT/vae_frames" train.run_dir="$OUT/vae"
+  "${COMMON[@]}" train.init_from="$OUT/vae_gan" train.run_dir="$OUT/vae"
 
 log "encoding train latents"
 python tools/encode_latents.py --vae-run "$OUT/vae" --root "$OUT/data" --split train --num-actors 2 \

@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-STAGES = ("vae_frames", "vae", "dit")
+STAGES = ("vae_frames", "vae_gan", "vae", "dit")
 
 
 def main(out: Path, seconds: int) -> None:
@@ -20,14 +20,24 @@ def main(out: Path, seconds: int) -> None:
         head = sum(r["loss"] for r in rows[:k]) / k
         tail = sum(r["loss"] for r in rows[-k:]) / k
         run_id = (out / stage / "mlflow_run_id").read_text().strip()
-        print(f"{stage:>10}: {len(rows)} steps, loss {head:.4f} (first 10%) -> {tail:.4f} (last 10%), "
-              f"MLflow run {run_id}")
+        evals = sorted((out / stage / "eval").glob("step-*/metrics.json"))
+        held_out = ""
+        if evals:
+            m = json.loads(evals[-1].read_text())
+            held_out = f", held-out PSNR {m['val/psnr']:.2f} dB SSIM {m['val/ssim']:.3f}"
+        print(f"{stage:>10}: {len(rows)} steps, loss {head:.4f} (first 10%) -> {tail:.4f} (last 10%)"
+              f"{held_out}, MLflow run {run_id}")
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8)
         ax.set(title=stage, xlabel="step", ylabel="loss", yscale="log")
     fig.tight_layout()
     fig.savefig(out / "loss_curves.png", dpi=100)
     info = json.loads((out / "samples" / "samples.json").read_text())
     print(f"   samples: {info['mp4']}\n            {info['gif']}  (labels {info['labels']})")
+    long = out / "samples_long" / "samples.json"
+    if long.is_file():
+        info = json.loads(long.read_text())
+        print(f"    longer: {info['mp4']}  ({info['context']} real frames continued to {info['frames']}, "
+              f"window {info['window']}, {info['generate_s']} s)")
     print(f"    curves: {out / 'loss_curves.png'}")
     print(f"    MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlruns.db   (experiment ardscale-demo)")
 

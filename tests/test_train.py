@@ -122,3 +122,11 @@ def test_init_from_starts_a_new_run_from_previous_stage_weights(latent_root, tmp
     assert tag2 == "step-00000001" and w1.keys() == w2.keys()
     assert all(torch.equal(w1[k], w2[k]) for k in w1)     # lr 0: the stage-2 step kept stage-1 weights
     assert losses(stage2)[0] < losses(stage1)[0]           # and it started from trained, not fresh, weights
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(CONFIG).parent).glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    cfg = load(str(Path(CONFIG).parent / f"{name}.yaml"), ["data.vae_id=x"])
+    assert cfg.task in ("dit", "vae") and cfg.train.steps > 0
+    if name.startswith("ucf101"):  # paper sizes (Table 6)
+        assert (cfg.vae.width, cfg.vae.depth, cfg.model.hidden_size, cfg.model.depth) == (1024, 24, 1152, 28)
