@@ -41,5 +41,5 @@ def test_dockerfiles(name):
         if m and m.group(1) != ".":
             assert (ROOT / m.group(1)).exists(), f"{name}: COPY {m.group(1)} does not exist"
     if shutil.which("hadolint"):
-        result = subprocess.run(["hadolint", str(path)], capture_output=True, text=True)
+        result = subprocess.run(["hadolint", str(path)], check=False, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
