@@ -63,6 +63,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
+    lr_steps: list[int] = field(default_factory=list)     # from lr_steps[i] on, the LR is lr_values[i]
+    lr_values: list[float] = field(default_factory=list)  # paper fine-tune: [100000] → [1e-5]
     grad_clip: float = 1.0
     micro_batch_size: int = 16       # per worker (paper: 16 per GPU)
     grad_accum: int = 1              # paper: 8
@@ -79,6 +81,8 @@ class TrainConfig:
     seed: int = 0
     run_dir: str = "runs/default"    # checkpoints, resolved config and Ray Train state
     init_from: str = ""              # run dir whose newest weights start this run (a previous stage)
+    max_nonfinite_steps: int = 5     # this many steps in a row with a NaN/inf loss: save and stop
+    peak_tflops: float = 0.0         # per device, for MFU (0: 989 on an H100-class GPU, none on CPU)
 
 
 @dataclass
@@ -138,6 +142,9 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
         raise ValueError(f"{path}: task must be 'dit' or 'vae', got {cfg.task!r}")
     if cfg.task == "dit" and not cfg.data.vae_id:
         raise ValueError(f"{path}: data.vae_id is empty; set it to the vae_id that tools/encode_latents.py printed")
+    if len(cfg.optim.lr_steps) != len(cfg.optim.lr_values) or cfg.optim.lr_steps != sorted(cfg.optim.lr_steps):
+        raise ValueError(f"{path}: optim.lr_steps {cfg.optim.lr_steps} and optim.lr_values {cfg.optim.lr_values} "
+                         "must have equal lengths, steps increasing")
     if "://" in cfg.train.run_dir:
         raise ValueError(f"{path}: train.run_dir={cfg.train.run_dir!r}: checkpoints are written to a local "
                          "(or mounted shared) folder for now; data.root may be any fsspec URL")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,11 +27,15 @@ from .data.video import encode_mp4, video_grid, write_gif
 from .diffusion.schedule import GaussianDiffusion
 from .diffusion.timesteps import sample_timesteps
 from .engine import checkpoint
+from .engine.flops import dit_train_flops
+from .engine.guard import NonFiniteGuard
 from .metrics import psnr, ssim
 from .models.arvae import ARVAE
 from .models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from .models.dit import DiT
 from .models.lpips import LPIPS
+
+NUM_BUCKETS = 10   # DiT loss is also logged per tenth of the timestep range
 
 
 @dataclass
@@ -41,6 +45,8 @@ class Task:
     tokens_per_sample: int
     micro_step: Callable  # (engine, disc_engine | None, idx, gen, step) -> dict[str, Tensor]
     discriminator: nn.Module | None = None
+    guards: list[NonFiniteGuard] = field(default_factory=list)   # their `skipped` counts NaN/inf losses
+    flops_per_sample: float | None = None                         # training FLOPs, for MFU
 
 
 def make_diffusion(cfg: Config) -> GaussianDiffusion:
@@ -49,9 +55,13 @@ def make_diffusion(cfg: Config) -> GaussianDiffusion:
 
 
 def dit_loss(model, latents: torch.Tensor, labels: torch.Tensor, cfg: Config,
-             diffusion: GaussianDiffusion, gen: torch.Generator) -> torch.Tensor:
+             diffusion: GaussianDiffusion, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MSE on FoPP-corrupted latents ``(B, F, L, D)`` (Sec. 3.2-3.3); the target is x0 as in the
-    paper, or eps / v when ``diffusion.prediction`` says so."""
+    paper, or eps / v when ``diffusion.prediction`` says so.
+
+    Returns:
+        the loss (scalar), the detached per-frame MSE ``(B, F)`` and the timesteps ``(B, F)``.
+    """
     B, Fr = latents.shape[:2]
     x0 = latents * cfg.diffusion.scale_factor
     t = sample_timesteps(cfg.diffusion.timestep_sampler, B, Fr, cfg.diffusion.num_timesteps, generator=gen)
@@ -61,7 +71,15 @@ def dit_loss(model, latents: torch.Tensor, labels: torch.Tensor, cfg: Config,
     dev, dtype = model.device, next(model.parameters()).dtype
     x_t = diffusion.q_sample(x0, t, noise)
     pred = model(x_t.to(dev, dtype), t.to(dev), y.to(dev))
-    return F.mse_loss(pred.float(), diffusion.target(x0, noise, t).to(dev))
+    err = (pred.float() - diffusion.target(x0, noise, t).to(dev)).pow(2)
+    return err.mean(), err.detach().mean(dim=(2, 3)).cpu(), t
+
+
+def bucket_losses(per_frame: torch.Tensor, t: torch.Tensor, num_timesteps: int) -> dict:
+    """Sums and counts of per-frame losses ``(B, F)`` in NUM_BUCKETS equal timestep ranges."""
+    b = (t * NUM_BUCKETS // num_timesteps).flatten()
+    return {"bucket_sum": torch.zeros(NUM_BUCKETS).index_add_(0, b, per_frame.flatten().float()),
+            "bucket_count": torch.bincount(b, minlength=NUM_BUCKETS).float()}
 
 
 def check_vae(cfg: Config, manifest: dict) -> None:
@@ -86,15 +104,15 @@ def _dit_task(cfg: Config) -> Task:
     check_vae(cfg, manifest)
     if labels.max() >= cfg.model.num_classes:
         raise ValueError(f"label {int(labels.max())} ≥ model.num_classes={cfg.model.num_classes}")
-    diffusion = make_diffusion(cfg)
+    diffusion, guard = make_diffusion(cfg), NonFiniteGuard()
 
     def micro_step(engine, disc, idx, gen, step):
-        loss = dit_loss(engine, latents[idx], labels[idx], cfg, diffusion, gen)
-        engine.backward(loss)
-        engine.step()
-        return {"loss": loss.detach().float()}
+        loss, per_frame, t = dit_loss(engine, latents[idx], labels[idx], cfg, diffusion, gen)
+        guard.backward_step(engine, loss)
+        return {"loss": loss.detach().float().cpu(), **bucket_losses(per_frame, t, cfg.diffusion.num_timesteps)}
 
-    return Task(DiT(cfg.model), len(latents), latents.shape[1] * latents.shape[2], micro_step)
+    return Task(DiT(cfg.model), len(latents), latents.shape[1] * latents.shape[2], micro_step, guards=[guard],
+                flops_per_sample=dit_train_flops(cfg.model, latents.shape[1]))
 
 
 def temporal_crop(videos: torch.Tensor, frames: int, gen: torch.Generator) -> torch.Tensor:
@@ -128,6 +146,7 @@ class VAEObjective:
 
     def __init__(self, cfg: Config):
         self.c, self.patch = cfg.vae_loss, cfg.vae.patch_size
+        self.guard, self.disc_guard = NonFiniteGuard(), NonFiniteGuard()
         self.lpips = load_perceptual(cfg)
         self._last = {}     # input of the decoder's last layer, for the adaptive weight
         self._hooked = None
@@ -173,15 +192,13 @@ class VAEObjective:
             d.requires_grad_(True)
             loss = nll + weight * g_adv
             parts.update(g_adv=g_adv, adaptive_weight=weight)
-        engine.backward(loss)
-        engine.step()
+        self.guard.backward_step(engine, loss)
         if gan:
             d_loss = hinge_d_loss(disc(real.to(dtype)).float(), disc(fake.detach().flatten(0, 1).to(dtype)).float())
-            disc.backward(d_loss)
-            disc.step()
+            self.disc_guard.backward_step(disc, d_loss)
             parts["d_loss"] = d_loss
         parts["loss"] = loss
-        return {k: v.detach().float() for k, v in parts.items()}
+        return {k: v.detach().float().cpu() for k, v in parts.items()}
 
 
 def _vae_task(cfg: Config) -> Task:
@@ -195,7 +212,8 @@ def _vae_task(cfg: Config) -> Task:
     def micro_step(engine, disc_engine, idx, gen, step):
         return objective(engine, disc_engine, temporal_crop(videos[idx], k, gen), step)
 
-    return Task(ARVAE(cfg.vae), len(videos), k * cfg.vae.num_patches, micro_step, disc)
+    return Task(ARVAE(cfg.vae), len(videos), k * cfg.vae.num_patches, micro_step, disc,
+                guards=[objective.guard, objective.disc_guard])
 
 
 def build_task(cfg: Config) -> Task:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from .data.loader import StepSampler, load_video_clips
 from .data.shards import join, read_json
 from .engine import checkpoint
 from .engine.deepspeed import build_engine
+from .engine.flops import peak_tflops
 from .engine.tracking import Tracker
 from .objectives import build_task, evaluate_vae
 
@@ -84,11 +87,57 @@ class _Evaluator:
 
 
 def _reduce(parts: list[dict], world: int) -> dict:
-    """Mean of each loss over micro batches and ranks (same keys on every rank)."""
-    keys = sorted(parts[0])
-    vec = torch.stack([torch.stack([p[k] for p in parts]).mean() for k in keys]).cpu()
+    """Scalars: mean over micro batches and ranks. ``bucket_sum``/``bucket_count``: summed, then
+    reported as ``loss_t/LO-HI`` (mean loss of the frames whose timestep falls in that range)."""
+    scalars = sorted(k for k, v in parts[0].items() if v.ndim == 0)
+    vec = torch.cat([torch.stack([torch.stack([p[k] for p in parts]).mean() for k in scalars])]
+                    + [torch.stack([p[k] for p in parts]).sum(0) for k in ("bucket_sum", "bucket_count")
+                       if k in parts[0]])
     dist.all_reduce(vec)
-    return {k: v / world for k, v in zip(keys, vec.tolist())}
+    out = {k: v / world for k, v in zip(scalars, vec[:len(scalars)].tolist())}
+    if "bucket_sum" in parts[0]:
+        sums, counts = vec[len(scalars):].view(2, -1)
+        width = 1.0 / len(sums)
+        for i, (s_, c_) in enumerate(zip(sums.tolist(), counts.tolist())):
+            if c_:
+                out[f"loss_t/{i * width:.1f}-{(i + 1) * width:.1f}"] = s_ / c_
+    return out
+
+
+class _Stop:
+    """SIGTERM (preemption, ``ray job stop``, Kubernetes eviction) asks for a checkpoint and a
+    clean exit at the end of the current step. Signals reach the main thread only; elsewhere
+    (a Ray Train worker thread) Ray's own restart-from-checkpoint applies."""
+
+    def __init__(self):
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        print("SIGTERM: saving a checkpoint after this step, then exiting", file=sys.stderr, flush=True)
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """True on every rank when any rank was asked to stop."""
+        flag = torch.tensor([float(self.requested)])
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def _throughput(task, cfg: Config, dt: float, world: int) -> dict:
+    samples = cfg.optim.micro_batch_size * cfg.optim.grad_accum * world
+    out = {"step_time_s": dt, "samples_per_s": samples / dt, "tokens_per_s": samples * task.tokens_per_sample / dt}
+    if task.flops_per_sample:
+        tflops = task.flops_per_sample * samples / world / dt / 1e12
+        out["tflops_per_device"] = tflops
+        peak = peak_tflops(cfg.train.peak_tflops)
+        if peak:
+            out["mfu"] = tflops / peak
+    if torch.cuda.is_available():
+        out["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
 
 
 def train_worker(cfg_dict: dict) -> dict:
@@ -116,16 +165,19 @@ def train_worker(cfg_dict: dict) -> dict:
     evaluate = _Evaluator(cfg, tracker) if cfg.task == "vae" and rank == 0 else None
     sampler = StepSampler(task.num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum, rank, world,
                           cfg.train.seed)
-    metrics = {}
+    metrics, bad_run, stop = {}, 0, _Stop()
     for step in range(start, cfg.train.steps):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(hash((cfg.train.seed, step, rank)) & 0x7FFF_FFFF)
+        skipped_before = sum(g.skipped for g in task.guards)
         parts = [task.micro_step(engine, disc, idx, gen, step) for idx in sampler.micro_batches(step)]
-        dt = time.perf_counter() - t0
-        samples = cfg.optim.micro_batch_size * cfg.optim.grad_accum * world
-        metrics = {**_reduce(parts, world), "lr": engine.get_lr()[0], "step_time_s": dt,
-                   "samples_per_s": samples / dt, "tokens_per_s": samples * task.tokens_per_sample / dt}
-        last = step + 1 == cfg.train.steps
+        skipped = sum(g.skipped for g in task.guards) - skipped_before
+        bad_run = bad_run + 1 if skipped else 0
+        metrics = {**_reduce(parts, world), "lr": engine.get_lr()[0], "grad_norm": engine.get_global_grad_norm(),
+                   "nonfinite_skipped": skipped, **_throughput(task, cfg, time.perf_counter() - t0, world)}
+        metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+        halt = bad_run >= cfg.train.max_nonfinite_steps or stop.agreed()
+        last = step + 1 == cfg.train.steps or halt
         if rank == 0:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -140,6 +192,13 @@ def train_worker(cfg_dict: dict) -> dict:
             if disc is not None:  # first: the model's `latest` below commits both
                 checkpoint.save(disc, cfg.train.run_dir, step + 1, state, cfg.train.keep_last, sub="ckpt_disc")
             checkpoint.save(engine, cfg.train.run_dir, step + 1, state, cfg.train.keep_last)
+        if bad_run >= cfg.train.max_nonfinite_steps:
+            tracker.end("FAILED")
+            raise RuntimeError(f"the loss was NaN/inf in {bad_run} steps in a row (last: step {step}); the updates "
+                               f"were skipped and {checkpoint.tag(step + 1)} holds the last good weights")
+        if halt:
+            tracker.end("KILLED")
+            raise SystemExit(143)
     tracker.end()
     return metrics
 

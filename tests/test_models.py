@@ -163,3 +163,19 @@ def test_arvae_windowed_decode():
         assert torch.allclose(win[:, :3], full[:, :3], atol=1e-6)
         assert torch.allclose(win[:, 4], vae.decode(z[:, 2:5])[:, -1], atol=1e-6)
         assert torch.equal(vae.decode(z, window=6), full)
+
+
+def test_dit_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = randomized(DiT(DiTConfig.tiny())).train()
+    ckpt = DiT(DiTConfig.tiny(grad_checkpointing=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x, t, y = torch.randn(2, 3, 32, 4), torch.tensor([[5, 50, 500]] * 2), torch.tensor([1, 2])
+    calls = []
+    for m in (plain, ckpt):
+        forward = m.blocks[0].forward
+        m.blocks[0].forward = lambda *a, _f=forward, _m=m, **k: calls.append(_m) or _f(*a, **k)
+        m(x, t, y).pow(2).mean().backward()
+    assert (calls.count(plain), calls.count(ckpt)) == (1, 2)   # the checkpointed block ran again in backward
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name

@@ -1,5 +1,6 @@
 """Training: config loading, in-process DeepSpeed steps, exact resume, 2-worker Ray Train + ZeRO-2."""
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,81 @@ def test_every_shipped_config_loads(name):
     assert cfg.task in ("dit", "vae") and cfg.train.steps > 0
     if name.startswith("ucf101"):  # paper sizes (Table 6)
         assert (cfg.vae.width, cfg.vae.depth, cfg.model.hidden_size, cfg.model.depth) == (1024, 24, 1152, 28)
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_phases_and_step_metrics(latent_root, tmp_path):
+    run = str(tmp_path / "phases")
+    launch(load(CONFIG, overrides(latent_root, run, **{
+        "train.steps": 6, "optim.lr": 2e-4, "optim.warmup_steps": 2, "optim.lr_steps": "[4]",
+        "optim.lr_values": "[1e-5]", "train.peak_tflops": 0.5})))
+    r = rows(run)
+    # metrics log the LR after each step's scheduler update: warm-up 2 steps, 2e-4, then 1e-5 from step 4
+    assert [round(x["lr"], 8) for x in r] == [2e-4, 2e-4, 2e-4, 1e-5, 1e-5, 1e-5]
+    assert all(x["grad_norm"] > 0 and x["tflops_per_device"] > 0 and x["nonfinite_skipped"] == 0 for x in r)
+    assert math.isclose(r[0]["mfu"], r[0]["tflops_per_device"] / 0.5)
+    buckets = [k for k in r[0] if k.startswith("loss_t/")]
+    assert buckets and all(r[0][k] > 0 for k in buckets)
+    with pytest.raises(ValueError, match="lr_steps"):
+        load(CONFIG, ["data.vae_id=x", "optim.lr_steps=[4,2]", "optim.lr_values=[1,2]"])
+
+
+def nan_at(steps, monkeypatch):
+    """Make dit_loss return NaN at the given global steps (counted by calls: 1 micro batch per step)."""
+    import ardscale.objectives as obj
+
+    real, calls = obj.dit_loss, []
+
+    def fake(*a, **k):
+        loss, per_frame, t = real(*a, **k)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) - 1 in steps else loss), per_frame, t
+
+    monkeypatch.setattr(obj, "dit_loss", fake)
+
+
+def test_nonfinite_loss_skips_the_update_and_stops_after_k(latent_root, tmp_path, monkeypatch):
+    run = str(tmp_path / "nan")
+    nan_at({2}, monkeypatch)
+    launch(load(CONFIG, overrides(latent_root, run, **{"train.steps": 4, "train.ckpt_every": 1,
+                                                        "train.keep_last": 10})))
+    r = rows(run)
+    assert [x["nonfinite_skipped"] for x in r] == [0, 0, 1, 0] and math.isfinite(r[3]["loss"])
+    after1, after2 = (checkpoint.load_weights(run, f"step-0000000{i}")[0] for i in (2, 3))
+    assert all(torch.equal(after1[k], after2[k]) for k in after1), "the NaN step moved the weights"
+
+    stop = str(tmp_path / "nan_stop")
+    nan_at(set(range(1, 100)), monkeypatch)
+    with pytest.raises(RuntimeError, match="NaN/inf in 3 steps in a row .* step-00000004 holds the last good"):
+        launch(load(CONFIG, overrides(latent_root, stop, **{"train.steps": 50, "train.max_nonfinite_steps": 3})))
+    assert checkpoint.latest_tag(stop) == "step-00000004"
+    good, last = checkpoint.load_weights(stop, "step-00000004")[0], checkpoint.load_weights(run, "step-00000001")[0]
+    assert all(torch.equal(good[k], last[k]) for k in good)   # = the weights after the one finite step
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits(latent_root, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "term"
+    cmd = [sys.executable, "-m", "ardscale.train", CONFIG, *overrides(latent_root, str(run), **{
+        "train.steps": 100000, "train.ckpt_every": 100000})]
+    proc = subprocess.Popen(cmd, cwd=Path(CONFIG).parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 143, out[-2000:]
+    steps = len(rows(run))
+    assert checkpoint.latest_tag(str(run)) == f"step-{steps:08d}" and 3 <= steps < 100000
+    # and the next launch continues from there
+    launch(load(CONFIG, overrides(latent_root, str(run), **{"train.steps": steps + 2})))
+    assert [x["step"] for x in rows(run)] == list(range(steps + 2))

@@ -23,12 +23,25 @@ def ds_config(cfg: Config, world_size: int, use_bf16: bool) -> dict:
     }
 
 
+def lr_factor(step: int, base_lr: float, warmup_steps: int, lr_steps: list[int], lr_values: list[float]) -> float:
+    """LR multiplier at optimizer ``step``: linear warm-up over ``warmup_steps``, then ``base_lr``
+    until ``lr_steps[0]``, then ``lr_values[i]`` from ``lr_steps[i]`` on (the paper: 2e-4, and
+    1e-5 for the fine-tune phase after 100k steps)."""
+    value = base_lr
+    for at, v in zip(lr_steps, lr_values):
+        if step >= at:
+            value = v
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return warm * value / base_lr if base_lr else warm
+
+
 def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, lr: float | None = None,
                  betas: tuple[float, float] | None = None):
     """Wrap ``model`` in a DeepSpeed engine with torch AdamW and linear warm-up to a constant LR.
 
     bf16 on CUDA, fp32 on CPU (``DS_ACCELERATOR=cpu``, gloo). ``lr``/``betas`` override
-    ``cfg.optim`` (a GAN discriminator's own optimizer). Returns the engine.
+    ``cfg.optim`` (a GAN discriminator's own optimizer, which keeps its LR after warm-up).
+    Returns the engine.
     """
     use_cuda = torch.cuda.is_available() and cfg.scale.use_gpu
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
@@ -37,8 +50,9 @@ def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, lr: float
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr or o.lr, betas=tuple(betas or o.betas), weight_decay=o.weight_decay)
-    warm = max(o.warmup_steps, 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    base = lr or o.lr
+    steps, values = ([], []) if lr else (o.lr_steps, o.lr_values)   # the LR phases are the model's
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, base, o.warmup_steps, steps, values))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
                                            config=ds_config(cfg, world_size, use_cuda))
     return engine

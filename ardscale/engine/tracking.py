@@ -58,6 +58,7 @@ class Tracker:
         if self.enabled:
             self.mlflow.log_artifact(path, artifact_path)
 
-    def end(self) -> None:
+    def end(self, status: str = "FINISHED") -> None:
+        """End the run with an MLflow status: FINISHED, FAILED or KILLED."""
         if self.enabled and self.mlflow.active_run() is not None:
-            self.mlflow.end_run()
+            self.mlflow.end_run(status)

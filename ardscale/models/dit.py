@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import BlockCausalSelfAttention, Mlp
 
@@ -32,6 +33,7 @@ class DiTConfig:
     num_classes: int = 101       # label `num_classes` is the null class used for CFG
     num_timesteps: int = 1000
     attn_backend: str = "auto"   # auto (flex on CUDA, sdpa elsewhere) | sdpa | flex | flash
+    grad_checkpointing: bool = False  # recompute each block in backward: activations O(depth) → O(1) blocks
 
     @classmethod
     def tiny(cls, **overrides) -> DiTConfig:
@@ -159,8 +161,12 @@ class DiT(nn.Module):
         cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + self.y_embedder(y)[:, None]  # (B, F, H)
         cond = cond.repeat_interleave(L, dim=1)                                # (B, F*L, H)
         h = h.reshape(B, F * L, H)
+        ckpt = c.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
-            h, (k, v) = blk(h, cond, L, cache.past(i) if cache is not None else None)
+            if ckpt:
+                h, (k, v) = checkpoint(blk, h, cond, L, None, use_reentrant=False)
+            else:
+                h, (k, v) = blk(h, cond, L, cache.past(i) if cache is not None else None)
             if cache is not None and cache_frames:
                 cache.extend(i, k[:, :, :cache_frames * L], v[:, :, :cache_frames * L])
         if cache is not None:
