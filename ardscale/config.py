@@ -68,7 +68,8 @@ class OptimConfig:
     grad_clip: float = 1.0
     micro_batch_size: int = 16       # per worker (paper: 16 per GPU)
     grad_accum: int = 1              # paper: 8
-    zero_stage: int = 2
+    deepspeed: str = "zero2"         # configs/deepspeed/{name}.yaml (zero1/zero2/zero3) or a YAML path
+    ema_decay: float = 0.0           # EMA of all parameters (paper: used; e.g. 0.9999); 0 = off
 
 
 @dataclass
@@ -117,6 +118,25 @@ class Config:
 ConfigStore.instance().store(name="ardscale", node=Config)
 
 
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
+
+
+def deepspeed_fragment(name: str) -> dict:
+    """The DeepSpeed settings of ``optim.deepspeed``: a name in ``configs/deepspeed/`` or a YAML path.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: no ``zero_optimization.stage`` in it.
+    """
+    path = Path(name) if name.endswith((".yaml", ".yml", ".json")) else DEEPSPEED_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"optim.deepspeed={name!r}: {path} not found "
+                                f"(expected one of {sorted(p.stem for p in DEEPSPEED_CONFIGS.glob('*.yaml'))} or a path)")
+    frag = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(frag.get("zero_optimization", {}).get("stage"), int):
+        raise ValueError(f"{path}: needs zero_optimization.stage")
+    return frag
+
+
 def _absolute(path: str) -> str:
     return path if "://" in path or Path(path).is_absolute() else str(Path(path).resolve())
 
@@ -145,6 +165,9 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
     if len(cfg.optim.lr_steps) != len(cfg.optim.lr_values) or cfg.optim.lr_steps != sorted(cfg.optim.lr_steps):
         raise ValueError(f"{path}: optim.lr_steps {cfg.optim.lr_steps} and optim.lr_values {cfg.optim.lr_values} "
                          "must have equal lengths, steps increasing")
+    if cfg.optim.deepspeed.endswith((".yaml", ".yml", ".json")):
+        cfg.optim.deepspeed = _absolute(cfg.optim.deepspeed)
+    deepspeed_fragment(cfg.optim.deepspeed)  # fails early, naming the file
     if "://" in cfg.train.run_dir:
         raise ValueError(f"{path}: train.run_dir={cfg.train.run_dir!r}: checkpoints are written to a local "
                          "(or mounted shared) folder for now; data.root may be any fsspec URL")

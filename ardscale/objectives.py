@@ -93,7 +93,7 @@ def check_vae(cfg: Config, manifest: dict) -> None:
     if got != cfg.data.vae_id:
         raise ValueError(f"latents under vae_id={cfg.data.vae_id} were made by VAE {got!r} (per their _manifest.json)")
     if cfg.data.vae_run:
-        digest = checkpoint.weights_digest(checkpoint.load_weights(cfg.data.vae_run)[0])
+        digest = checkpoint.weights_digest(checkpoint.load_weights(cfg.data.vae_run, ema=True)[0])
         if digest != got:
             raise ValueError(f"data.vae_run={cfg.data.vae_run} has weights {digest}, but the latents come from "
                              f"VAE {got}: re-encode with tools/encode_latents.py --vae-run {cfg.data.vae_run}")

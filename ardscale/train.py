@@ -24,6 +24,7 @@ from .data.loader import StepSampler, load_video_clips
 from .data.shards import join, read_json
 from .engine import checkpoint
 from .engine.deepspeed import build_engine
+from .engine.ema import EMA
 from .engine.flops import peak_tflops
 from .engine.tracking import Tracker
 from .objectives import build_task, evaluate_vae
@@ -38,7 +39,8 @@ def _trim_metrics(path: Path, start: int) -> None:
 
 def _engines(cfg: Config, task, world: int):
     """DeepSpeed engines for the model (and the discriminator), resumed from the run's newest
-    complete checkpoint or started from ``train.init_from``. Returns (engine, disc, client state)."""
+    complete checkpoint or started from ``train.init_from``, and the EMA (when ``optim.ema_decay``).
+    Returns (engine, disc, ema, client state)."""
     if cfg.train.init_from:  # weights of a previous stage; this run's own checkpoint, if any, wins below
         task.model.load_state_dict(checkpoint.load_weights(cfg.train.init_from)[0])
         if task.discriminator is not None and checkpoint.latest_tag(cfg.train.init_from, "ckpt_disc"):
@@ -48,12 +50,18 @@ def _engines(cfg: Config, task, world: int):
     if task.discriminator is not None:
         disc = build_engine(task.discriminator, cfg, world, lr=cfg.vae_loss.disc_lr, betas=(0.5, 0.9))
     client = checkpoint.resume(engine, cfg.train.run_dir) or {}
+    ema = None
+    if cfg.optim.ema_decay > 0:
+        ema = EMA(engine.module, cfg.optim.ema_decay, zero3=engine.zero_optimization_stage() == 3)
+        path = client and checkpoint.ema_path(cfg.train.run_dir, checkpoint.latest_tag(cfg.train.run_dir))
+        if path and Path(path).is_file():
+            ema.load(path)
     if disc is not None and client:
         # The model's tag is the commit point; a discriminator saved at that tag goes with it.
         tag = checkpoint.latest_tag(cfg.train.run_dir)
         if (Path(checkpoint.ckpt_dir(cfg.train.run_dir, "ckpt_disc")) / tag).is_dir():
             checkpoint.resume(disc, cfg.train.run_dir, "ckpt_disc", which=tag)
-    return engine, disc, client
+    return engine, disc, ema, client
 
 
 class _Evaluator:
@@ -146,7 +154,7 @@ def train_worker(cfg_dict: dict) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     task = build_task(cfg)
-    engine, disc, client = _engines(cfg, task, world)
+    engine, disc, ema, client = _engines(cfg, task, world)
     start = client.get("step", 0)
     tracker = Tracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, enabled=rank == 0)
     run_id = tracker.start(client.get("mlflow_run_id"), cfg.tracking.run_name, cfg_dict)
@@ -172,6 +180,8 @@ def train_worker(cfg_dict: dict) -> dict:
         skipped_before = sum(g.skipped for g in task.guards)
         parts = [task.micro_step(engine, disc, idx, gen, step) for idx in sampler.micro_batches(step)]
         skipped = sum(g.skipped for g in task.guards) - skipped_before
+        if ema is not None:
+            ema.update(engine.module)
         bad_run = bad_run + 1 if skipped else 0
         metrics = {**_reduce(parts, world), "lr": engine.get_lr()[0], "grad_norm": engine.get_global_grad_norm(),
                    "nonfinite_skipped": skipped, **_throughput(task, cfg, time.perf_counter() - t0, world)}
@@ -189,6 +199,8 @@ def train_worker(cfg_dict: dict) -> dict:
                 metrics.update(evaluate(engine.module, step + 1))
         if (step + 1) % cfg.train.ckpt_every == 0 or last:
             state = {"mlflow_run_id": run_id}
+            if ema is not None:
+                ema.save(checkpoint.ema_path(cfg.train.run_dir, checkpoint.tag(step + 1)))
             if disc is not None:  # first: the model's `latest` below commits both
                 checkpoint.save(disc, cfg.train.run_dir, step + 1, state, cfg.train.keep_last, sub="ckpt_disc")
             checkpoint.save(engine, cfg.train.run_dir, step + 1, state, cfg.train.keep_last)

@@ -167,11 +167,12 @@ def nan_at(steps, monkeypatch):
     monkeypatch.setattr(obj, "dit_loss", fake)
 
 
-def test_nonfinite_loss_skips_the_update_and_stops_after_k(latent_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_nonfinite_loss_skips_the_update_and_stops_after_k(latent_root, tmp_path, monkeypatch, zero):
     run = str(tmp_path / "nan")
     nan_at({2}, monkeypatch)
     launch(load(CONFIG, overrides(latent_root, run, **{"train.steps": 4, "train.ckpt_every": 1,
-                                                        "train.keep_last": 10})))
+                                                        "train.keep_last": 10, "optim.deepspeed": zero})))
     r = rows(run)
     assert [x["nonfinite_skipped"] for x in r] == [0, 0, 1, 0] and math.isfinite(r[3]["loss"])
     after1, after2 = (checkpoint.load_weights(run, f"step-0000000{i}")[0] for i in (2, 3))
@@ -180,7 +181,8 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_k(latent_root, tmp_path
     stop = str(tmp_path / "nan_stop")
     nan_at(set(range(1, 100)), monkeypatch)
     with pytest.raises(RuntimeError, match="NaN/inf in 3 steps in a row .* step-00000004 holds the last good"):
-        launch(load(CONFIG, overrides(latent_root, stop, **{"train.steps": 50, "train.max_nonfinite_steps": 3})))
+        launch(load(CONFIG, overrides(latent_root, stop, **{"train.steps": 50, "train.max_nonfinite_steps": 3,
+                                                             "optim.deepspeed": zero})))
     assert checkpoint.latest_tag(stop) == "step-00000004"
     good, last = checkpoint.load_weights(stop, "step-00000004")[0], checkpoint.load_weights(run, "step-00000001")[0]
     assert all(torch.equal(good[k], last[k]) for k in good)   # = the weights after the one finite step
@@ -209,3 +211,31 @@ def test_sigterm_saves_a_checkpoint_and_exits(latent_root, tmp_path):
     # and the next launch continues from there
     launch(load(CONFIG, overrides(latent_root, str(run), **{"train.steps": steps + 2})))
     assert [x["step"] for x in rows(run)] == list(range(steps + 2))
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_ema_equals_the_average_of_the_checkpointed_weights(latent_root, tmp_path, zero):
+    from ardscale.models.dit import DiT
+
+    run = str(tmp_path / f"ema_{zero}")
+    cfg = load(CONFIG, overrides(latent_root, run, **{"train.steps": 3, "train.ckpt_every": 1, "train.keep_last": 5,
+                                                       "optim.deepspeed": zero, "optim.ema_decay": 0.5}))
+    launch(cfg)
+    torch.manual_seed(cfg.train.seed)
+    expected = {k: v.float() for k, v in DiT(cfg.model).state_dict().items()}   # the initial weights
+    for step in (1, 2, 3):
+        w = checkpoint.load_weights(run, checkpoint.tag(step))[0]
+        expected = {k: 0.5 * expected[k] + 0.5 * w[k] for k in expected}
+    ema, tag = checkpoint.load_weights(run, ema=True)
+    assert tag == "step-00000003" and ema.keys() == expected.keys()
+    assert max((ema[k] - expected[k]).abs().max().item() for k in ema) < 1e-6
+    raw = checkpoint.load_weights(run)[0]
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)                 # the EMA is not the raw weights
+    assert torch.equal(checkpoint.load_trained(run)[1].state_dict()["out.weight"], ema["out.weight"])
+    # resumed runs continue the average from the checkpoint's EMA
+    split = str(tmp_path / f"ema_split_{zero}")
+    for steps in (2, 3):
+        launch(load(CONFIG, overrides(latent_root, split, **{"train.steps": steps, "train.ckpt_every": 1,
+                                                              "optim.deepspeed": zero, "optim.ema_decay": 0.5})))
+    resumed = checkpoint.load_weights(split, ema=True)[0]
+    assert max((resumed[k] - ema[k]).abs().max().item() for k in ema) < 1e-6

@@ -19,6 +19,11 @@ def ckpt_dir(run_dir: str, sub: str = "ckpt") -> str:
     return str(Path(run_dir) / sub)
 
 
+def ema_path(run_dir: str, tag_: str) -> str:
+    """The EMA weights of a tag (written by rank 0 before the tag's ``latest`` commit)."""
+    return str(Path(run_dir) / "ema" / f"{tag_}.pt")
+
+
 def tag(step: int) -> str:
     return f"step-{step:08d}"
 
@@ -42,6 +47,8 @@ def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, su
         tags = sorted(p for p in Path(ckpt_dir(run_dir, sub)).glob("step-*") if p.is_dir())
         for old in tags[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+            if sub == "ckpt":
+                Path(ema_path(run_dir, old.name)).unlink(missing_ok=True)
 
 
 def resume(engine, run_dir: str, sub: str = "ckpt", which: str | None = None) -> dict | None:
@@ -60,9 +67,10 @@ def resume(engine, run_dir: str, sub: str = "ckpt", which: str | None = None) ->
     return client
 
 
-def load_weights(run_dir: str, which: str | None = None, sub: str = "ckpt") -> tuple[dict, str]:
+def load_weights(run_dir: str, which: str | None = None, sub: str = "ckpt", ema: bool = False) -> tuple[dict, str]:
     """Consolidated fp32 model ``state_dict`` of a run's newest (or ``which``) tag, without a process group.
 
+    ``ema=True`` returns the tag's EMA weights when the run kept an EMA (``optim.ema_decay``).
     Raises:
         FileNotFoundError: the run has no checkpoint.
     """
@@ -71,6 +79,8 @@ def load_weights(run_dir: str, which: str | None = None, sub: str = "ckpt") -> t
     t = which or latest_tag(run_dir, sub)
     if t is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint (no {sub}/latest)")
+    if ema and Path(ema_path(run_dir, t)).is_file():
+        return torch.load(ema_path(run_dir, t), map_location="cpu", weights_only=True), t
     state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir(run_dir, sub), tag=t)
     return {k: v.detach().float() for k, v in state.items() if isinstance(v, torch.Tensor)}, t
 
@@ -85,7 +95,8 @@ def weights_digest(state: dict) -> str:
 
 
 def load_trained(run_dir: str, which: str | None = None):
-    """Model of a training run in eval mode, built from its saved ``config.yaml``.
+    """Model of a training run in eval mode, built from its saved ``config.yaml`` (EMA weights
+    when the run kept an EMA).
 
     Returns:
         ``(cfg, model, tag, digest)``: the run's :class:`~ardscale.config.Config`, an ``ARVAE`` or
@@ -104,7 +115,7 @@ def load_trained(run_dir: str, which: str | None = None):
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{run_dir}: not a training run (no config.yaml)")
     cfg = from_dict(yaml.safe_load(cfg_file.read_text()))
-    state, tag = load_weights(run_dir, which)
+    state, tag = load_weights(run_dir, which, ema=True)
     model = ARVAE(cfg.vae) if cfg.task == "vae" else DiT(cfg.model)
     model.load_state_dict(state)
     return cfg, model.eval(), tag, weights_digest(state)

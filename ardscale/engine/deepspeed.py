@@ -5,18 +5,19 @@ import os
 
 import torch
 
-from ..config import Config
+from ..config import Config, deepspeed_fragment
 
 
 def ds_config(cfg: Config, world_size: int, use_bf16: bool) -> dict:
-    """The DeepSpeed JSON config derived from :class:`Config` (train_batch_size = micro · accum · world)."""
+    """The DeepSpeed JSON config: the ZeRO settings of ``optim.deepspeed`` (configs/deepspeed/)
+    plus batch sizes (train_batch_size = micro · accum · world), clipping and precision from ``optim``."""
     o = cfg.optim
     return {
+        **deepspeed_fragment(o.deepspeed),
         "train_micro_batch_size_per_gpu": o.micro_batch_size,
         "gradient_accumulation_steps": o.grad_accum,
         "train_batch_size": o.micro_batch_size * o.grad_accum * world_size,
         "gradient_clipping": o.grad_clip,
-        "zero_optimization": {"stage": o.zero_stage},
         "bf16": {"enabled": use_bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
