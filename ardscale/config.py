@@ -125,15 +125,15 @@ def deepspeed_fragment(name: str) -> dict:
     """The DeepSpeed settings of ``optim.deepspeed``: a name in ``configs/deepspeed/`` or a YAML path.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: no ``zero_optimization.stage`` in it.
+        FileNotFoundError: no such file. ValueError: no ``zero_optimization.stage`` 0-3 in it.
     """
     path = Path(name) if name.endswith((".yaml", ".yml", ".json")) else DEEPSPEED_CONFIGS / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"optim.deepspeed={name!r}: {path} not found "
                                 f"(expected one of {sorted(p.stem for p in DEEPSPEED_CONFIGS.glob('*.yaml'))} or a path)")
     frag = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    if not isinstance(frag.get("zero_optimization", {}).get("stage"), int):
-        raise ValueError(f"{path}: needs zero_optimization.stage")
+    if frag.get("zero_optimization", {}).get("stage") not in (0, 1, 2, 3):
+        raise ValueError(f"{path}: needs zero_optimization.stage 0-3")
     return frag
 
 
