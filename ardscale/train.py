@@ -45,11 +45,21 @@ def _engines(cfg: Config, task, world: int):
         task.model.load_state_dict(checkpoint.load_weights(cfg.train.init_from)[0])
         if task.discriminator is not None and checkpoint.latest_tag(cfg.train.init_from, "ckpt_disc"):
             task.discriminator.load_state_dict(checkpoint.load_weights(cfg.train.init_from, sub="ckpt_disc")[0])
-    engine = build_engine(task.model, cfg, world)
+    run, tag = cfg.train.run_dir, checkpoint.latest_tag(cfg.train.run_dir)
+    saved_world = checkpoint.saved_world_size(run, tag)
+    universal = saved_world is not None and saved_world != world   # e.g. 2 workers → 1: re-partition
+    if universal:
+        print(f"resuming {tag} written by {saved_world} workers on {world}: via a universal checkpoint",
+              file=sys.stderr, flush=True)
+        checkpoint.to_universal(run, tag)
+        if task.discriminator is not None and checkpoint.saved_world_size(run, tag, "ckpt_disc"):
+            checkpoint.to_universal(run, tag, "ckpt_disc")
+    engine = build_engine(task.model, cfg, world, load_universal=universal)
     disc = None
     if task.discriminator is not None:
-        disc = build_engine(task.discriminator, cfg, world, lr=cfg.vae_loss.disc_lr, betas=(0.5, 0.9))
-    client = checkpoint.resume(engine, cfg.train.run_dir) or {}
+        disc = build_engine(task.discriminator, cfg, world, lr=cfg.vae_loss.disc_lr, betas=(0.5, 0.9),
+                            load_universal=universal)
+    client = checkpoint.resume(engine, run, which=tag, universal=universal) or {}
     ema = None
     if cfg.optim.ema_decay > 0:
         ema = EMA(engine.module, cfg.optim.ema_decay, zero3=engine.zero_optimization_stage() == 3)
@@ -58,9 +68,8 @@ def _engines(cfg: Config, task, world: int):
             ema.load(path)
     if disc is not None and client:
         # The model's tag is the commit point; a discriminator saved at that tag goes with it.
-        tag = checkpoint.latest_tag(cfg.train.run_dir)
-        if (Path(checkpoint.ckpt_dir(cfg.train.run_dir, "ckpt_disc")) / tag).is_dir():
-            checkpoint.resume(disc, cfg.train.run_dir, "ckpt_disc", which=tag)
+        if (Path(checkpoint.ckpt_dir(run, "ckpt_disc")) / tag).is_dir():
+            checkpoint.resume(disc, run, "ckpt_disc", which=tag, universal=universal)
     return engine, disc, ema, client
 
 

@@ -239,3 +239,19 @@ def test_ema_equals_the_average_of_the_checkpointed_weights(latent_root, tmp_pat
                                                               "optim.deepspeed": zero, "optim.ema_decay": 0.5})))
     resumed = checkpoint.load_weights(split, ema=True)[0]
     assert max((resumed[k] - ema[k]).abs().max().item() for k in ema) < 1e-6
+
+
+def test_resume_through_a_universal_checkpoint(latent_root, tmp_path):
+    """The conversion path a world-size change takes (2 → 1 workers and back is the slow Ray test)."""
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
+    launch(load(CONFIG, overrides(latent_root, full, **{"train.steps": 4})))
+    launch(load(CONFIG, overrides(latent_root, split, **{"train.steps": 2})))
+    meta = Path(split) / "ckpt" / "step-00000002" / "ardscale.json"
+    assert json.loads(meta.read_text()) == {"step": 2, "world_size": 1}
+    meta.write_text(json.dumps({"step": 2, "world_size": 2}))   # as if 2 workers had written it
+    launch(load(CONFIG, overrides(latent_root, split, **{"train.steps": 4})))
+    assert (Path(split) / "ckpt_universal" / "step-00000002" / "zero").is_dir()
+    a, b = losses(full), losses(split)
+    assert sorted(b) == [0, 1, 2, 3]
+    for step in range(4):   # same weights and Adam moments after the conversion: the same losses
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])

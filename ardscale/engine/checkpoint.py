@@ -7,6 +7,7 @@ the data position, see :class:`ardscale.data.loader.StepSampler`) and the MLflow
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -34,36 +35,84 @@ def latest_tag(run_dir: str, sub: str = "ckpt") -> str | None:
     return p.read_text().strip() if p.is_file() else None
 
 
+def _rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, sub: str = "ckpt") -> None:
     """Save a tag for ``step`` (all ranks call this), then drop all but the newest ``keep_last`` tags.
 
     With several engines (VAE + discriminator), save the others first: the model's ``latest``
-    is the commit point, and :func:`resume` loads the others at the model's tag.
+    is the commit point, and :func:`resume` loads the others at the model's tag. The tag also
+    gets ``ardscale.json`` (step, world size: a resume at another world size converts the tag to
+    a universal checkpoint) and the state DeepSpeed's ``ds_to_universal`` requires.
     """
-    engine.save_checkpoint(ckpt_dir(run_dir, sub), tag=tag(step), client_state={**client_state, "step": step})
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if _rank0():
+        meta = Path(ckpt_dir(run_dir, sub)) / tag(step) / "ardscale.json"
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"step": step, "world_size": world}))
+    state = {**client_state, "step": step, "world_size": world,
+             UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    engine.save_checkpoint(ckpt_dir(run_dir, sub), tag=tag(step), client_state=state)
     if dist.is_initialized():
         dist.barrier()
     if (not dist.is_initialized() or dist.get_rank() == 0) and keep_last > 0:
         tags = sorted(p for p in Path(ckpt_dir(run_dir, sub)).glob("step-*") if p.is_dir())
         for old in tags[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(Path(run_dir) / f"{sub}_universal" / old.name, ignore_errors=True)
             if sub == "ckpt":
                 Path(ema_path(run_dir, old.name)).unlink(missing_ok=True)
 
 
-def resume(engine, run_dir: str, sub: str = "ckpt", which: str | None = None) -> dict | None:
+def saved_world_size(run_dir: str, tag_: str | None, sub: str = "ckpt") -> int | None:
+    """World size that wrote ``tag_`` (from its ``ardscale.json``), or None if unknown."""
+    meta = Path(ckpt_dir(run_dir, sub)) / str(tag_) / "ardscale.json"
+    return json.loads(meta.read_text())["world_size"] if tag_ and meta.is_file() else None
+
+
+def to_universal(run_dir: str, tag_: str, sub: str = "ckpt") -> None:
+    """Convert a tag to DeepSpeed's universal format under ``{sub}_universal/{tag}`` (rank 0, once;
+    written to a temporary folder and renamed, so a crash leaves no half conversion); all ranks wait."""
+    out = Path(run_dir) / f"{sub}_universal" / tag_
+    if _rank0() and not out.is_dir():
+        import types
+
+        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds_to_universal(types.SimpleNamespace(
+            input_folder=str(Path(ckpt_dir(run_dir, sub)) / tag_), output_folder=str(tmp), num_extract_workers=1,
+            num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False))
+        tmp.rename(out)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def resume(engine, run_dir: str, sub: str = "ckpt", which: str | None = None, universal: bool = False) -> dict | None:
     """Load tag ``which`` (default: the newest complete one) into ``engine`` (model, optimizer,
     LR scheduler); its client state, or None when there is nothing to resume.
 
+    ``universal``: load the tag's universal conversion (see :func:`to_universal`); the engine
+    must have been built with ``checkpoint.load_universal``.
     Raises:
         RuntimeError: the tag exists but DeepSpeed cannot load it.
     """
     t = which or latest_tag(run_dir, sub)
     if t is None:
         return None
-    path, client = engine.load_checkpoint(ckpt_dir(run_dir, sub), tag=t)
+    where = str(Path(run_dir) / f"{sub}_universal") if universal else ckpt_dir(run_dir, sub)
+    path, client = engine.load_checkpoint(where, tag=t)
     if path is None:
-        raise RuntimeError(f"{ckpt_dir(run_dir, sub)}/{t}: checkpoint could not be loaded")
+        raise RuntimeError(f"{where}/{t}: checkpoint could not be loaded")
     return client
 
 

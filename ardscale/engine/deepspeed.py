@@ -8,7 +8,7 @@ import torch
 from ..config import Config, deepspeed_fragment
 
 
-def ds_config(cfg: Config, world_size: int, use_bf16: bool) -> dict:
+def ds_config(cfg: Config, world_size: int, use_bf16: bool, load_universal: bool = False) -> dict:
     """The DeepSpeed JSON config: the ZeRO settings of ``optim.deepspeed`` (configs/deepspeed/)
     plus batch sizes (train_batch_size = micro · accum · world), clipping and precision from ``optim``."""
     o = cfg.optim
@@ -19,6 +19,7 @@ def ds_config(cfg: Config, world_size: int, use_bf16: bool) -> dict:
         "train_batch_size": o.micro_batch_size * o.grad_accum * world_size,
         "gradient_clipping": o.grad_clip,
         "bf16": {"enabled": use_bf16},
+        "checkpoint": {"load_universal": load_universal},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -37,11 +38,12 @@ def lr_factor(step: int, base_lr: float, warmup_steps: int, lr_steps: list[int],
 
 
 def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, lr: float | None = None,
-                 betas: tuple[float, float] | None = None):
+                 betas: tuple[float, float] | None = None, load_universal: bool = False):
     """Wrap ``model`` in a DeepSpeed engine with torch AdamW and linear warm-up to a constant LR.
 
     bf16 on CUDA, fp32 on CPU (``DS_ACCELERATOR=cpu``, gloo). ``lr``/``betas`` override
     ``cfg.optim`` (a GAN discriminator's own optimizer, which keeps its LR after warm-up).
+    ``load_universal``: the engine will load a universal checkpoint (another world size wrote it).
     Returns the engine.
     """
     use_cuda = torch.cuda.is_available() and cfg.scale.use_gpu
@@ -55,5 +57,5 @@ def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, lr: float
     steps, values = ([], []) if lr else (o.lr_steps, o.lr_values)   # the LR phases are the model's
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, base, o.warmup_steps, steps, values))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
-                                           config=ds_config(cfg, world_size, use_cuda))
+                                           config=ds_config(cfg, world_size, use_cuda, load_universal))
     return engine
