@@ -66,10 +66,9 @@ def _engines(cfg: Config, task, world: int):
         path = client and checkpoint.ema_path(cfg.train.run_dir, checkpoint.latest_tag(cfg.train.run_dir))
         if path and Path(path).is_file():
             ema.load(path)
-    if disc is not None and client:
-        # The model's tag is the commit point; a discriminator saved at that tag goes with it.
-        if (Path(checkpoint.ckpt_dir(run, "ckpt_disc")) / tag).is_dir():
-            checkpoint.resume(disc, run, "ckpt_disc", which=tag, universal=universal)
+    # The model's tag is the commit point; a discriminator saved at that tag goes with it.
+    if disc is not None and client and (Path(checkpoint.ckpt_dir(run, "ckpt_disc")) / tag).is_dir():
+        checkpoint.resume(disc, run, "ckpt_disc", which=tag, universal=universal)
     return engine, disc, ema, client
 
 
