@@ -89,6 +89,8 @@ class TrainConfig:
 @dataclass
 class ScaleConfig:
     num_workers: int = 1             # Ray Train workers; 0 = run in this process (debugging)
+    min_workers: int = 0             # > 0: elastic, between min_workers and num_workers (resumes re-partition)
+    storage_path: str = ""           # Ray Train run state (local or s3://…); default {run_dir}/ray
     use_gpu: bool = False
     cpus_per_worker: int = 1
     max_failures: int = 0

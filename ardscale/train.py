@@ -242,7 +242,9 @@ def _run_in_process(cfg: Config) -> dict:
 
 
 def launch(cfg: Config):
-    """Run training per ``cfg.scale``: Ray Train ``TorchTrainer`` with N workers, or in-process."""
+    """Run training per ``cfg.scale``: Ray Train ``TorchTrainer`` with N workers (elastic between
+    ``min_workers`` and ``num_workers`` when set; a restart resumes from the newest checkpoint,
+    through a universal checkpoint when the worker count changed), or in-process."""
     if cfg.scale.num_workers == 0:
         return _run_in_process(cfg)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -252,13 +254,15 @@ def launch(cfg: Config):
 
     init_ray()
     s = cfg.scale
+    workers = (s.min_workers, s.num_workers) if 0 < s.min_workers < s.num_workers else s.num_workers
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=to_dict(cfg),
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
-        run_config=RunConfig(name=Path(cfg.train.run_dir).name, storage_path=str(Path(cfg.train.run_dir) / "ray"),
+        run_config=RunConfig(name=Path(cfg.train.run_dir).name,
+                             storage_path=s.storage_path or str(Path(cfg.train.run_dir) / "ray"),
                              failure_config=FailureConfig(max_failures=s.max_failures)),
     )
     return trainer.fit()

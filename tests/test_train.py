@@ -255,3 +255,52 @@ def test_resume_through_a_universal_checkpoint(latent_root, tmp_path):
     assert sorted(b) == [0, 1, 2, 3]
     for step in range(4):   # same weights and Adam moments after the conversion: the same losses
         assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+
+
+@pytest.mark.slow
+def test_world_size_change_2_to_1_and_back(latent_root, tmp_path, ray_local):
+    run = str(tmp_path / "resize")
+    for workers, steps in ((2, 4), (1, 6), (2, 8)):
+        result = launch(load(CONFIG, overrides(latent_root, run, **{
+            "scale.num_workers": workers, "train.steps": steps, "train.ckpt_every": 2})))
+        assert result is not None
+    loss = losses(run)
+    assert sorted(loss) == list(range(8)) and all(np.isfinite(v) for v in loss.values())
+    assert sorted(p.name for p in (Path(run) / "ckpt_universal").iterdir()) == ["step-00000004", "step-00000006"]
+    for step in (4, 6):   # training continues where it stopped, not from scratch
+        assert loss[step] < 1.5 * loss[step - 1], (step, loss)
+    assert json.loads((Path(run) / "ckpt" / "step-00000008" / "ardscale.json").read_text())["world_size"] == 2
+
+
+def _train_worker_pids():
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+
+
+@pytest.mark.slow
+def test_kill9_of_a_worker_restarts_and_matches_the_uninterrupted_run(latent_root, tmp_path, ray_local):
+    import os
+    import signal
+    import threading
+    import time
+
+    common = {"scale.num_workers": 2, "train.steps": 10, "train.ckpt_every": 3, "scale.max_failures": 2}
+    ref, run = str(tmp_path / "ref"), str(tmp_path / "killed")
+    launch(load(CONFIG, overrides(latent_root, ref, **common)))
+    done = {}
+    t = threading.Thread(target=lambda: done.update(r=launch(load(CONFIG, overrides(latent_root, run, **common)))))
+    t.start()
+    metrics, deadline = Path(run) / "metrics.jsonl", time.time() + 180
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
+        time.sleep(0.05)
+    pids = _train_worker_pids()
+    assert pids, "no Ray Train worker process found"
+    os.kill(pids[-1], signal.SIGKILL)
+    t.join(timeout=300)
+    assert not t.is_alive() and done["r"].error is None
+    a, b = losses(ref), losses(run)
+    assert sorted(b) == list(range(10)), "a step was lost or repeated"
+    for step in range(10):
+        assert abs(a[step] - b[step]) < 1e-6, (step, a[step], b[step])
