@@ -102,6 +102,12 @@ class _Evaluator:
         return metrics
 
 
+def _event(run_dir: Path, kind: str, **fields) -> None:
+    """Append a line to ``{run_dir}/events.jsonl`` (rank 0): starts, resumes, stops and why."""
+    with open(run_dir / "events.jsonl", "a") as f:
+        f.write(json.dumps({"time": time.time(), "event": kind, **fields}) + "\n")
+
+
 def _reduce(parts: list[dict], world: int) -> dict:
     """Scalars: mean over micro batches and ranks. ``bucket_sum``/``bucket_count``: summed, then
     reported as ``loss_t/LO-HI`` (mean loss of the frames whose timestep falls in that range)."""
@@ -172,6 +178,7 @@ def train_worker(cfg_dict: dict) -> dict:
         _trim_metrics(run_dir / "metrics.jsonl", start)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg_dict))
         (run_dir / "mlflow_run_id").write_text(run_id)
+        _event(run_dir, "start", step=start, world_size=world, resumed_from=checkpoint.latest_tag(str(run_dir)))
         if start == 0:
             tracker.log_artifact(str(run_dir / "config.yaml"))
     if dist.is_initialized():  # ranks > 0 learn the run id for the checkpoint from rank 0
@@ -213,10 +220,14 @@ def train_worker(cfg_dict: dict) -> dict:
                 checkpoint.save(disc, cfg.train.run_dir, step + 1, state, cfg.train.keep_last, sub="ckpt_disc")
             checkpoint.save(engine, cfg.train.run_dir, step + 1, state, cfg.train.keep_last)
         if bad_run >= cfg.train.max_nonfinite_steps:
+            if rank == 0:
+                _event(run_dir, "stop", step=step + 1, reason="nonfinite loss")
             tracker.end("FAILED")
             raise RuntimeError(f"the loss was NaN/inf in {bad_run} steps in a row (last: step {step}); the updates "
                                f"were skipped and {checkpoint.tag(step + 1)} holds the last good weights")
         if halt:
+            if rank == 0:
+                _event(run_dir, "stop", step=step + 1, reason="SIGTERM")
             tracker.end("KILLED")
             raise SystemExit(143)
     tracker.end()

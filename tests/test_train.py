@@ -206,6 +206,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(latent_root, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 143, out[-2000:]
+    assert '"reason": "SIGTERM"' in (run / "events.jsonl").read_text()
     steps = len(rows(run))
     assert checkpoint.latest_tag(str(run)) == f"step-{steps:08d}" and 3 <= steps < 100000
     # and the next launch continues from there
@@ -262,7 +263,7 @@ def test_world_size_change_2_to_1_and_back(latent_root, tmp_path, ray_local):
     run = str(tmp_path / "resize")
     for workers, steps in ((2, 4), (1, 6), (2, 8)):
         result = launch(load(CONFIG, overrides(latent_root, run, **{
-            "scale.num_workers": workers, "train.steps": steps, "train.ckpt_every": 2})))
+            "scale.num_workers": workers, "train.steps": steps, "train.ckpt_every": 2, "train.keep_last": 10})))
         assert result is not None
     loss = losses(run)
     assert sorted(loss) == list(range(8)) and all(np.isfinite(v) for v in loss.values())
@@ -300,6 +301,8 @@ def test_kill9_of_a_worker_restarts_and_matches_the_uninterrupted_run(latent_roo
     os.kill(pids[-1], signal.SIGKILL)
     t.join(timeout=300)
     assert not t.is_alive() and done["r"].error is None
+    starts = [e for e in map(json.loads, (Path(run) / "events.jsonl").read_text().splitlines()) if e["event"] == "start"]
+    assert len(starts) == 2 and starts[1]["resumed_from"] in ("step-00000003", "step-00000006"), starts
     a, b = losses(ref), losses(run)
     assert sorted(b) == list(range(10)), "a step was lost or repeated"
     for step in range(10):

@@ -93,6 +93,7 @@ def to_universal(run_dir: str, tag_: str, sub: str = "ckpt") -> None:
             input_folder=str(Path(ckpt_dir(run_dir, sub)) / tag_), output_folder=str(tmp), num_extract_workers=1,
             num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False))
         tmp.rename(out)
+        (out.parent / "latest_universal").unlink(missing_ok=True)  # names the temp folder; tags are explicit here
     if dist.is_initialized():
         dist.barrier()
 
