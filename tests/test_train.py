@@ -307,3 +307,44 @@ def test_kill9_of_a_worker_restarts_and_matches_the_uninterrupted_run(latent_roo
     assert sorted(b) == list(range(10)), "a step was lost or repeated"
     for step in range(10):
         assert abs(a[step] - b[step]) < 1e-6, (step, a[step], b[step])
+
+
+CRASH_IN_SAVE = """
+import os, signal, sys
+from deepspeed.runtime.engine import DeepSpeedEngine
+from ardscale.config import load
+from ardscale.train import launch
+
+saves = []
+real = DeepSpeedEngine._save_zero_checkpoint
+def crash_on_second(self, *a, **k):
+    saves.append(1)
+    if len(saves) == 2:          # the model file of this tag is written, its optimizer shard is not
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, *a, **k)
+DeepSpeedEngine._save_zero_checkpoint = crash_on_second
+launch(load(sys.argv[1], sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_save_keeps_the_previous_checkpoint(latent_root, tmp_path):
+    import subprocess
+    import sys
+
+    full, run = str(tmp_path / "full"), tmp_path / "crash"
+    launch(load(CONFIG, overrides(latent_root, full, **{"train.steps": 4, "train.ckpt_every": 2})))
+    args = overrides(latent_root, str(run), **{"train.steps": 4, "train.ckpt_every": 2})
+    proc = subprocess.run([sys.executable, "-c", CRASH_IN_SAVE, CONFIG, *args], cwd=Path(CONFIG).parents[1],
+                          capture_output=True, timeout=300, check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (run / "ckpt" / "step-00000004").is_dir() and not (run / "ckpt" / "step-00000004" / "ardscale.json").exists()
+    assert checkpoint.latest_tag(str(run)) == "step-00000002"
+    (run / "ckpt" / "latest").write_text("")                   # even a torn `latest` file is survived
+    assert checkpoint.latest_tag(str(run)) == "step-00000002"
+    assert checkpoint.load_weights(str(run))[1] == "step-00000002"
+    launch(load(CONFIG, args))                                  # resume: redo steps 2-3, save step 4
+    a, b = losses(full), losses(str(run))
+    assert sorted(b) == [0, 1, 2, 3] and checkpoint.latest_tag(str(run)) == "step-00000004"
+    for step in range(4):
+        assert abs(a[step] - b[step]) < 1e-6, (step, a[step], b[step])

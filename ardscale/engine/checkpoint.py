@@ -1,7 +1,8 @@
 """Checkpoints as DeepSpeed tags under ``{run_dir}/ckpt/step-00001234/``.
 
-DeepSpeed writes a tag's files first and the ``latest`` pointer last, so a crash mid-save leaves
-``latest`` on the previous complete tag. ``client_state`` carries the global step (which fixes
+DeepSpeed writes a tag's files first and the ``latest`` pointer last; ``ardscale.json`` in the
+tag marks it complete after that. A crash mid-save therefore leaves the previous complete tag
+as the one :func:`latest_tag` returns. ``client_state`` carries the global step (which fixes
 the data position, see :class:`ardscale.data.loader.StepSampler`) and the MLflow run id.
 """
 from __future__ import annotations
@@ -30,9 +31,20 @@ def tag(step: int) -> str:
 
 
 def latest_tag(run_dir: str, sub: str = "ckpt") -> str | None:
-    """Tag that ``latest`` points to, or None when the run has no complete checkpoint."""
-    p = Path(ckpt_dir(run_dir, sub)) / "latest"
-    return p.read_text().strip() if p.is_file() else None
+    """The newest complete tag, or None when the run has none.
+
+    A tag is complete once it has ``ardscale.json``, written after every rank's files (see
+    :func:`save`). DeepSpeed's ``latest`` names it, unless a crash left ``latest`` empty or
+    pointing at an incomplete tag; then the newest complete tag on disk is used.
+    """
+    d = Path(ckpt_dir(run_dir, sub))
+    latest = (d / "latest").read_text().strip() if (d / "latest").is_file() else ""
+    if latest and (d / latest / "ardscale.json").is_file():
+        return latest
+    complete = sorted(t.parent.name for t in d.glob("step-*/ardscale.json"))
+    if complete:
+        return complete[-1]
+    return latest if latest and (d / latest).is_dir() else None   # tags from before the marker existed
 
 
 def _rank0() -> bool:
@@ -54,13 +66,13 @@ def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, su
     )
 
     world = dist.get_world_size() if dist.is_initialized() else 1
-    if _rank0():
-        meta = Path(ckpt_dir(run_dir, sub)) / tag(step) / "ardscale.json"
-        meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps({"step": step, "world_size": world}))
     state = {**client_state, "step": step, "world_size": world,
              UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
-    engine.save_checkpoint(ckpt_dir(run_dir, sub), tag=tag(step), client_state=state)
+    engine.save_checkpoint(ckpt_dir(run_dir, sub), tag=tag(step), client_state=state)  # ends with a barrier
+    if _rank0():  # the completion marker, written atomically once every rank's files exist
+        meta = Path(ckpt_dir(run_dir, sub)) / tag(step) / "ardscale.json"
+        meta.with_suffix(".tmp").write_text(json.dumps({"step": step, "world_size": world}))
+        meta.with_suffix(".tmp").replace(meta)
     if dist.is_initialized():
         dist.barrier()
     if (not dist.is_initialized() or dist.get_rank() == 0) and keep_last > 0:
