@@ -77,6 +77,7 @@ class TrainConfig:
     steps: int = 1000
     log_every: int = 10
     eval_every: int = 0              # VAE: held-out PSNR/SSIM + reconstruction video every N steps (0 = at the end)
+    sample_every: int = 0            # DiT: sample videos to MLflow every N steps and at the end (0 = never)
     ckpt_every: int = 500
     keep_last: int = 3
     seed: int = 0

@@ -44,6 +44,39 @@ def context_latents(cfg, split: str, num_frames: int, n: int, seed: int) -> tupl
     return lat[pick, :num_frames] * cfg.diffusion.scale_factor, labels[pick]
 
 
+def decode_frames(vae, z: torch.Tensor, scale_factor: float, window: int | None = None) -> np.ndarray:
+    """DiT-space latents ``(B, F, L, D)`` → uint8 frames ``(B, F, H, W, 3)`` through the AR-VAE decoder."""
+    with torch.no_grad():
+        video = vae.decode(z / scale_factor, window)                             # (B, F, C, H, W)
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).cpu().numpy()
+
+
+def write_grid(frames: np.ndarray, out: Path, fps: float) -> None:
+    """``samples.mp4`` and ``samples.gif`` (a grid, 4 videos per row) and ``samples.npy`` under ``out``."""
+    grid = video_grid(frames, cols=min(4, len(frames)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples.mp4").write_bytes(encode_mp4(grid, fps))
+    write_gif(str(out / "samples.gif"), grid, fps)
+    np.save(out / "samples.npy", frames)
+
+
+def latent_vae(cfg):
+    """The AR-VAE that made a DiT run's latents (named by their manifest), and the manifest.
+
+    Raises:
+        FileNotFoundError: the latent manifest is missing.
+    """
+    manifest = read_json(join(latent_dir(cfg.data.root, cfg.data.vae_id, cfg.data.split), "_manifest.json"))
+    if manifest is None:
+        raise FileNotFoundError(f"latent manifest of vae_id={cfg.data.vae_id} not found under {cfg.data.root}")
+    return checkpoint.load_trained(manifest["vae_run"], manifest["vae_tag"])[1], manifest
+
+
+def video_fps(cfg) -> float:
+    report = read_json(join(cfg.data.root, "videos", cfg.data.split, "_report.json"), {})
+    return report.get("params", {}).get("fps", 8.0)
+
+
 def generate(run_dir: str, num_samples: int = 8, num_steps: int = 50, s: int = 2, cfg_scale: float = 2.0,
              num_frames: int | None = None, labels: list[int] | None = None, seed: int = 0,
              out_dir: str | None = None, log_mlflow: bool = True, context: int = 0, context_split: str = "test",
@@ -60,12 +93,7 @@ def generate(run_dir: str, num_samples: int = 8, num_steps: int = 50, s: int = 2
     cfg, dit, tag, _ = checkpoint.load_trained(run_dir)
     if cfg.task != "dit":
         raise ValueError(f"{run_dir} is a {cfg.task!r} run; sampling needs a DiT run")
-    manifest = read_json(join(latent_dir(cfg.data.root, cfg.data.vae_id, cfg.data.split), "_manifest.json"))
-    if manifest is None:
-        raise FileNotFoundError(f"latent manifest of vae_id={cfg.data.vae_id} not found under {cfg.data.root}")
-    _, vae, _, _ = checkpoint.load_trained(manifest["vae_run"], manifest["vae_tag"])
-    report = read_json(join(cfg.data.root, "videos", cfg.data.split, "_report.json"), {})
-    fps = report.get("params", {}).get("fps", 8.0)
+    vae, manifest = latent_vae(cfg)
     y = torch.tensor(labels) if labels else default_labels(cfg, num_samples)
     ctx = None
     if context:
@@ -76,18 +104,12 @@ def generate(run_dir: str, num_samples: int = 8, num_steps: int = 50, s: int = 2
     z = sample(dit, make_diffusion(cfg), y, num_frames or manifest["num_frames"], num_steps, s, cfg_scale, eta,
                generator=gen, progress=True, context=ctx, window=window, kv_cache=kv_cache, clip_x0=clip_x0)
     t1 = time.perf_counter()
-    with torch.no_grad():
-        video = vae.decode(z / cfg.diffusion.scale_factor, window)               # (B, F, C, H, W)
+    frames = decode_frames(vae, z, cfg.diffusion.scale_factor, window)
     t2 = time.perf_counter()
-    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).numpy()
-    grid = video_grid(frames, cols=min(4, len(frames)))
     if ctx is not None:  # a white bar marks the given frames
         frames[:, :context, :2] = 255
     out = Path(out_dir or Path(run_dir) / "samples" / f"{tag}-s{s}-cfg{cfg_scale}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "samples.mp4").write_bytes(encode_mp4(grid, fps))
-    write_gif(str(out / "samples.gif"), grid, fps)
-    np.save(out / "samples.npy", frames)
+    write_grid(frames, out, video_fps(cfg))
     info = {"mp4": str(out / "samples.mp4"), "gif": str(out / "samples.gif"), "labels": y.tolist(),
             "checkpoint": tag, "s": s, "steps": num_steps, "cfg_scale": cfg_scale, "frames": frames.shape[1],
             "context": context, "window": window, "kv_cache": kv_cache,

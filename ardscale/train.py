@@ -20,14 +20,14 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from .config import Config, from_dict, load, to_dict
-from .data.loader import StepSampler, load_video_clips
-from .data.shards import join, read_json
+from .data.loader import StepSampler
 from .engine import checkpoint
 from .engine.deepspeed import build_engine
 from .engine.ema import EMA
 from .engine.flops import peak_tflops
 from .engine.tracking import Tracker
-from .objectives import build_task, evaluate_vae
+from .monitor import DiTSampler, VAEEvaluator
+from .objectives import build_task
 
 
 def _trim_metrics(path: Path, start: int) -> None:
@@ -70,36 +70,6 @@ def _engines(cfg: Config, task, world: int):
     if disc is not None and client and (Path(checkpoint.ckpt_dir(run, "ckpt_disc")) / tag).is_dir():
         checkpoint.resume(disc, run, "ckpt_disc", which=tag, universal=universal)
     return engine, disc, ema, client
-
-
-class _Evaluator:
-    """Held-out PSNR/SSIM and reconstruction videos of the AR-VAE (rank 0), logged to MLflow."""
-
-    def __init__(self, cfg: Config, tracker: Tracker):
-        self.cfg, self.tracker, self.videos = cfg, tracker, None
-        try:
-            videos = load_video_clips(cfg.data.root, cfg.data.eval_split)[0]
-        except (FileNotFoundError, ValueError) as e:
-            print(f"no held-out evaluation: {e}", file=sys.stderr, flush=True)
-        else:  # clips spread over the split (neighbouring clips come from one video)
-            videos = videos[torch.linspace(0, len(videos) - 1, min(cfg.data.eval_clips, len(videos))).long()]
-            if cfg.data.clip_frames == 1:  # a single-frame stage is judged on single frames
-                videos = videos.flatten(0, 1)[:, None]
-            self.videos = videos
-        report = read_json(join(cfg.data.root, "videos", cfg.data.split, "_report.json"), {})
-        self.fps = report.get("params", {}).get("fps", 8.0)
-
-    def __call__(self, model, step: int) -> dict:
-        if self.videos is None:
-            return {}
-        out = Path(self.cfg.train.run_dir) / "eval" / f"step-{step:08d}"
-        metrics = evaluate_vae(model, self.videos, out, self.fps)
-        self.tracker.log_metrics(metrics, step)
-        for name in ("recon.mp4", "recon.gif"):
-            self.tracker.log_artifact(str(out / name), f"eval/{out.name}")
-        (out / "metrics.json").write_text(json.dumps(metrics))
-        print(f"step {step:6d} held-out PSNR {metrics['val/psnr']:.2f} dB SSIM {metrics['val/ssim']:.4f}", flush=True)
-        return metrics
 
 
 def _event(run_dir: Path, kind: str, **fields) -> None:
@@ -185,7 +155,8 @@ def train_worker(cfg_dict: dict) -> dict:
         box = [run_id]
         dist.broadcast_object_list(box, src=0)
         run_id = box[0]
-    evaluate = _Evaluator(cfg, tracker) if cfg.task == "vae" and rank == 0 else None
+    evaluate = VAEEvaluator(cfg, tracker) if cfg.task == "vae" and rank == 0 else None
+    show = DiTSampler(cfg, tracker) if cfg.task == "dit" and cfg.train.sample_every and rank == 0 else None
     sampler = StepSampler(task.num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum, rank, world,
                           cfg.train.seed)
     metrics, bad_run, stop = {}, 0, _Stop()
@@ -212,6 +183,8 @@ def train_worker(cfg_dict: dict) -> dict:
                       flush=True)
             if evaluate and (last or (cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0)):
                 metrics.update(evaluate(engine.module, step + 1))
+            if show and (last or (step + 1) % cfg.train.sample_every == 0):
+                show(engine.module, ema, engine.zero_optimization_stage() == 3, step + 1)
         if (step + 1) % cfg.train.ckpt_every == 0 or last:
             state = {"mlflow_run_id": run_id}
             if ema is not None:

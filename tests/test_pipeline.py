@@ -52,6 +52,7 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     dit_run = str(tmp_path / "dit")
     launch(load(str(CONFIGS / "demo.yaml"), [
         f"data.root={root}", f"data.vae_id={m['vae_id']}", f"train.run_dir={dit_run}", "train.steps=2",
+        "train.sample_every=2", "optim.ema_decay=0.9",
         "scale.num_workers=0", "model.hidden_size=32", "model.depth=1", "optim.micro_batch_size=2",
         f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
     info = generate(dit_run, num_samples=3, num_steps=4, s=1, cfg_scale=2.0, labels=[2, 2, 0])
@@ -62,9 +63,12 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns.db")
     arts = [a.path for a in mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], "samples")]
-    assert len(arts) == 1
-    names = {a.path.rsplit("/", 1)[-1] for a in mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], arts[0])}
+    assert sorted(arts) == ["samples/step-00000002", "samples/step-00000002-s1-cfg2.0"]   # training's, generate's
+    names = {a.path.rsplit("/", 1)[-1] for a in mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], arts[1])}
     assert names == {"samples.mp4", "samples.gif", "samples.json"}
+    # the samples the training run logged itself (train.sample_every, from the EMA weights)
+    during = mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], "samples/step-00000002")
+    assert {a.path.rsplit("/", 1)[-1] for a in during} == {"samples.mp4", "samples.gif"}
 
     # Continue 2 real frames to 7 (longer than the 4 trained on: sliding window of 4).
     long = generate(dit_run, num_samples=2, num_steps=4, s=2, cfg_scale=1.0, num_frames=7, context=2,
