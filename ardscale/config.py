@@ -81,7 +81,8 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_last: int = 3
     seed: int = 0
-    run_dir: str = "runs/default"    # checkpoints, resolved config and Ray Train state
+    run_dir: str = "runs/default"    # checkpoints, resolved config and Ray Train state (local or mounted disk)
+    checkpoint_url: str = ""         # mirror of the checkpoints on any fsspec URL (s3://…); resumed from there
     init_from: str = ""              # run dir whose newest weights start this run (a previous stage)
     max_nonfinite_steps: int = 5     # this many steps in a row with a NaN/inf loss: save and stop
     peak_tflops: float = 0.0         # per device, for MFU (0: 989 on an H100-class GPU, none on CPU)
@@ -172,8 +173,8 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
         cfg.optim.deepspeed = _absolute(cfg.optim.deepspeed)
     deepspeed_fragment(cfg.optim.deepspeed)  # fails early, naming the file
     if "://" in cfg.train.run_dir:
-        raise ValueError(f"{path}: train.run_dir={cfg.train.run_dir!r}: checkpoints are written to a local "
-                         "(or mounted shared) folder for now; data.root may be any fsspec URL")
+        raise ValueError(f"{path}: train.run_dir={cfg.train.run_dir!r} must be a local (or mounted) folder: "
+                         "DeepSpeed writes there; set train.checkpoint_url=s3://… to mirror checkpoints remotely")
     cfg.data.root = _absolute(cfg.data.root)
     cfg.train.run_dir = _absolute(cfg.train.run_dir)
     cfg.train.init_from = cfg.train.init_from and _absolute(cfg.train.init_from)

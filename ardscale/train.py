@@ -45,6 +45,8 @@ def _engines(cfg: Config, task, world: int):
         task.model.load_state_dict(checkpoint.load_weights(cfg.train.init_from)[0])
         if task.discriminator is not None and checkpoint.latest_tag(cfg.train.init_from, "ckpt_disc"):
             task.discriminator.load_state_dict(checkpoint.load_weights(cfg.train.init_from, sub="ckpt_disc")[0])
+    if cfg.train.checkpoint_url:  # a fresh node or a wiped disk starts from the remote mirror
+        checkpoint.pull(cfg.train.run_dir, cfg.train.checkpoint_url)
     run, tag = cfg.train.run_dir, checkpoint.latest_tag(cfg.train.run_dir)
     saved_world = checkpoint.saved_world_size(run, tag)
     universal = saved_world is not None and saved_world != world   # e.g. 2 workers → 1: re-partition
@@ -192,6 +194,8 @@ def train_worker(cfg_dict: dict) -> dict:
             if disc is not None:  # first: the model's `latest` below commits both
                 checkpoint.save(disc, cfg.train.run_dir, step + 1, state, cfg.train.keep_last, sub="ckpt_disc")
             checkpoint.save(engine, cfg.train.run_dir, step + 1, state, cfg.train.keep_last)
+            if cfg.train.checkpoint_url:
+                checkpoint.push(cfg.train.run_dir, cfg.train.checkpoint_url, step + 1, cfg.train.keep_last)
         if bad_run >= cfg.train.max_nonfinite_steps:
             if rank == 0:
                 _event(run_dir, "stop", step=step + 1, reason="nonfinite loss")

@@ -71,3 +71,49 @@ def test_shard_job_writes_and_reads_s3(ucf_root, s3_endpoint, tmp_path):
     write_json(f"{root}/_report.json", {"clips": 2, "ok": True})
     assert read_json(f"{root}/_report.json") == {"clips": 2, "ok": True}
     assert read_json(f"{root}/missing.json", default="none") == "none"
+
+
+def test_checkpoints_mirror_to_s3_and_a_fresh_disk_resumes_from_there(s3_endpoint, tmp_path):
+    from pathlib import Path
+
+    import fsspec
+    import numpy as np
+
+    from ardscale.config import load
+    from ardscale.data.shards import npy_bytes, write_shard
+    from ardscale.engine import checkpoint
+    from ardscale.train import launch
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    write_shard(str(root / "latents" / "fake" / "train" / "shard-000000.tar"), [
+        {"__key__": f"c{k}", "npy": npy_bytes(rng.normal(size=(4, 32, 4)).astype(np.float16)), "json": {"label": k % 3}}
+        for k in range(16)])
+    write_json(str(root / "latents" / "fake" / "train" / "_manifest.json"), {"vae_id": "fake", "num_frames": 4})
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+
+    def run(run_dir, steps, url=""):
+        launch(load(config, [f"data.root={root}", "data.vae_id=fake", f"train.run_dir={run_dir}", f"train.steps={steps}",
+                             "train.ckpt_every=2", "train.keep_last=2", "optim.ema_decay=0.5", f"train.checkpoint_url={url}",
+                             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
+        return {r["step"]: r["loss"] for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())}
+
+    url = "s3://ardscale-test/runs/mirror"
+    full = run(tmp_path / "full", 6)
+    run(tmp_path / "node1", 4, url)
+    fs = fsspec.filesystem("s3")
+    assert fs.cat(f"{url}/ckpt/latest").decode() == "step-00000004"
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/ckpt")) == ["latest", "step-00000002", "step-00000004"]
+    assert {p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/ckpt/step-00000004")} >= {
+        "ardscale.json", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"}
+    assert fs.exists(f"{url}/ema/step-00000004.pt")
+    # Another machine: an empty run dir, the same mirror. It pulls step 4 and goes on to 6.
+    second = run(tmp_path / "node2", 6, url)
+    assert sorted(second) == [4, 5], "the new node repeated or skipped steps"
+    for step in (4, 5):
+        assert abs(second[step] - full[step]) < 1e-6, (step, second[step], full[step])
+    assert fs.cat(f"{url}/ckpt/latest").decode() == "step-00000006"
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/ckpt")) == ["latest", "step-00000004", "step-00000006"]
+    ema = checkpoint.load_weights(str(tmp_path / "node2"), ema=True)[0]
+    ema_full = checkpoint.load_weights(str(tmp_path / "full"), ema=True)[0]
+    assert max((ema[k] - ema_full[k]).abs().max().item() for k in ema) < 1e-6

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 
 import torch
@@ -181,3 +183,83 @@ def load_trained(run_dir: str, which: str | None = None):
     model = ARVAE(cfg.vae) if cfg.task == "vae" else DiT(cfg.model)
     model.load_state_dict(state)
     return cfg, model.eval(), tag, weights_digest(state)
+
+
+# -- remote mirror (train.checkpoint_url: s3://… or any fsspec URL) ------------------------------
+# DeepSpeed writes to local (node) disk under run_dir. After a tag is complete there, every rank
+# uploads its own files, then rank 0 uploads the tag's marker and `latest`: on the remote side,
+# too, a tag is visible only when complete. A job that finds no local checkpoint (a new node, a
+# wiped disk) downloads the newest complete remote tag first.
+
+def _rank_files(tag_dir: Path, rank: int, world: int) -> list[Path]:
+    """The files of a tag that ``rank`` wrote: its ZeRO shards; rank 0 also the unranked ones."""
+    mine = [f for f in tag_dir.iterdir() if f.is_file() and f"zero_pp_rank_{rank}_" in f.name]
+    if rank == 0:
+        mine += [f for f in tag_dir.iterdir() if f.is_file() and "zero_pp_rank_" not in f.name
+                 and f.name != "ardscale.json"]
+    return mine
+
+
+def push(run_dir: str, url: str, step: int, keep_last: int, subs=("ckpt_disc", "ckpt")) -> None:
+    """Upload the complete tag of ``step`` (all ranks call this; the marker and ``latest`` last)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    t = tag(step)
+    for sub in subs:
+        tag_dir = Path(ckpt_dir(run_dir, sub)) / t
+        if tag_dir.is_dir():
+            for f in _rank_files(tag_dir, rank, world):
+                fs.put_file(str(f), f"{root}/{sub}/{t}/{f.name}")
+    if _rank0() and Path(ema_path(run_dir, t)).is_file():
+        fs.put_file(ema_path(run_dir, t), f"{root}/ema/{t}.pt")
+    if dist.is_initialized():
+        dist.barrier()
+    if _rank0():
+        for sub in subs:
+            marker = Path(ckpt_dir(run_dir, sub)) / t / "ardscale.json"
+            if marker.is_file():
+                fs.put_file(str(marker), f"{root}/{sub}/{t}/ardscale.json")
+                fs.pipe_file(f"{root}/{sub}/latest", t.encode())
+        if keep_last > 0:
+            for sub in subs:
+                tags = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{sub}/step-*"))
+                for old in tags[:-keep_last]:
+                    fs.rm(f"{root}/{sub}/{old}", recursive=True)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def pull(run_dir: str, url: str, subs=("ckpt", "ckpt_disc")) -> str | None:
+    """Download the newest complete remote tag if it is newer than the newest local one.
+
+    One process per node (``LOCAL_RANK`` 0) downloads into a temporary folder and renames it into
+    place; on a shared filesystem the first rename wins and the others are discarded. All ranks
+    then wait. Returns the tag pulled, or None.
+    """
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    complete = sorted(p.rsplit("/", 2)[-2] for p in fs.glob(f"{root}/ckpt/step-*/ardscale.json"))
+    local = latest_tag(run_dir)
+    t = complete[-1] if complete and (local is None or complete[-1] > local) else None
+    if t is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        for sub in subs:
+            if not fs.exists(f"{root}/{sub}/{t}/ardscale.json"):
+                continue
+            dest = Path(ckpt_dir(run_dir, sub)) / t
+            tmp = dest.with_name(f"{t}.pull-{socket.gethostname()}-{os.getpid()}")
+            fs.get(f"{root}/{sub}/{t}/", str(tmp) + "/", recursive=True)
+            shutil.rmtree(dest, ignore_errors=True)   # an incomplete local copy of the same tag
+            try:
+                tmp.rename(dest)
+            except OSError:                          # another node on a shared disk was first
+                shutil.rmtree(tmp, ignore_errors=True)
+        if fs.exists(f"{root}/ema/{t}.pt"):
+            Path(ema_path(run_dir, t)).parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f"{root}/ema/{t}.pt", ema_path(run_dir, t))
+    if dist.is_initialized():
+        dist.barrier()
+    return t
