@@ -348,3 +348,17 @@ def test_kill_during_checkpoint_save_keeps_the_previous_checkpoint(latent_root, 
     assert sorted(b) == [0, 1, 2, 3] and checkpoint.latest_tag(str(run)) == "step-00000004"
     for step in range(4):
         assert abs(a[step] - b[step]) < 1e-6, (step, a[step], b[step])
+
+
+@pytest.mark.slow
+def test_diverging_two_worker_run_stops_with_a_clear_error_and_a_checkpoint(latent_root, tmp_path, ray_local):
+    run = str(tmp_path / "diverge")
+    with pytest.raises(Exception, match=r"NaN/inf in 2 steps in a row"):   # lr 1e30: weights overflow after step 0
+        launch(load(CONFIG, overrides(latent_root, run, **{
+            "scale.num_workers": 2, "train.steps": 50, "optim.lr": 1e30, "optim.grad_clip": 0.0,
+            "train.max_nonfinite_steps": 2})))
+    r = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    assert [x["nonfinite_skipped"] for x in r][-2:] == [1, 1] and math.isfinite(r[0]["loss"])
+    tag = checkpoint.latest_tag(run)
+    assert tag == checkpoint.tag(len(r))
+    assert '"reason": "nonfinite loss"' in (Path(run) / "events.jsonl").read_text()
