@@ -362,3 +362,13 @@ def test_diverging_two_worker_run_stops_with_a_clear_error_and_a_checkpoint(late
     tag = checkpoint.latest_tag(run)
     assert tag == checkpoint.tag(len(r))
     assert '"reason": "nonfinite loss"' in (Path(run) / "events.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_elastic_worker_range_runs(latent_root, tmp_path, ray_local):
+    run = str(tmp_path / "elastic")
+    result = launch(load(CONFIG, overrides(latent_root, run, **{
+        "scale.num_workers": 2, "scale.min_workers": 1, "train.steps": 2, "scale.max_failures": 1})))
+    assert result.error is None
+    starts = [json.loads(x) for x in (Path(run) / "events.jsonl").read_text().splitlines()]
+    assert starts[0]["world_size"] in (1, 2) and sorted(losses(run)) == [0, 1]
