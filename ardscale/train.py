@@ -98,14 +98,22 @@ def _reduce(parts: list[dict], world: int) -> dict:
     return out
 
 
-class _Stop:
-    """SIGTERM (preemption, ``ray job stop``, Kubernetes eviction) asks for a checkpoint and a
-    clean exit at the end of the current step. Signals reach the main thread only; elsewhere
-    (a Ray Train worker thread) Ray's own restart-from-checkpoint applies."""
+STOP_FILE = "STOP"   # in run_dir: a stop request from the driver (see launch) or an operator
 
-    def __init__(self):
-        self.requested = False
-        if threading.current_thread() is threading.main_thread():
+
+class _Stop:
+    """A stop request (SIGTERM: preemption, ``ray job stop``, Kubernetes eviction; or the file
+    ``{run_dir}/STOP``) asks for a checkpoint and a clean exit at the end of the current step.
+
+    In-process, this process's SIGTERM handler sets it. Under Ray Train the training function
+    does not run on the main thread, so the driver's handler writes the STOP file instead, and rank
+    0 looks for it after every step.
+    """
+
+    def __init__(self, run_dir: Path, rank: int):
+        self.requested, self.run_dir, self.rank = False, run_dir, rank
+        self.own_signal = threading.current_thread() is threading.main_thread()
+        if self.own_signal:
             signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
@@ -114,7 +122,8 @@ class _Stop:
 
     def agreed(self) -> bool:
         """True on every rank when any rank was asked to stop."""
-        flag = torch.tensor([float(self.requested)])
+        asked = self.requested or (self.rank == 0 and (self.run_dir / STOP_FILE).exists())
+        flag = torch.tensor([float(asked)])
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
@@ -161,7 +170,7 @@ def train_worker(cfg_dict: dict) -> dict:
     show = DiTSampler(cfg, tracker) if cfg.task == "dit" and cfg.train.sample_every and rank == 0 else None
     sampler = StepSampler(task.num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum, rank, world,
                           cfg.train.seed)
-    metrics, bad_run, stop = {}, 0, _Stop()
+    metrics, bad_run, stop = {}, 0, _Stop(run_dir, rank)
     for step in range(start, cfg.train.steps):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(hash((cfg.train.seed, step, rank)) & 0x7FFF_FFFF)
@@ -204,9 +213,11 @@ def train_worker(cfg_dict: dict) -> dict:
                                f"were skipped and {checkpoint.tag(step + 1)} holds the last good weights")
         if halt:
             if rank == 0:
-                _event(run_dir, "stop", step=step + 1, reason="SIGTERM")
+                _event(run_dir, "stop", step=step + 1, reason="stop request (SIGTERM or STOP file)")
             tracker.end("KILLED")
-            raise SystemExit(143)
+            if stop.own_signal:
+                raise SystemExit(143)
+            return {**metrics, "stopped": 1.0}   # under Ray: a clean return, so Ray does not retry
     tracker.end()
     return metrics
 
@@ -253,7 +264,25 @@ def launch(cfg: Config):
                              storage_path=s.storage_path or str(Path(cfg.train.run_dir) / "ray"),
                              failure_config=FailureConfig(max_failures=s.max_failures)),
     )
-    return trainer.fit()
+    stop_file = Path(cfg.train.run_dir) / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+
+    def forward_sigterm(signum, frame):  # the workers save and return; see _Stop
+        print("SIGTERM: asking the workers to checkpoint and stop", file=sys.stderr, flush=True)
+        stop_file.parent.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, forward_sigterm) if main else None
+    try:
+        result = trainer.fit()
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    if stop_file.exists():
+        stop_file.unlink()
+        raise SystemExit(143)
+    return result
 
 
 def main(argv: list[str] | None = None):

@@ -45,7 +45,7 @@ def bare(vae_run: str, root: str, split: str, clips: int) -> dict:
 def job(vae_run: str, root: str, split: str, actors: int) -> dict:
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "videos").mkdir()
         os.symlink(Path(root, "videos", split).resolve(), Path(tmp, "videos", split))

@@ -52,7 +52,7 @@ if __name__ == "__main__":
     import ray
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}})
     with tempfile.TemporaryDirectory() as tmp:
         root, out = Path(tmp) / "data", Path(tmp) / "runs"

@@ -18,11 +18,11 @@ def ucf_root() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance (loopback, 2 CPUs) shared by the tests that need Ray."""
+    """A new local Ray instance (loopback, 2 CPUs; never a cluster already running here) for the tests."""
     import ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}})
     yield ray
     ray.shutdown()

@@ -206,7 +206,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(latent_root, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 143, out[-2000:]
-    assert '"reason": "SIGTERM"' in (run / "events.jsonl").read_text()
+    assert '"reason": "stop request' in (run / "events.jsonl").read_text()
     steps = len(rows(run))
     assert checkpoint.latest_tag(str(run)) == f"step-{steps:08d}" and 3 <= steps < 100000
     # and the next launch continues from there
@@ -372,3 +372,32 @@ def test_elastic_worker_range_runs(latent_root, tmp_path, ray_local):
     assert result.error is None
     starts = [json.loads(x) for x in (Path(run) / "events.jsonl").read_text().splitlines()]
     assert starts[0]["world_size"] in (1, 2) and sorted(losses(run)) == [0, 1]
+
+
+@pytest.mark.slow
+def test_stop_request_under_ray_checkpoints_and_exits_143(latent_root, tmp_path, ray_local):
+    """What the driver's SIGTERM handler does (write {run_dir}/STOP), seen from the Ray workers."""
+    import threading
+    import time
+
+    run = tmp_path / "stop_ray"
+    out = {}
+
+    def job():
+        try:
+            launch(load(CONFIG, overrides(latent_root, str(run), **{"scale.num_workers": 2, "train.steps": 100000,
+                                                                     "train.ckpt_every": 100000})))
+        except SystemExit as e:
+            out["code"] = e.code
+
+    t = threading.Thread(target=job)
+    t.start()
+    metrics, deadline = run / "metrics.jsonl", time.time() + 180
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    (run / "STOP").touch()
+    t.join(timeout=180)
+    assert not t.is_alive() and out.get("code") == 143
+    steps = len(losses(str(run)))
+    assert checkpoint.latest_tag(str(run)) == checkpoint.tag(steps) and steps < 100000
+    assert not (run / "STOP").exists()
