@@ -274,10 +274,11 @@ def test_world_size_change_2_to_1_and_back(latent_root, tmp_path, ray_local):
 
 
 def _train_worker_pids():
+    """Ray Train workers of this test session's own Ray instance (its processes descend from us)."""
     import psutil
 
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+    return [p.pid for p in psutil.Process().children(recursive=True)
+            if any("RayTrainWorker" in part for part in p.cmdline())]
 
 
 @pytest.mark.slow
