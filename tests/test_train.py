@@ -402,3 +402,11 @@ def test_stop_request_under_ray_checkpoints_and_exits_143(latent_root, tmp_path,
     steps = len(losses(str(run)))
     assert checkpoint.latest_tag(str(run)) == checkpoint.tag(steps) and steps < 100000
     assert not (run / "STOP").exists()
+
+
+def test_mlflow_params_never_carry_secrets():
+    from ardscale.engine.tracking import flatten
+
+    flat = flatten({"train": {"checkpoint_url": "s3://AKIA:abc%2Fdef@bucket/run", "run_dir": "/r"},
+                    "s3": {"secret_access_key": "x", "aws_session_token": "y", "region": "eu"}})
+    assert flat == {"train.checkpoint_url": "s3://***@bucket/run", "train.run_dir": "/r", "s3.region": "eu"}

@@ -1,20 +1,23 @@
 """MLflow tracking on rank 0: one run per job, continued across restarts via the run id."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 SECRET_WORDS = ("key", "secret", "token", "password")
+_URL_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
-    """Nested dict → ``{"a.b.c": value}``, dropping secret-looking keys (S3 keys, tokens)."""
+    """Nested dict → ``{"a.b.c": value}``, dropping secret-looking keys (S3 keys, tokens) and
+    the credentials inside URLs (``s3://KEY:SECRET@bucket`` → ``s3://***@bucket``)."""
     out = {}
     for k, v in d.items():
         name = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, name + "."))
         elif not any(w in k.lower() for w in SECRET_WORDS):
-            out[name] = v
+            out[name] = _URL_CREDENTIALS.sub(r"\1***@", v) if isinstance(v, str) else v
     return out
 
 
