@@ -143,13 +143,8 @@ def _throughput(task, cfg: Config, dt: float, world: int) -> dict:
     return out
 
 
-def train_worker(cfg_dict: dict) -> dict:
-    """Per-worker loop (Ray Train ``train_loop_per_worker``, or in-process). Returns last metrics."""
-    cfg = from_dict(cfg_dict)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    task = build_task(cfg)
-    engine, disc, ema, client = _engines(cfg, task, world)
+def _open_run(cfg_dict: dict, cfg: Config, client: dict, rank: int, world: int) -> tuple[Tracker, str]:
+    """The MLflow run (the checkpoint's, when resuming) and the run dir's files (rank 0)."""
     start = client.get("step", 0)
     tracker = Tracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, enabled=rank == 0)
     run_id = tracker.start(client.get("mlflow_run_id"), cfg.tracking.run_name, cfg_dict)
@@ -166,6 +161,30 @@ def train_worker(cfg_dict: dict) -> dict:
         box = [run_id]
         dist.broadcast_object_list(box, src=0)
         run_id = box[0]
+    return tracker, run_id
+
+
+def _save(cfg: Config, step: int, engine, disc, ema, run_id: str) -> None:
+    """EMA, then the discriminator, then the model (its `latest` commits all), then the mirror."""
+    state, run = {"mlflow_run_id": run_id}, cfg.train.run_dir
+    if ema is not None:
+        ema.save(checkpoint.ema_path(run, checkpoint.tag(step)))
+    if disc is not None:
+        checkpoint.save(disc, run, step, state, cfg.train.keep_last, sub="ckpt_disc")
+    checkpoint.save(engine, run, step, state, cfg.train.keep_last)
+    if cfg.train.checkpoint_url:
+        checkpoint.push(run, cfg.train.checkpoint_url, step, cfg.train.keep_last)
+
+
+def train_worker(cfg_dict: dict) -> dict:
+    """Per-worker loop (Ray Train ``train_loop_per_worker``, or in-process). Returns last metrics."""
+    cfg = from_dict(cfg_dict)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    task = build_task(cfg)
+    engine, disc, ema, client = _engines(cfg, task, world)
+    start, run_dir = client.get("step", 0), Path(cfg.train.run_dir)
+    tracker, run_id = _open_run(cfg_dict, cfg, client, rank, world)
     evaluate = VAEEvaluator(cfg, tracker) if cfg.task == "vae" and rank == 0 else None
     show = DiTSampler(cfg, tracker) if cfg.task == "dit" and cfg.train.sample_every and rank == 0 else None
     sampler = StepSampler(task.num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum, rank, world,
@@ -197,14 +216,7 @@ def train_worker(cfg_dict: dict) -> dict:
             if show and (last or (step + 1) % cfg.train.sample_every == 0):
                 show(engine.module, ema, engine.zero_optimization_stage() == 3, step + 1)
         if (step + 1) % cfg.train.ckpt_every == 0 or last:
-            state = {"mlflow_run_id": run_id}
-            if ema is not None:
-                ema.save(checkpoint.ema_path(cfg.train.run_dir, checkpoint.tag(step + 1)))
-            if disc is not None:  # first: the model's `latest` below commits both
-                checkpoint.save(disc, cfg.train.run_dir, step + 1, state, cfg.train.keep_last, sub="ckpt_disc")
-            checkpoint.save(engine, cfg.train.run_dir, step + 1, state, cfg.train.keep_last)
-            if cfg.train.checkpoint_url:
-                checkpoint.push(cfg.train.run_dir, cfg.train.checkpoint_url, step + 1, cfg.train.keep_last)
+            _save(cfg, step + 1, engine, disc, ema, run_id)
         if bad_run >= cfg.train.max_nonfinite_steps:
             if rank == 0:
                 _event(run_dir, "stop", step=step + 1, reason="nonfinite loss")
