@@ -9,8 +9,8 @@ t_f is equally likely. The paper does this with DP counts d^e/d^s, one frame at 
 without a loop over frames: a uniform non-decreasing sequence of k values in ``0 … m-1`` is a
 uniform multiset, and a Pólya urn with one ball per value draws exactly that (each of the
 C(m+k-1, k) multisets has probability k!/(m(m+1)…(m+k-1)) · ∏n_v!/∏n_v! = 1/C(m+k-1, k)).
-Urn draw j copies an earlier draw or takes a fresh value, so all k draws come from one random
-array plus log2(k) pointer-jumping gathers, then a sort.
+Urn draw j copies an earlier draw or takes a fresh value, so all draws come from one random
+array plus log2(F) pointer-jumping gathers, then a sort.
 """
 from __future__ import annotations
 
@@ -88,27 +88,27 @@ def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def polya_urn(num_values: np.ndarray, num_draws: int, rng: np.random.Generator) -> np.ndarray:
-    """Exchangeable draws of a Pólya urn that starts with one ball per value, ``(R, K)`` int64.
+def polya_urn(num_values: np.ndarray, segment_start: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Exchangeable draws of Pólya urns that start with one ball per value, ``(R, K)`` int32.
 
-    Row r draws ``K = num_draws`` times from values ``0 … num_values[r]-1``. Draw j picks one of
-    the ``m + j`` balls uniformly: one of the m original balls (a fresh value) or the ball added
-    after draw ``i < j`` (a copy of draw i). Sorted, the first k draws of a row are a uniform
-    non-decreasing sequence of length k (any k ≤ K: later draws never affect earlier ones).
+    Each row holds independent urns in consecutive segments: position j belongs to the urn that
+    starts at ``segment_start[r, j]`` and has values ``0 … num_values[r, j]-1`` (both ``(R, K)``
+    int32). Its i-th draw (i = j - start) picks one of the ``m + i`` balls uniformly: one of the m
+    original balls (a fresh value) or the ball added after the urn's draw i' < i (a copy of it).
+    Sorted, an urn's k draws are a uniform non-decreasing sequence of length k.
     """
-    R, K = num_values.shape[0], num_draws
-    m = num_values[:, None].astype(np.int32)
-    u = rng.random((R, K))
-    u *= m + np.arange(K, dtype=np.float64)
-    ball = u.astype(np.int32) - m                  # < 0: fresh value ball+m; >= 0: copy of draw `ball`
+    R, K = num_values.shape
     j = np.arange(K, dtype=np.int32)
-    ptr = np.maximum(ball, j * (ball < 0))         # a fresh draw points at itself
+    u = rng.random((R, K))
+    u *= num_values + (j - segment_start)
+    ball = u.astype(np.int32) - num_values          # < 0: fresh value ball+m; else copy of draw start+ball
+    ptr = np.where(ball < 0, j, segment_start + ball)
     ptr += (np.arange(R, dtype=np.int32) * K)[:, None]
     ptr = ptr.ravel()
-    for _ in range(max(K - 1, 1).bit_length()):  # pointer jumping: every chain reaches its fresh root
+    for _ in range(max(K - 1, 1).bit_length()):     # pointer jumping: every chain reaches its fresh root
         ptr = ptr[ptr]
-    ball += m                                      # (int32 halves the memory touched: it is the cost)
-    return ball.ravel()[ptr].reshape(R, K).astype(np.int64)
+    ball += num_values                              # (int32 halves the memory touched: it is the cost)
+    return ball.ravel()[ptr].reshape(R, K)
 
 
 def fopp_with_frame(batch_size: int, num_frames: int, num_timesteps: int,
@@ -116,8 +116,8 @@ def fopp_with_frame(batch_size: int, num_frames: int, num_timesteps: int,
     """Alg. 1's distribution, drawn without a loop over frames (see the module docstring).
 
     The frames before f are a uniform non-decreasing sequence in ``0 … t_f``; the frames after f,
-    read backwards in mirrored values ``T-1-t``, one in ``0 … T-1-t_f``. Both come from one urn
-    call over 2B rows.
+    read backwards in mirrored values ``w = T-1-t``, one in ``0 … T-1-t_f``. One row of F-1 urn
+    draws per sample holds both: positions ``< f`` the first urn, the rest the second.
 
     Returns:
         ``t`` ``(B, F)`` long DDPM indices and the chosen frame ``f`` ``(B,)`` long (for tests of
@@ -128,14 +128,16 @@ def fopp_with_frame(batch_size: int, num_frames: int, num_timesteps: int,
     f = rng.integers(F, size=B)
     v = rng.integers(T, size=B)
     K = max(F - 1, 1)
-    draws = polya_urn(np.concatenate([v + 1, T - v]), K, rng)
-    draws[np.arange(K) >= np.concatenate([f, F - 1 - f])[:, None]] = T  # unused draws sort last
-    draws.sort(axis=1)
+    after = np.arange(K) >= f[:, None]                                        # (B, K)
+    start = np.where(after, f[:, None], 0).astype(np.int32)
+    values = np.where(after, (T - v)[:, None], (v + 1)[:, None]).astype(np.int32)
+    key = polya_urn(values, start, rng) + after * T                           # the second urn sorts last
+    key.sort(axis=1)
     i = np.arange(F)
-    before = draws[:B, np.minimum(i, K - 1)]
-    after = T - 1 - draws[B:, np.clip(F - 1 - i, 0, K - 1)]
-    t = np.where(i < f[:, None], before, np.where(i == f[:, None], v[:, None], after))
-    return torch.from_numpy(t), torch.from_numpy(f)
+    before_f = np.take_along_axis(key, np.minimum(i, K - 1)[None].repeat(B, 0), 1)
+    after_f = 2 * T - 1 - np.take_along_axis(key, np.clip(f[:, None] + F - 1 - i, 0, K - 1), 1)
+    t = np.where(i < f[:, None], before_f, np.where(i == f[:, None], v[:, None], after_f))
+    return torch.from_numpy(t.astype(np.int64)), torch.from_numpy(f)
 
 
 def _naive(batch_size: int, num_frames: int, num_timesteps: int, generator) -> torch.Tensor:
