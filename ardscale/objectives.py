@@ -40,6 +40,10 @@ NUM_BUCKETS = 10   # DiT loss is also logged per tenth of the timestep range
 
 @dataclass
 class Task:
+    """A training task: its model (and GAN discriminator), dataset size, tokens per sample (for
+    throughput), ``micro_step`` (forward, backward and ``engine.step()`` for one micro batch; returns
+    detached losses) and its non-finite guards."""
+
     model: nn.Module
     num_samples: int
     tokens_per_sample: int

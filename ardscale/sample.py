@@ -73,6 +73,7 @@ def latent_vae(cfg):
 
 
 def video_fps(cfg) -> float:
+    """Frames per second of the run's video shards (their ``_report.json``; 8 when absent)."""
     report = read_json(join(cfg.data.root, "videos", cfg.data.split, "_report.json"), {})
     return report.get("params", {}).get("fps", 8.0)
 
