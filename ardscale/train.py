@@ -40,7 +40,7 @@ def _trim_metrics(path: Path, start: int) -> None:
 def _engines(cfg: Config, task, world: int):
     """DeepSpeed engines for the model (and the discriminator), resumed from the run's newest
     complete checkpoint or started from ``train.init_from``, and the EMA (when ``optim.ema_decay``).
-    Returns (engine, disc, ema, client state)."""
+    Returns (engine, disc, ema, client state); the client state holds the resumed ``tag``."""
     if cfg.train.init_from:  # weights of a previous stage; this run's own checkpoint, if any, wins below
         task.model.load_state_dict(checkpoint.load_weights(cfg.train.init_from)[0])
         if task.discriminator is not None and checkpoint.latest_tag(cfg.train.init_from, "ckpt_disc"):
@@ -65,13 +65,12 @@ def _engines(cfg: Config, task, world: int):
     ema = None
     if cfg.optim.ema_decay > 0:
         ema = EMA(engine.module, cfg.optim.ema_decay, zero3=engine.zero_optimization_stage() == 3)
-        path = client and checkpoint.ema_path(cfg.train.run_dir, checkpoint.latest_tag(cfg.train.run_dir))
-        if path and Path(path).is_file():
-            ema.load(path)
+        if client and Path(checkpoint.ema_path(run, tag)).is_file():
+            ema.load(checkpoint.ema_path(run, tag))
     # The model's tag is the commit point; a discriminator saved at that tag goes with it.
     if disc is not None and client and (Path(checkpoint.ckpt_dir(run, "ckpt_disc")) / tag).is_dir():
         checkpoint.resume(disc, run, "ckpt_disc", which=tag, universal=universal)
-    return engine, disc, ema, client
+    return engine, disc, ema, ({**client, "tag": tag} if client else {})
 
 
 def _event(run_dir: Path, kind: str, **fields) -> None:
@@ -154,7 +153,7 @@ def _open_run(cfg_dict: dict, cfg: Config, client: dict, rank: int, world: int) 
         _trim_metrics(run_dir / "metrics.jsonl", start)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg_dict))
         (run_dir / "mlflow_run_id").write_text(run_id)
-        _event(run_dir, "start", step=start, world_size=world, resumed_from=checkpoint.latest_tag(str(run_dir)))
+        _event(run_dir, "start", step=start, world_size=world, resumed_from=client.get("tag"))
         if start == 0:
             tracker.log_artifact(str(run_dir / "config.yaml"))
     if dist.is_initialized():  # ranks > 0 learn the run id for the checkpoint from rank 0

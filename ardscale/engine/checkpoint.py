@@ -191,7 +191,7 @@ def load_trained(run_dir: str, which: str | None = None):
 # too, a tag is visible only when complete. A job that finds no local checkpoint (a new node, a
 # wiped disk) downloads the newest complete remote tag first.
 
-def _rank_files(tag_dir: Path, rank: int, world: int) -> list[Path]:
+def _rank_files(tag_dir: Path, rank: int) -> list[Path]:
     """The files of a tag that ``rank`` wrote: its ZeRO shards; rank 0 also the unranked ones."""
     mine = [f for f in tag_dir.iterdir() if f.is_file() and f"zero_pp_rank_{rank}_" in f.name]
     if rank == 0:
@@ -206,12 +206,11 @@ def push(run_dir: str, url: str, step: int, keep_last: int, subs=("ckpt_disc", "
 
     fs, root = fsspec.core.url_to_fs(url)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
     t = tag(step)
     for sub in subs:
         tag_dir = Path(ckpt_dir(run_dir, sub)) / t
         if tag_dir.is_dir():
-            for f in _rank_files(tag_dir, rank, world):
+            for f in _rank_files(tag_dir, rank):
                 fs.put_file(str(f), f"{root}/{sub}/{t}/{f.name}")
     if _rank0() and Path(ema_path(run_dir, t)).is_file():
         fs.put_file(ema_path(run_dir, t), f"{root}/ema/{t}.pt")
