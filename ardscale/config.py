@@ -31,7 +31,7 @@ class DataConfig:
 @dataclass
 class DiffusionConfig:
     num_timesteps: int = 1000
-    beta_schedule: str = "linear"
+    beta_schedule: str = "scaled_linear"  # LDM's (the official code's "linear"); see make_betas
     beta_start: float = 1e-4
     beta_end: float = 0.02
     timestep_sampler: str = "fopp"   # fopp | fopp_dp | equal | independent | naive

@@ -131,21 +131,43 @@ def test_equal_and_independent():
         sample_timesteps("bogus", 1, 1, 1)
 
 
-@pytest.mark.parametrize("F,N,s", [(1, 5, 0), (4, 10, 0), (4, 10, 3), (5, 6, 6), (3, 4, 100)])
-def test_ad_scheduler_rows(F, N, s):
+def official_timestep_matrix(F: int, N: int, s: int) -> torch.Tensor:
+    """The official generate_timestep_matrix (iva-mzsun/AR-Diffusion multiddim.py), re-stated in
+    its own terms: progress p (0 = noise, N = clean), each row from the previous one."""
+    pre, out = torch.zeros(F, dtype=torch.long), []
+    while not bool((pre == N).all()):
+        new = torch.zeros(F, dtype=torch.long)
+        for i in range(F):
+            new[i] = pre[i] + 1 if i == 0 or pre[i - 1] == N else new[i - 1] - s
+        pre = new.clamp(0, N)
+        out.append(pre)
+    return N - torch.stack(out)
+
+
+@pytest.mark.parametrize("F", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("N", [1, 2, 4, 10])
+@pytest.mark.parametrize("s", [0, 1, 2, 3, 9, 10, 11, 100])
+def test_ad_scheduler_matches_official_rows(F, N, s):
     rows = ad_timesteps(F, N, s)
-    assert rows.shape == (N + (F - 1) * min(s, N - 1) + 1, F)
+    assert torch.equal(rows[1:], official_timestep_matrix(F, N, s))
+    assert rows.shape == ((N + (F - 1) * s if s < N else F * N) + 1, F)
     assert (rows[0] == N).all() and (rows[-1] == 0).all()
     assert (rows.diff(dim=1) >= 0).all(), "a row is not non-decreasing along frames"
     assert (rows.diff(dim=0) <= 0).all(), "a frame's timestep increased over iterations"
     assert ((rows[:-1] - rows[1:]) <= 1).all(), "a frame skipped a DDIM step"
 
 
-def test_ad_s0_is_synchronous_and_large_s_is_autoregressive():
+def test_ad_s0_is_synchronous_and_s_ge_n_is_autoregressive_from_clean_context():
     assert (ad_timesteps(4, 5, 0) == torch.arange(5, -1, -1)[:, None]).all()
-    ar = ad_timesteps(3, 4, 4)
-    for r in ar:  # at most one frame is being denoised at a time
-        assert ((r > 0) & (r < 4)).sum() <= 1
+    for s in (4, 5, 100):
+        ar = ad_timesteps(3, 4, s)
+        for r in ar:  # one frame at a time, and only once every frame before it is clean
+            busy = ((r > 0) & (r < 4)).nonzero().flatten()
+            assert len(busy) <= 1
+            assert all((r[:i] == 0).all() for i in busy.tolist())
+        # s = N-1 is not yet auto-regressive: frame 1 starts in the row where frame 0 ends.
+    assert ad_timesteps(2, 4, 3)[4].tolist() == [0, 3]
+    assert ad_timesteps(2, 4, 4)[4].tolist() == [0, 4]
 
 
 def test_q_sample_and_ddim_step():
@@ -180,6 +202,19 @@ def test_sampler_s0_equals_plain_synchronous_ddim():
             x = d.ddim_step(x, model(x, t, y), t, tn)
     assert torch.equal(got, x)
     assert got.std() > 0.01
+
+
+def test_default_schedule_is_the_official_ldm_linear():
+    """The official LatentDiffusion "linear": betas = linspace(sqrt(1e-4), sqrt(0.02), 1000)²."""
+    from ardscale.config import DiffusionConfig
+    c = DiffusionConfig()
+    d = GaussianDiffusion(c.num_timesteps, c.beta_schedule, c.beta_start, c.beta_end)
+    for default in (d, GaussianDiffusion(1000)):
+        betas = [(math.sqrt(1e-4) + (math.sqrt(0.02) - math.sqrt(1e-4)) * i / 999) ** 2 for i in range(1000)]
+        abar = torch.tensor(betas, dtype=torch.float64).neg().add(1).cumprod(0)
+        assert torch.allclose(default.alphas_cumprod, abar, rtol=1e-12, atol=0)
+        assert abs(default.alphas_cumprod[500].item() - 0.3313) < 1e-4   # plain linspace: 0.0778
+        assert default.alphas_cumprod[-1] < 1e-3
 
 
 def test_beta_schedules():
@@ -279,12 +314,12 @@ def test_kv_cache_computes_each_clean_frame_once_and_skips_waiting_frames():
         last_changing = int((rows[i] != rows[i + 1]).nonzero().max())
         assert first + len(t) == last_changing + 1, "a waiting (pure-noise) frame was computed"
     assert fed_clean[:-1].tolist() == [1] * (F - 1) and fed_clean[-1] == 0
-    # Auto-regressive (s >= N-1): each frame is computed in its N steps, plus once as clean context.
+    # Auto-regressive (s >= N): each frame is computed in its N steps, plus once as clean context.
     assert frames_computed == F * N + (F - 1)
     uncached = Recorder(random_dit())
     sample(uncached, d, torch.tensor([0]), F, N, s, kv_cache=False, generator=torch.Generator().manual_seed(0))
     ends = [int((rows[i] != rows[i + 1]).nonzero().max()) + 1 for i in range(len(rows) - 1)]
-    assert sum(len(t) for _, t in uncached.calls) == sum(ends) == 44  # frames 0..last changing, every time
+    assert sum(len(t) for _, t in uncached.calls) == sum(ends) == N * (1 + 2 + 3 + 4)  # frames 0..last changing, every time
 
 
 def test_sliding_window_beyond_training_length():
