@@ -179,3 +179,21 @@ def test_dit_activation_checkpointing_gives_the_same_gradients():
     assert (calls.count(plain), calls.count(ckpt)) == (1, 2)   # the checkpointed block ran again in backward
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_dit_adaln_runs_once_per_frame_and_the_flop_count_is_what_runs():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ardscale.engine.flops import dit_forward_flops
+    cfg = DiTConfig.tiny(depth=2)
+    model, B, F = DiT(cfg), 2, 3
+    seen = []
+    model.blocks[0].adaLN_modulation.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    x = torch.randn(B, F, cfg.tokens_per_frame, cfg.latent_dim)
+    with FlopCounterMode(display=False) as counter:
+        model(x, torch.randint(0, 1000, (B, F)), torch.zeros(B, dtype=torch.long))
+    assert seen == [(B, F, cfg.hidden_size)]                   # per frame, not per token (B, F·L, H)
+    linear, attention = dit_forward_flops(cfg, F)
+    assert counter.get_flop_counts()["Global"][torch.ops.aten.addmm] == B * linear
+    H, N = cfg.hidden_size, F * cfg.tokens_per_frame
+    assert attention == cfg.depth * 4 * N * N * H * (F + 1) / (2 * F)
