@@ -47,7 +47,7 @@ class VAELossConfig:
 
     l1: float = 1.0
     l2: float = 1.0
-    perceptual: float = 0.0          # LPIPS weight; needs both weight files below, else off (logged)
+    perceptual: float = 0.0          # LPIPS weight; > 0 needs both weight files below (0 = opt out)
     perceptual_vgg: str = ""         # torchvision vgg16 state_dict (.pth)
     perceptual_lin: str = ""         # LPIPS v0.1 vgg.pth (linear heads)
     adversarial: float = 0.0         # PatchGAN hinge weight, times VQGAN's adaptive weight; 0 = off
@@ -145,6 +145,19 @@ def _absolute(path: str) -> str:
     return path if "://" in path or Path(path).is_absolute() else str(Path(path).resolve())
 
 
+def _check_perceptual(path: str, c: VAELossConfig) -> None:
+    """LPIPS is on (``perceptual > 0``) only with both weight files present: nothing downloads."""
+    if c.perceptual <= 0:
+        return
+    for key in ("perceptual_vgg", "perceptual_lin"):
+        file = getattr(c, key)
+        if not file or not Path(file).is_file():
+            raise ValueError(f"{path}: vae_loss.perceptual={c.perceptual} needs vae_loss.{key}, a local weight file "
+                             f"({'not set' if not file else f'{file} not found'}; nothing is downloaded). Set "
+                             "vae_loss.perceptual_vgg (torchvision vgg16 .pth) and vae_loss.perceptual_lin (LPIPS "
+                             "vgg.pth), or opt out of the perceptual loss with vae_loss.perceptual=0")
+
+
 def load(path: str, overrides: list[str] | None = None) -> Config:
     """Compose ``path`` (a YAML file) with Hydra overrides into a validated :class:`Config`.
 
@@ -153,7 +166,8 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
 
     Raises:
         FileNotFoundError: no such config file. omegaconf errors: unknown key / wrong type (named).
-        ValueError: task not ``dit`` or ``vae``; a DiT config without ``data.vae_id``; a URL run dir.
+        ValueError: task not ``dit`` or ``vae``; a DiT config without ``data.vae_id``; a URL run dir;
+            an AR-VAE config with ``vae_loss.perceptual > 0`` but its weight files missing.
     """
     cfg_path = Path(path).resolve()
     if not cfg_path.is_file():
@@ -172,6 +186,8 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
     if cfg.optim.deepspeed.endswith((".yaml", ".yml", ".json")):
         cfg.optim.deepspeed = _absolute(cfg.optim.deepspeed)
     deepspeed_fragment(cfg.optim.deepspeed)  # fails early, naming the file
+    if cfg.task == "vae":
+        _check_perceptual(path, cfg.vae_loss)
     if "://" in cfg.train.run_dir:
         raise ValueError(f"{path}: train.run_dir={cfg.train.run_dir!r} must be a local (or mounted) folder: "
                          "DeepSpeed writes there; set train.checkpoint_url=s3://… to mirror checkpoints remotely")

@@ -11,14 +11,12 @@ A :class:`Task` holds the model(s), the data and ``micro_step``, which runs forw
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from .config import Config
@@ -134,15 +132,10 @@ def to_model_range(videos: torch.Tensor) -> torch.Tensor:
 
 
 def load_perceptual(cfg: Config) -> LPIPS | None:
-    """LPIPS from the configured weight files, or None (with one log line saying why)."""
+    """LPIPS from the configured weight files (``config.load`` checked they exist), or None when
+    ``vae_loss.perceptual`` is 0."""
     c = cfg.vae_loss
-    if c.perceptual <= 0:
-        return None
-    if not (c.perceptual_vgg and c.perceptual_lin):
-        print("vae_loss.perceptual is off: set vae_loss.perceptual_vgg (torchvision vgg16 weights) and "
-              "vae_loss.perceptual_lin (LPIPS vgg.pth); no weights are downloaded", file=sys.stderr, flush=True)
-        return None
-    return LPIPS.from_files(c.perceptual_vgg, c.perceptual_lin)
+    return LPIPS.from_files(c.perceptual_vgg, c.perceptual_lin) if c.perceptual > 0 else None
 
 
 class VAEObjective:
@@ -152,12 +145,12 @@ class VAEObjective:
         self.c, self.patch = cfg.vae_loss, cfg.vae.patch_size
         self.guard, self.disc_guard = NonFiniteGuard(), NonFiniteGuard()
         self.lpips = load_perceptual(cfg)
-        self._last = {}     # input of the decoder's last layer, for the adaptive weight
+        self._last = {}     # input of the decoder's last conv, for the adaptive weight
         self._hooked = None
 
     def _watch_last_layer(self, vae: ARVAE) -> None:
         if self._hooked is not vae:
-            vae.to_pixels.register_forward_hook(lambda m, inp, out: self._last.update(inp=inp[0]))
+            vae.pixel_head.conv_out.register_forward_hook(lambda m, inp, out: self._last.update(inp=inp[0]))
             self._hooked = vae
 
     def _nll(self, fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -174,9 +167,10 @@ class VAEObjective:
         leaf = fake.detach().requires_grad_(True)                               # (B, F, 3, H, W)
         nll, _ = self._nll(leaf.flatten(0, 1), real)
         g_adv = -disc(leaf.flatten(0, 1).to(dtype)).float().mean()
-        p = self.patch
-        tokens = lambda g: rearrange(g, "b f c (h p) (w q) -> b f (h w) (c p q)", p=p, q=p)
-        return adaptive_weight(nll, g_adv, self._last["inp"], leaf, tokens)
+        inp, conv = self._last["inp"].detach().float(), self._hooked.pixel_head.conv_out
+        shape = getattr(conv.weight, "ds_shape", conv.weight.shape)              # ZeRO-3 partitions W
+        weight_grad = lambda g: torch.nn.grad.conv2d_weight(inp, shape, g.flatten(0, 1), padding=conv.padding)
+        return adaptive_weight(nll, g_adv, leaf, weight_grad)
 
     def __call__(self, engine, disc, videos: torch.Tensor, step: int) -> dict:
         c = self.c

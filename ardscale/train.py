@@ -37,12 +37,27 @@ def _trim_metrics(path: Path, start: int) -> None:
         path.write_text("".join(r + "\n" for r in rows))
 
 
+def _load_previous_stage(model, state: dict, source: str) -> None:
+    """Load a previous stage's weights; only parameters under ``model.stage_added`` (e.g. the
+    AR-VAE's zero-initialised temporal blocks) may be missing, and they keep their init.
+
+    Raises:
+        RuntimeError: other missing or unexpected keys (naming them and ``source``).
+    """
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    added = tuple(getattr(model, "stage_added", ()))
+    missing = [k for k in missing if not (added and k.startswith(added))]
+    if missing or unexpected:
+        raise RuntimeError(f"train.init_from={source}: weights do not fit this model: "
+                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def _engines(cfg: Config, task, world: int):
     """DeepSpeed engines for the model (and the discriminator), resumed from the run's newest
     complete checkpoint or started from ``train.init_from``, and the EMA (when ``optim.ema_decay``).
     Returns (engine, disc, ema, client state); the client state holds the resumed ``tag``."""
     if cfg.train.init_from:  # weights of a previous stage; this run's own checkpoint, if any, wins below
-        task.model.load_state_dict(checkpoint.load_weights(cfg.train.init_from)[0])
+        _load_previous_stage(task.model, checkpoint.load_weights(cfg.train.init_from)[0], cfg.train.init_from)
         if task.discriminator is not None and checkpoint.latest_tag(cfg.train.init_from, "ckpt_disc"):
             task.discriminator.load_state_dict(checkpoint.load_weights(cfg.train.init_from, sub="ckpt_disc")[0])
     if cfg.train.checkpoint_url:  # a fresh node or a wiped disk starts from the remote mirror

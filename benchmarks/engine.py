@@ -26,7 +26,9 @@ CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
 
 def make_latents(root: Path, clips: int = 512) -> None:
     rng = np.random.default_rng(0)
-    rows = [{"__key__": f"c{i:05d}", "npy": npy_bytes(rng.normal(size=(8, 32, 4)).astype(np.float16)),
+    z = rng.normal(size=(clips, 8, 32, 4))
+    z = (2 * z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(np.float16)   # tokens of norm √D (AR-VAE)
+    rows = [{"__key__": f"c{i:05d}", "npy": npy_bytes(z[i]),
              "json": {"label": i % 10}} for i in range(clips)]
     write_shard(str(root / "latents" / "bench" / "train" / "shard-000000.tar"), rows)
     write_json(str(root / "latents" / "bench" / "train" / "_manifest.json"), {"vae_id": "bench", "num_frames": 8})

@@ -120,3 +120,11 @@ def test_empty_split_is_an_error_unless_allowed(tmp_path):
     with pytest.raises(FileNotFoundError, match="split=test"):
         shard_run(str(tmp_path), str(tmp_path / "out"), "test", source="folder")
     assert shard_run(str(tmp_path), str(tmp_path / "out"), "test", source="folder", allow_empty=True) is None
+
+
+def test_latents_off_the_sphere_are_refused_with_the_fix():
+    from ardscale.data.loader import check_token_norms
+    z = torch.randn(3, 4, 32, 4)
+    check_token_norms((2 * z / z.norm(dim=-1, keepdim=True)).half().float(), "x")   # float16-rounded √D: fine
+    with pytest.raises(ValueError, match="under latents/v1/train.*re-encode"):
+        check_token_norms(z, "latents/v1/train")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ardscale.models import attention as attn
-from ardscale.models.arvae import ARVAE, ARVAEConfig, decoder_mask
+from ardscale.models.arvae import ARVAE, ARVAEConfig
 from ardscale.models.attention import block_causal_mask
 from ardscale.models.dit import DiT, DiTConfig, KVCache
 
@@ -123,14 +123,9 @@ def test_dit_rejects_bad_shapes():
         model(torch.randn(1, 2, 32, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
 
 
-def test_decoder_mask_layout():
-    m = decoder_mask(2, latent_tokens=1, num_patches=2)   # [l0 p0 p0 | l1 p1 p1]
-    assert m[4, 0] and not m[4, 1] and not m[1, 3] and m[3, 5]
-
-
 @pytest.mark.parametrize("j", [1, 2])
 def test_arvae_decoder_is_temporally_causal(j):
-    vae = randomized(ARVAE(ARVAEConfig.tiny(image_size=16, patch_size=4, latent_tokens=4)))
+    vae = randomized(ARVAE(ARVAEConfig.tiny(image_size=16, patch_size=4, latent_tokens=4, temporal=True)))
     video = torch.rand(1, 4, 3, 16, 16) * 2 - 1
     with torch.no_grad():
         z = vae.encode(video)
@@ -150,13 +145,46 @@ def test_arvae_decoder_is_temporally_causal(j):
     assert (a[:, j:] - c[:, j:]).abs().amax(dim=(2, 3, 4)).min() > 1e-4, "frames >= j ignore frame j's latents"
 
 
+def test_arvae_latent_contract_tokens_on_a_sphere_and_decoding_ignores_their_scale():
+    vae = randomized(ARVAE(ARVAEConfig.tiny(temporal=True)))
+    with torch.no_grad():
+        z = vae.encode(torch.rand(2, 3, 3, 64, 64) * 2 - 1)
+        norms = z.norm(dim=-1)
+        assert torch.allclose(norms, torch.full_like(norms, 2.0), atol=1e-5)      # √D, D = 4
+        assert torch.allclose((z * 0.5).pow(2).mean(dim=-1).sqrt(), torch.full_like(norms, 0.5), atol=1e-5)
+        scale = torch.rand(2, 3, 32, 1) * 3 + 0.1                                 # any positive rescaling
+        assert torch.allclose(vae.decode(z), vae.decode(z * scale), atol=1e-5)
+
+
+def test_stage2_vae_extended_to_stage3_decodes_jointly_as_frame_by_frame():
+    """Stage 3 starts exactly at the stage-2 function: zero-initialised temporal blocks."""
+    from ardscale.train import _load_previous_stage
+
+    stage2 = randomized(ARVAE(ARVAEConfig.tiny()))
+    torch.manual_seed(1)
+    stage3 = ARVAE(ARVAEConfig.tiny(temporal=True)).eval()
+    _load_previous_stage(stage3, stage2.state_dict(), "stage2")
+    z = torch.randn(2, 5, 32, 4)
+    with torch.no_grad():
+        joint = stage3.decode(z)
+        one_by_one = torch.cat([stage2.decode(z[:, i:i + 1]) for i in range(5)], dim=1)
+        assert joint.abs().mean() > 0.02
+        assert (joint - one_by_one).abs().max() < 1e-5
+        for blk in stage3.temporal:           # and the temporal blocks can learn (not all-zero)
+            torch.nn.init.normal_(blk.coarse.proj.weight, std=0.1)
+        assert (stage3.decode(z)[:, 1:] - one_by_one[:, 1:]).abs().max() > 1e-3
+    broken = {k: v for k, v in stage2.state_dict().items() if not k.startswith("pixel_head.")}
+    with pytest.raises(RuntimeError, match="init_from=stage2.*missing.*pixel_head"):
+        _load_previous_stage(ARVAE(ARVAEConfig.tiny(temporal=True)), broken, "stage2")
+
+
 def test_arvae_rejects_wrong_resolution():
     with pytest.raises(ValueError, match="video must be"):
         ARVAE(ARVAEConfig.tiny()).encode(torch.zeros(1, 2, 3, 32, 32))
 
 
 def test_arvae_windowed_decode():
-    vae = randomized(ARVAE(ARVAEConfig.tiny()))
+    vae = randomized(ARVAE(ARVAEConfig.tiny(temporal=True)))
     z = torch.randn(1, 6, vae.config.latent_tokens, vae.config.latent_dim)
     with torch.no_grad():
         full, win = vae.decode(z), vae.decode(z, window=3)

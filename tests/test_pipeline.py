@@ -30,12 +30,15 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
         {"__key__": "corrupt", "mp4": b"\x00\x00not an mp4", "json": good["json"]}])
     run = str(tmp_path / "vae")
     launch(load(str(CONFIGS / "demo_vae_frames.yaml"), [f"data.root={root}", f"train.run_dir={run}", "train.steps=1", "scale.num_workers=0",
-                         "vae.image_size=32", "vae.width=32", "vae.depth=1", "optim.micro_batch_size=2",
+                         "vae.image_size=32", "vae.width=32", "vae.depth=1", "vae.pixel_channels=8", "optim.micro_batch_size=2",
                          f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
     m = encode_run(run, str(root), "train", num_actors=2)
     assert (m["shards"], m["shards_encoded_now"], m["clips"]) == (2, 2, 4)
     assert len(m["failed"]) == 1 and "corrupt" in m["failed"][0]
     assert m["num_frames"] == 4 and m["latent_std"] > 0
+    # The latent contract: every stored token has norm √D = 2 (float16 rounding aside).
+    assert m["token_norm_expected"] == 2.0 and abs(m["token_norm_mean"] - 2.0) < 2e-3
+    assert 2.0 - 4e-3 < m["token_norm_min"] <= m["token_norm_max"] < 2.0 + 4e-3
     out = list_shards(str(root / "latents" / m["vae_id"] / "train"))
     assert [u.rsplit("/", 1)[-1] for u in out] == ["shard-000000.tar", "shard-000001.tar"]
     first = list(read_shard(out[0]))

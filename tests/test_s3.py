@@ -86,9 +86,10 @@ def test_checkpoints_mirror_to_s3_and_a_fresh_disk_resumes_from_there(s3_endpoin
 
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
+    z = rng.normal(size=(16, 4, 32, 4))
+    z = (2 * z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(np.float16)   # tokens of norm √D
     write_shard(str(root / "latents" / "fake" / "train" / "shard-000000.tar"), [
-        {"__key__": f"c{k}", "npy": npy_bytes(rng.normal(size=(4, 32, 4)).astype(np.float16)), "json": {"label": k % 3}}
-        for k in range(16)])
+        {"__key__": f"c{k}", "npy": npy_bytes(z[k]), "json": {"label": k % 3}} for k in range(16)])
     write_json(str(root / "latents" / "fake" / "train" / "_manifest.json"), {"vae_id": "fake", "num_frames": 4})
     config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 

@@ -25,7 +25,8 @@ def latent_root(tmp_path_factory):
         rows = []
         for k in range(12):
             label = (s * 12 + k) % 3
-            z = rng.normal(label - 1.0, 1.0, size=(4, 32, 4)).astype(np.float16)
+            z = rng.normal(label - 1.0, 1.0, size=(4, 32, 4))
+            z = (2 * z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(np.float16)   # tokens of norm √D
             rows.append({"__key__": f"clip{s}_{k:03d}", "npy": npy_bytes(z), "json": {"label": label}})
         write_shard(str(root / "latents" / "fake" / "train" / f"shard-{s:06d}.tar"), rows)
     write_json(str(root / "latents" / "fake" / "train" / "_manifest.json"), {"vae_id": "fake", "num_frames": 4})
@@ -127,8 +128,12 @@ def test_init_from_starts_a_new_run_from_previous_stage_weights(latent_root, tmp
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (Path(CONFIG).parent).glob("*.yaml")))
-def test_every_shipped_config_loads(name):
-    cfg = load(str(Path(CONFIG).parent / f"{name}.yaml"), ["data.vae_id=x"])
+def test_every_shipped_config_loads(name, tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    path = str(Path(CONFIG).parent / f"{name}.yaml")
+    lpips = [f"vae_loss.perceptual_vgg={weights}", f"vae_loss.perceptual_lin={weights}"]
+    cfg = load(path, ["data.vae_id=x"] + (lpips if "perceptual: 1" in Path(path).read_text() else []))
     assert cfg.task in ("dit", "vae") and cfg.train.steps > 0
     if name.startswith("ucf101"):  # paper sizes (Table 6)
         assert (cfg.vae.width, cfg.vae.depth, cfg.model.hidden_size, cfg.model.depth) == (1024, 24, 1152, 28)

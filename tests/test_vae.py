@@ -53,10 +53,15 @@ def test_lpips_loads_public_formats_and_measures_distance(lpips_files, tmp_path)
         LPIPS.from_files(lpips_files[0], str(tmp_path / "bad.pth"))
 
 
-def test_perceptual_without_weights_is_off_with_a_log_line(capsys):
-    cfg = load(str(CONFIGS / "demo_vae_frames.yaml"), ["vae_loss.perceptual=1.0"])
-    assert load_perceptual(cfg) is None
-    assert "vae_loss.perceptual is off" in capsys.readouterr().err
+def test_perceptual_without_weight_files_is_a_clear_error_unless_opted_out(lpips_files):
+    paper = str(CONFIGS / "ucf101_vae_s1.yaml")
+    with pytest.raises(ValueError, match="vae_loss.perceptual_vgg.*not set.*vae_loss.perceptual=0"):
+        load(paper)
+    with pytest.raises(ValueError, match="vae_loss.perceptual_lin.*/nope.pth not found"):
+        load(paper, [f"vae_loss.perceptual_vgg={lpips_files[0]}", "vae_loss.perceptual_lin=/nope.pth"])
+    assert load_perceptual(load(paper, ["vae_loss.perceptual=0"])) is None
+    on = load(paper, [f"vae_loss.perceptual_vgg={lpips_files[0]}", f"vae_loss.perceptual_lin={lpips_files[1]}"])
+    assert isinstance(load_perceptual(on), LPIPS)
 
 
 def test_patch_discriminator_hinge_and_adaptive_weight():
@@ -64,15 +69,18 @@ def test_patch_discriminator_hinge_and_adaptive_weight():
     assert d(torch.randn(2, 3, 64, 64)).shape == (2, 1, 6, 6)   # 64→32→16→8→7→6
     assert hinge_d_loss(torch.full((4,), 2.0), torch.full((4,), -2.0)) == 0
     assert hinge_d_loss(torch.zeros(4), torch.zeros(4)) == 1
-    # From activations it must equal VQGAN's gradient norms taken at the weight itself.
+    # From activations it must equal VQGAN's gradient norms taken at the (conv) weight itself.
     torch.manual_seed(0)
-    layer, h = torch.nn.Linear(6, 4), torch.randn(2, 7, 6)
+    layer, h = torch.nn.Conv2d(6, 3, 3, padding=1), torch.randn(2, 6, 8, 8)
     out = layer(h)
-    nll, g = (out - 1).pow(2).mean(), -(out * torch.linspace(0, 1, 4)).mean()
+    nll, g = (out - 1).pow(2).mean(), -(out * torch.linspace(0, 1, 8)).mean()
     gw_nll = torch.autograd.grad(nll, layer.weight, retain_graph=True)[0]
     gw_g = torch.autograd.grad(g, layer.weight, retain_graph=True)[0]
     expected = gw_nll.norm() / (gw_g.norm() + 1e-4)
-    assert math.isclose(adaptive_weight(nll, g, h, out).item(), expected.item(), rel_tol=1e-5)
+    leaf = out.detach().requires_grad_(True)
+    nll, g = (leaf - 1).pow(2).mean(), -(leaf * torch.linspace(0, 1, 8)).mean()
+    weight_grad = lambda go: torch.nn.grad.conv2d_weight(h, layer.weight.shape, go, padding=1)
+    assert math.isclose(adaptive_weight(nll, g, leaf, weight_grad).item(), expected.item(), rel_tol=1e-5)
 
 
 def test_psnr_and_ssim_real_numbers():
@@ -101,7 +109,7 @@ def video_root(ucf_root, tmp_path_factory):
 
 def gan_cfg(root, run, lpips_files, **kw):
     over = {"data.root": root, "train.run_dir": run, "scale.num_workers": 0, "vae.image_size": 32,
-            "vae.width": 32, "vae.depth": 1, "optim.micro_batch_size": 2, "data.clip_frames": 2,
+            "vae.width": 32, "vae.depth": 1, "vae.pixel_channels": 8, "optim.micro_batch_size": 2, "data.clip_frames": 2,
             "vae_loss.adversarial": 0.5, "vae_loss.disc_start": 1, "vae_loss.disc_channels": 8,
             "vae_loss.perceptual": 0.5, "vae_loss.perceptual_vgg": lpips_files[0],
             "vae_loss.perceptual_lin": lpips_files[1], "train.ckpt_every": 2, "train.keep_last": 2,

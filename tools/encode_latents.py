@@ -10,7 +10,8 @@ shards overlaps with encoding this one and the encoder is not left waiting. An o
 whose ``.stats.json`` sidecar exists is complete and skipped on a re-run. Undecodable samples are
 counted and listed, never dropped silently. ``_manifest.json`` records the VAE run, checkpoint
 tag and a hash of its weights (``vae_id``), and the counts and latent statistics summed over all
-shards' sidecars.
+shards' sidecars: mean, std and the tokens' L2 norms (mean/min/max; the AR-VAE puts every token
+at norm √D, see :mod:`ardscale.models.arvae`).
 
     python tools/encode_latents.py --vae-run runs/demo/vae --root runs/demo/data --split train
 """
@@ -79,22 +80,41 @@ class ShardEncoder:
         """Encode the shard into ``dst``, then write ``dst``'s stats sidecar (marks it complete)."""
         dst, clips = batch["dst"][0], batch["clips"][0]
         keys, metas = json.loads(batch["keys"][0]), json.loads(batch["metas"][0])
-        rows, total, total_sq, count = [], 0.0, 0.0, 0
+        rows, total, total_sq, count, norms = [], 0.0, 0.0, 0, []
         for i in range(0, len(keys), self.batch_size):
-            z = self._encode(clips[i:i + self.batch_size])
-            total, total_sq = total + float(z.sum()), total_sq + float((z.astype(np.float64) ** 2).sum())
+            z = self._encode(clips[i:i + self.batch_size]).astype(np.float16)
+            z64 = z.astype(np.float64)
+            total, total_sq = total + float(z64.sum()), total_sq + float((z64 ** 2).sum())
             count += z.size
-            rows += [{"__key__": k, "npy": npy_bytes(zi.astype(np.float16)), "json": m.encode()}
+            norms.append(np.linalg.norm(z64, axis=-1).ravel())
+            rows += [{"__key__": k, "npy": npy_bytes(zi), "json": m.encode()}
                      for k, m, zi in zip(keys[i:], metas[i:], z)]
         write_shard(dst, rows)
         write_json(_stats_url(dst), {"src": batch["src"][0], "clips": len(rows), "failed": json.loads(batch["failed"][0]),
-                                     "sum": total, "sumsq": total_sq, "count": count,
+                                     "sum": total, "sumsq": total_sq, "count": count, **_norm_stats(norms),
                                      "frames": int(clips.shape[1]) if keys else 0})
         return {"dst": [dst], "clips": [len(rows)]}
 
 
+def _norm_stats(norms: list[np.ndarray]) -> dict:
+    """Sum, min and max of the stored (float16) tokens' L2 norms, for the manifest."""
+    n = np.concatenate(norms) if norms else np.zeros(0)
+    return {"tokens": int(n.size), "norm_sum": float(n.sum()),
+            "norm_min": float(n.min()) if n.size else None, "norm_max": float(n.max()) if n.size else None}
+
+
 def _stats_url(shard_url: str) -> str:
     return shard_url.removesuffix(".tar") + ".stats.json"
+
+
+def _manifest_norms(stats: list[dict], latent_dim: int) -> dict:
+    """Token norm statistics over all shards; the contract is √D for every token."""
+    mins = [r["norm_min"] for r in stats if r.get("norm_min") is not None]
+    maxs = [r["norm_max"] for r in stats if r.get("norm_max") is not None]
+    tokens = sum(r.get("tokens", 0) for r in stats)
+    return {"token_norm_expected": latent_dim ** 0.5,
+            "token_norm_mean": sum(r.get("norm_sum", 0.0) for r in stats) / max(tokens, 1),
+            "token_norm_min": min(mins, default=None), "token_norm_max": max(maxs, default=None)}
 
 
 def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor: float = 0) -> dict:
@@ -133,7 +153,8 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
                 "failed": [f for r in stats for f in r["failed"]],
                 "num_frames": max([r["frames"] for r in stats], default=None),
                 "latent_tokens": model.config.latent_tokens, "latent_dim": model.config.latent_dim,
-                "latent_mean": mean, "latent_std": std, "seconds": round(time.time() - t0, 2)}
+                "latent_mean": mean, "latent_std": std, **_manifest_norms(stats, model.config.latent_dim),
+                "seconds": round(time.time() - t0, 2)}
     write_json(join(dst_dir, "_manifest.json"), manifest)
     return manifest
 

@@ -62,7 +62,23 @@ def load_latents(root: str, vae_id: str, split: str) -> tuple[torch.Tensor, torc
         for s in read_shard(url):
             lat.append(load_npy(s["npy"]).astype(np.float32))
             labels.append(json.loads(s["json"])["label"])
-    return torch.from_numpy(np.stack(lat)), torch.tensor(labels), manifest
+    latents = torch.from_numpy(np.stack(lat))
+    check_token_norms(latents, where)
+    return latents, torch.tensor(labels), manifest
+
+
+def check_token_norms(latents: torch.Tensor, where: str, rtol: float = 0.01) -> None:
+    """The AR-VAE latent contract (:mod:`ardscale.models.arvae`): every token of ``(..., D)``
+    latents has L2 norm √D (within ``rtol``: float16 storage rounds it).
+
+    Raises:
+        ValueError: a token off that sphere (latents from an AR-VAE without the contract).
+    """
+    expected = latents.shape[-1] ** 0.5
+    dev = (latents.norm(dim=-1) - expected).abs().max().item()
+    if dev > rtol * expected:
+        raise ValueError(f"latents under {where} have tokens of norm off √D={expected:g} by up to {dev:.3g}: "
+                         "they predate the AR-VAE's normalised latents; re-encode with tools/encode_latents.py")
 
 
 class StepSampler:

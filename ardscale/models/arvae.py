@@ -1,20 +1,43 @@
 """AR-VAE: a TiTok-style 1-D video tokenizer with a temporally causal decoder (paper Sec. 3.1).
 
 Encoder (time-agnostic): per frame, ViT over ``[patches; L learnable latent tokens]``; the latent
-tokens' output, normalised by the decoder's first LayerNorm and projected to D channels, is the
-continuous latent (no quantizer). Decoder: L latent tokens plus N shared learnable patch (mask)
-tokens per frame; full attention within a frame, and patch/latent tokens of frame i may also read
-the latent tokens of earlier frames (never later ones, never earlier patch tokens).
+tokens' output is normalised (LayerNorm), projected to D channels and put on a sphere: the
+continuous latent (no quantizer).
+
+The latent contract (as the official code, ``use_l2_norm`` in src/vae/titok_kl.py and
+``norm_preprocess`` in src/ardiff/base.py): every D-dim token the encoder returns has L2 norm
+``√D`` (per-component RMS 1), and the decoder L2-normalises its input again, so a token and any
+positive rescaling of it decode to the same video. The DiT sees ``scale_factor · z``: with the
+paper's 0.5 and D=4 that is the official unit-norm token (per-component RMS 0.5). The paper's
+"features output by the first normalization layer of the video decoder" are these tokens.
+
+Decoder: per frame, L latent tokens plus N shared learnable patch (mask) tokens go through
+spatial ViT blocks (full attention within the frame); a convolutional pixel head upsamples the
+patch tokens to pixels (the official decoder also ends in convolutions, a MaskGIT VQGAN decoder).
+For stage 3 (``temporal=True``) each spatial block is preceded by a temporal block, as the
+official ``TiTok_KL_wT`` (src/vae/blocks_kl_wt.py):
+
+- fine: each patch position attends over the same position in frames <= t;
+- coarse: the latent and patch tokens of frame t cross-attend to the latent tokens of frames <= t.
+
+Their output projections start at zero, so a stage-2 model extended to stage 3 computes exactly
+the stage-2 function (frames decoded jointly = frames decoded one at a time) until training
+moves them. The official zero-initialises every parameter of these blocks, which leaves them
+without gradient except for the output bias; we zero only the output projections.
+Departure: the official decoder has a class token and no frame position; we have neither.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
+import torch.nn.functional as nnf
 from einops import rearrange
 from torch import nn
 
-from .attention import Mlp, SelfAttention
+from .attention import CrossAttention, Mlp, SelfAttention
 from .dit import sinusoidal
 
 
@@ -23,7 +46,7 @@ class ARVAEConfig:
     """AR-VAE hyper-parameters. Defaults: paper size (Table 6: width 1024, 24 layers, 16 heads, L=32, D=4)."""
 
     image_size: int = 256
-    patch_size: int = 16
+    patch_size: int = 16         # a power of two: the pixel head upsamples by 2 log2(p) times
     in_channels: int = 3
     width: int = 1024
     depth: int = 24              # layers in the encoder and again in the decoder
@@ -31,11 +54,14 @@ class ARVAEConfig:
     mlp_ratio: float = 4.0
     latent_tokens: int = 32      # L
     latent_dim: int = 4          # D
+    temporal: bool = False       # stage 3: temporal blocks in the decoder (zero-initialised outputs)
+    pixel_channels: int = 128    # channels of the pixel head's last (full-resolution) level
 
     @classmethod
     def tiny(cls, **overrides) -> ARVAEConfig:
         """A CPU test size: 64² frames, 8² patches, width 64, 2 layers."""
-        return cls(**{"image_size": 64, "patch_size": 8, "width": 64, "depth": 2, "num_heads": 4, **overrides})
+        return cls(**{"image_size": 64, "patch_size": 8, "width": 64, "depth": 2, "num_heads": 4,
+                      "pixel_channels": 16, **overrides})
 
     @property
     def num_patches(self) -> int:
@@ -56,30 +82,94 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class TemporalBlock(nn.Module):
+    """Stage-3 mixing over frames on decoder tokens ``(B, F, L+N, W)`` (layout [latents; patches]).
+
+    Fine: patch tokens attend over frames <= t at their own position. Coarse: all tokens of frame
+    t cross-attend to the latent tokens of frames <= t. Both residual, output projections zero.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.fine_norm, self.fine = nn.LayerNorm(dim), SelfAttention(dim, num_heads)
+        self.coarse_norm, self.context_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.coarse = CrossAttention(dim, num_heads)
+        for proj in (self.fine.proj, self.coarse.proj):
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, x: torch.Tensor, latent_tokens: int) -> torch.Tensor:
+        B, F, T, W = x.shape
+        L = latent_tokens
+        frames = torch.arange(F, device=x.device)
+        patches = rearrange(x[:, :, L:], "b f n w -> (b n) f w")
+        patches = patches + self.fine(self.fine_norm(patches), frames[:, None] >= frames[None, :])
+        x = torch.cat([x[:, :, :L], rearrange(patches, "(b n) f w -> b f n w", b=B)], dim=2)
+        mask = frames.repeat_interleave(T)[:, None] >= frames.repeat_interleave(L)[None, :]   # (F·T, F·L)
+        q, context = x.reshape(B, F * T, W), x[:, :, :L].reshape(B, F * L, W)
+        return (q + self.coarse(self.coarse_norm(q), self.context_norm(context), mask)).view(B, F, T, W)
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """``x + conv(SiLU(GN(conv(SiLU(GN(x))))))`` on ``(B, C, H, W)``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(_group_norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+                                  _group_norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class PixelHead(nn.Module):
+    """Patch tokens as a grid ``(B, W, g, g)`` → pixels ``(B, C, g·p, g·p)``.
+
+    A 3×3 conv, then log2(p) levels of [ResBlock, nearest 2× upsample, 3×3 conv], channels
+    narrowing to ``base`` (at most 4·base), then GN, SiLU and a 3×3 conv to C. Neighbouring
+    patches share pixels' receptive fields, so the p×p patch grid of a linear head disappears.
+
+    Raises:
+        ValueError: ``patch_size`` not a power of two.
+    """
+
+    def __init__(self, width: int, patch_size: int, out_channels: int, base: int):
+        super().__init__()
+        levels = int(math.log2(patch_size))
+        if 2 ** levels != patch_size:
+            raise ValueError(f"vae.patch_size={patch_size} must be a power of two for the pixel head")
+        chans = [base * min(2 ** (levels - k), 4) for k in range(levels + 1)]   # coarse → fine
+        self.conv_in = nn.Conv2d(width, chans[0], 3, padding=1)
+        self.up = nn.Sequential(*(nn.Sequential(ResBlock(a), nn.Upsample(scale_factor=2, mode="nearest"),
+                                                nn.Conv2d(a, b, 3, padding=1)) for a, b in pairwise(chans)))
+        self.out = nn.Sequential(_group_norm(base), nn.SiLU())
+        self.conv_out = nn.Conv2d(base, out_channels, 3, padding=1)   # the "last layer" of VQGAN's adaptive weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.out(self.up(self.conv_in(x))))
+
+
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     """Fixed 2-D sin-cos position table ``(grid*grid, dim)`` (as MAE): half the channels per axis."""
     ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
     return torch.cat([sinusoidal(ys.flatten(), dim // 2), sinusoidal(xs.flatten(), dim - dim // 2)], dim=-1)
 
 
-def decoder_mask(num_frames: int, latent_tokens: int, num_patches: int, device=None) -> torch.Tensor:
-    """Boolean ``(F*(L+N), F*(L+N))`` mask, True = may attend. Per frame the layout is [latents; patches].
-
-    Same frame: full attention. Earlier frame: only its latent tokens. Later frame: nothing.
-    """
-    per = latent_tokens + num_patches
-    frame = torch.arange(num_frames, device=device).repeat_interleave(per)
-    is_latent = (torch.arange(per, device=device) < latent_tokens).repeat(num_frames)
-    q, k = frame[:, None], frame[None, :]
-    return (q == k) | ((k < q) & is_latent[None, :])
-
-
 class ARVAE(nn.Module):
-    """Video autoencoder ``(B, F, C, H, W)`` in [-1, 1] ↔ latents ``(B, F, L, D)``.
+    """Video autoencoder ``(B, F, C, H, W)`` in [-1, 1] ↔ latents ``(B, F, L, D)`` of norm √D per token.
+
+    ``stage_added``: parameter prefixes a previous stage's checkpoint may lack (``train.init_from``
+    keeps them at their initialisation): the temporal blocks of stage 3.
 
     Raises:
         ValueError: if frames are not ``image_size`` square with ``in_channels`` channels.
     """
+
+    stage_added = ("temporal.",)
 
     def __init__(self, config: ARVAEConfig):
         super().__init__()
@@ -92,13 +182,15 @@ class ARVAE(nn.Module):
         self.latent_queries = nn.Parameter(torch.randn(c.latent_tokens, W) * W**-0.5)
         self.latent_pos = nn.Parameter(torch.randn(c.latent_tokens, W) * W**-0.5)
         self.encoder = nn.ModuleList(Block(W, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
-        self.latent_norm = nn.LayerNorm(W)           # "the decoder's first normalisation" (Sec. 3.1)
+        self.latent_norm = nn.LayerNorm(W)
         self.to_latent = nn.Linear(W, c.latent_dim)
         self.from_latent = nn.Linear(c.latent_dim, W)
         self.mask_tokens = nn.Parameter(torch.randn(N, W) * W**-0.5)  # shared across frames
         self.decoder = nn.ModuleList(Block(W, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
+        self.temporal = (nn.ModuleList(TemporalBlock(W, c.num_heads) for _ in range(c.depth))
+                         if c.temporal else None)
         self.out_norm = nn.LayerNorm(W)
-        self.to_pixels = nn.Linear(W, c.in_channels * p * p)
+        self.pixel_head = PixelHead(W, p, c.in_channels, c.pixel_channels)
 
     def _check(self, video: torch.Tensor):
         c = self.config
@@ -107,25 +199,28 @@ class ARVAE(nn.Module):
                              f"got {tuple(video.shape)}")
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """``(B, F, C, H, W)`` float in [-1, 1] → latents ``(B, F, L, D)``; frames encoded independently."""
+        """``(B, F, C, H, W)`` float in [-1, 1] → latents ``(B, F, L, D)``, each token of norm √D;
+        frames are encoded independently."""
         self._check(video)
         B, F = video.shape[:2]
-        p = self.config.patch_size
-        patches = rearrange(video, "b f c (h p) (w q) -> (b f) (h w) (c p q)", p=p, q=p)
+        c = self.config
+        patches = rearrange(video, "b f c (h p) (w q) -> (b f) (h w) (c p q)", p=c.patch_size, q=c.patch_size)
         x = self.patch_embed(patches) + self.patch_pos
         lat = (self.latent_queries + self.latent_pos).expand(B * F, -1, -1)
         x = torch.cat([x, lat], dim=1)
         for blk in self.encoder:
             x = blk(x)
-        z = self.to_latent(self.latent_norm(x[:, -self.config.latent_tokens:]))
-        return z.view(B, F, self.config.latent_tokens, self.config.latent_dim)
+        z = self.to_latent(self.latent_norm(x[:, -c.latent_tokens:]))
+        z = nnf.normalize(z, dim=-1) * c.latent_dim ** 0.5
+        return z.view(B, F, c.latent_tokens, c.latent_dim)
 
     def decode(self, latents: torch.Tensor, window: int | None = None) -> torch.Tensor:
-        """Latents ``(B, F, L, D)`` → video ``(B, F, C, H, W)`` (≈[-1, 1]); frame i uses latents of frames <= i.
+        """Latents ``(B, F, L, D)`` (any norm) → video ``(B, F, C, H, W)`` (≈[-1, 1]); frame i uses
+        latents of frames <= i only.
 
         ``window``: for videos longer than the decoder was trained on, frame ``i >= window`` is
-        decoded from the latents of frames ``i-window+1 … i`` only (positions restart), as the
-        sampler's sliding window does.
+        decoded from the latents of frames ``i-window+1 … i`` only, as the sampler's sliding
+        window does.
         """
         F = latents.shape[1]
         if window is None or F <= window:
@@ -136,17 +231,16 @@ class ARVAE(nn.Module):
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         B, F, L, _ = latents.shape
         c = self.config
-        N, W = c.num_patches, c.width
-        frame_pos = sinusoidal(torch.arange(F, device=latents.device), W).to(latents.dtype)[:, None]
-        lat = self.from_latent(latents) + self.latent_pos + frame_pos                  # (B, F, L, W)
-        patches = (self.mask_tokens + self.patch_pos + frame_pos).expand(B, F, N, W)   # (B, F, N, W)
-        x = torch.cat([lat, patches], dim=2).reshape(B, F * (L + N), W)
-        mask = decoder_mask(F, L, N, latents.device)
-        for blk in self.decoder:
-            x = blk(x, mask)
-        x = self.to_pixels(self.out_norm(x.view(B, F, L + N, W)[:, :, L:]))
-        g = c.image_size // c.patch_size
-        return rearrange(x, "b f (h w) (c p q) -> b f c (h p) (w q)", h=g, w=g, p=c.patch_size, q=c.patch_size)
+        N, W, g = c.num_patches, c.width, c.image_size // c.patch_size
+        lat = self.from_latent(nnf.normalize(latents, dim=-1)) + self.latent_pos      # (B, F, L, W)
+        patches = (self.mask_tokens + self.patch_pos).expand(B, F, N, W)               # (B, F, N, W)
+        x = torch.cat([lat, patches], dim=2)                                            # (B, F, L+N, W)
+        for i, blk in enumerate(self.decoder):
+            if self.temporal is not None:
+                x = self.temporal[i](x, L)                                              # across frames <= t
+            x = blk(x.flatten(0, 1)).view(B, F, L + N, W)                               # within each frame
+        grid = rearrange(self.out_norm(x[:, :, L:]), "b f (h w) c -> (b f) c h w", h=g, w=g)
+        return self.pixel_head(grid).view(B, F, c.in_channels, c.image_size, c.image_size)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Reconstruction ``(B, F, C, H, W)``."""

@@ -142,6 +142,26 @@ class SelfAttention(torch.nn.Module):
         return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
 
+class CrossAttention(torch.nn.Module):
+    """Queries ``(B, Nq, C)`` attend to a context ``(B, Nk, C)`` under an optional boolean
+    ``(Nq, Nk)`` mask (True = may attend); output ``(B, Nq, C)``."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q, self.kv, self.proj = (torch.nn.Linear(dim, n * dim) for n in (1, 2, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, Nq, C = x.shape
+        Dh = C // self.num_heads
+        q = self.q(x).view(B, Nq, self.num_heads, Dh).transpose(1, 2)
+        k, v = self.kv(context).view(B, -1, 2, self.num_heads, Dh).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(o.transpose(1, 2).reshape(B, Nq, C))
+
+
 class BlockCausalSelfAttention(SelfAttention):
     """Self-attention where frame i reads frames <= i, with a KV cache and a choice of kernel.
 

@@ -2,6 +2,8 @@
 Esser et al. [7]: hinge loss, adaptive generator weight, delayed start)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,26 +41,20 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
     return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
 
 
-def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, layer_in: torch.Tensor, out: torch.Tensor,
-                    to_layer_out=None, max_weight: float = 1e4) -> torch.Tensor:
-    """VQGAN's balance ``‖∇_W nll‖ / (‖∇_W g_loss‖ + 1e-4)`` at the decoder's last linear layer
-    ``o = layer_in @ Wᵀ + b``.
+def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, out: torch.Tensor,
+                    weight_grad: Callable[[torch.Tensor], torch.Tensor], max_weight: float = 1e4) -> torch.Tensor:
+    """VQGAN's balance ``‖∇_W nll‖ / (‖∇_W g_loss‖ + 1e-4)`` at the decoder's last layer W.
 
-    ``∇_W L = Σ_tokens (∂L/∂o)ᵀ layer_in`` is formed from activations, not by differentiating
-    W: DeepSpeed runs its gradient reduction after any backward pass through an engine's output
-    or a parameter. So the caller gives losses computed from a detached leaf ``out`` (the
-    decoded video), and ``to_layer_out`` maps ``∂L/∂out`` to the layer's output layout.
+    ``∇_W L`` is formed from activations (``weight_grad`` maps ``∂L/∂out`` to ``∂L/∂W``, e.g.
+    ``torch.nn.grad.conv2d_weight`` with the layer's input), not by differentiating W: DeepSpeed
+    runs its gradient reduction after any backward pass through an engine's output or a
+    parameter. So the caller gives losses computed from a detached leaf ``out`` (the decoded
+    video, the last layer's output).
 
-    Args:
-        layer_in: ``(..., I)`` input of the layer. out: the leaf tensor both losses depend on.
-        to_layer_out: ``∂L/∂out`` → ``(..., O)``, matching ``layer_in``'s leading dims
-            (identity when None: ``out`` is the layer output).
     Returns:
         A detached scalar.
     """
     def grad_w(loss):
-        g = torch.autograd.grad(loss, out, retain_graph=True)[0]
-        g = g if to_layer_out is None else to_layer_out(g)
-        return torch.einsum("...o,...i->oi", g.float(), layer_in.detach().float())
+        return weight_grad(torch.autograd.grad(loss, out, retain_graph=True)[0].float())
 
     return (grad_w(nll).norm() / (grad_w(g_loss).norm() + 1e-4)).clamp(0, max_weight).detach()

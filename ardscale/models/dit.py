@@ -101,7 +101,7 @@ class DiTBlock(nn.Module):
         F = N // tokens_per_frame
         mods = self.adaLN_modulation(c)[:, :, None]                      # (B, F, 1, 6C)
         sh1, sc1, g1, sh2, sc2, g2 = mods.chunk(6, dim=-1)
-        per_frame = lambda h: h.view(B, F, tokens_per_frame, C)         # noqa: E731
+        per_frame = lambda h: h.view(B, F, tokens_per_frame, C)
         a, kv = self.attn(modulate(per_frame(self.norm1(x)), sh1, sc1).view(B, N, C), tokens_per_frame, past)
         x = per_frame(x) + g1 * per_frame(a)
         x = x + g2 * per_frame(self.mlp(modulate(self.norm2(x), sh2, sc2).view(B, N, C)))
