@@ -1,0 +1,228 @@
+"""One GPU check: attention kernels, paper-size DiT training, sampling latency, encoder throughput.
+
+    python benchmarks/gpu_check.py --out DIR            # on one H100/H200, < 8 min
+    python benchmarks/gpu_check.py --out DIR --tiny     # CPU, tiny shapes (a test runs it)
+
+Writes ``DIR/gpu_check.json`` (one section per part; a part that fails records its error and
+the others still run) and prints it. It imports only torch, einops, PyYAML and the model /
+diffusion code, so it runs on a bare GPU machine; DeepSpeed is used when importable, else the
+training part says so and uses torch's AdamW.
+
+1. ``attention``: sdpa, flex and flash (when installed) forward + backward in bf16 against an
+   fp32 sdpa reference on the same inputs (max abs error of the output and of dq/dk/dv), and the
+   KV-cache shape (queries = the last frames of the keys), forward only.
+2. ``train``: the paper-size DiT (1152×28, 16 heads, F=16, L=32; Table 6) with FoPP timesteps and
+   the x0 loss, DeepSpeed ZeRO-2 (configs/deepspeed/zero2.yaml), bf16, FlexAttention,
+   torch.compile: tokens/s, TFLOPS and MFU from :func:`ardscale.engine.flops.dit_train_flops`.
+3. ``sampling``: paper-size DiT and AR-VAE (random weights), bf16, DDIM-50, CFG 3: F=16 s=0 and
+   F=128 s=5 (sliding window of 16), generation and decode time per video.
+4. ``encode``: AR-VAE encoder clips/s (16 frames of 256²) in bf16.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ardscale.diffusion.sampler import sample
+from ardscale.diffusion.schedule import GaussianDiffusion
+from ardscale.diffusion.timesteps import sample_timesteps
+from ardscale.engine.flops import dit_train_flops, peak_tflops
+from ardscale.models import attention as attn
+from ardscale.models.arvae import ARVAE, ARVAEConfig
+from ardscale.models.dit import DiT, DiTConfig
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: torch.device, reps: int) -> list[float]:
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def check_attention(device: torch.device, tiny: bool) -> dict:
+    """Max abs error of each backend (bf16) against fp32 sdpa, forward + backward and cached shape."""
+    B, H, F, L, Dh = (1, 2, 3, 4, 8) if tiny else (2, 16, 16, 32, 72)
+    backends = ["sdpa", "flex"] + (["flash"] if attn.flash_available() else [])
+    low = torch.bfloat16 if device.type == "cuda" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    q, k, v, dout = (torch.randn(B, H, F * L, Dh, generator=g).to(device) for _ in range(4))
+    ref_in = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    ref = attn.attention(*ref_in, L, "sdpa")
+    ref.backward(dout)
+    out = {"shape": [B, H, F, L, Dh], "dtype": str(low)}
+    for name in backends:
+        try:
+            grad = device.type == "cuda" or name == "sdpa"   # FlexAttention has no CPU backward
+            xs = [t.to(low).requires_grad_(grad) for t in (q, k, v)]
+            o = attn.attention(*xs, L, name)
+            row = {"out": (o.float() - ref).abs().max().item()}
+            if grad:
+                o.backward(dout.to(low))
+                row.update({f"d{n}": (x.grad.float() - r.grad).abs().max().item()
+                            for n, x, r in zip("qkv", xs, ref_in)})
+            fq = F // 2   # the KV cache: queries are the last frames, keys all frames
+            with torch.no_grad():
+                cached = attn.attention(xs[0][:, :, -fq * L:].detach(), xs[1].detach(), xs[2].detach(), L, name)
+            row["kv_cache_out"] = (cached.float() - ref[:, :, -fq * L:]).abs().max().item()
+            out[name] = row
+        except Exception as e:  # noqa: BLE001 - one kernel's failure is a result, not a crash
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def _dist_init() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
+
+
+def _engine(model: torch.nn.Module, micro: int, bf16: bool):
+    """DeepSpeed ZeRO-2 (the project's zero2.yaml) when importable, else torch AdamW; (step fn, name)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    try:
+        import deepspeed
+        import yaml
+    except ImportError as e:
+        def step(loss):
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return model, step, f"torch AdamW ({e.name} not installed)"
+    _dist_init()
+    zero = yaml.safe_load((ROOT / "configs" / "deepspeed" / "zero2.yaml").read_text())
+    config = {**zero, "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": 1,
+              "train_batch_size": micro, "gradient_clipping": 1.0, "bf16": {"enabled": bf16},
+              "steps_per_print": 10**9}
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+
+    def step(loss):
+        engine.backward(loss)
+        engine.step()
+    return engine, step, f"deepspeed {deepspeed.__version__} ZeRO-2"
+
+
+def check_train(device: torch.device, tiny: bool) -> dict:
+    """Paper-size DiT training steps: tokens/s, TFLOPS and MFU (3 warm-up steps, then timed)."""
+    cfg = DiTConfig.tiny(attn_backend="sdpa") if tiny else DiTConfig(attn_backend="flex")
+    F, micro, reps = (4, 2, 2) if tiny else (16, 16, 8)
+    bf16 = device.type == "cuda"
+    model = DiT(cfg).to(device)
+    module, step, engine_name = _engine(model, micro, bf16)
+    fwd = torch.compile(module) if device.type == "cuda" else module
+    diffusion, gen = GaussianDiffusion(), torch.Generator().manual_seed(0)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+
+    def one_step():
+        x0 = torch.nn.functional.normalize(torch.randn(micro, F, cfg.tokens_per_frame, cfg.latent_dim), dim=-1)
+        t = sample_timesteps("fopp", micro, F, diffusion.num_timesteps, generator=gen)
+        x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=gen))
+        y = torch.randint(0, cfg.num_classes + 1, (micro,), generator=gen)
+        pred = fwd(x_t.to(device, dtype), t.to(device), y.to(device))
+        step((pred.float() - x0.to(device)).pow(2).mean())
+
+    _timed(one_step, device, 3)
+    times = _timed(one_step, device, reps)
+    per_step = sorted(times)[len(times) // 2]
+    tflops = dit_train_flops(cfg, F) * micro / per_step / 1e12
+    peak = peak_tflops(0.0)
+    return {"engine": engine_name, "config": asdict(cfg), "frames": F, "micro_batch": micro, "dtype": str(dtype),
+            "compiled": device.type == "cuda", "step_s_median": per_step, "tokens_per_s": micro * F * 32 / per_step,
+            "tflops": tflops, "peak_tflops": peak, "mfu": tflops / peak if peak else None,
+            "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+
+
+def check_sampling(device: torch.device, tiny: bool) -> dict:
+    """Generation and decode time per video with the AD scheduler (DDIM-50, CFG 3, batch 1)."""
+    dit_cfg = DiTConfig.tiny(attn_backend="sdpa") if tiny else DiTConfig()
+    vae_cfg = ARVAEConfig.tiny(temporal=True) if tiny else ARVAEConfig(temporal=True)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dit, vae = DiT(dit_cfg).to(device, dtype).eval(), ARVAE(vae_cfg).to(device, dtype).eval()
+    window, steps = (4, 6) if tiny else (16, 50)
+    cases = [(4, 0), (12, 3)] if tiny else [(16, 0), (128, 5)]
+    out = {"steps": steps, "cfg_scale": 3.0, "dtype": str(dtype), "window": window}
+    for frames, s in cases:
+        out[f"F{frames}_s{s}"] = _sample_and_decode(dit, vae, frames, s, steps, window, device)
+    return out
+
+
+def _sample_and_decode(dit, vae, frames: int, s: int, steps: int, window: int, device: torch.device) -> dict:
+    """Seconds to generate one video (second of two runs) and to decode it."""
+    z = {}
+
+    def generate():
+        z["latents"] = sample(dit, GaussianDiffusion(), torch.tensor([1]), frames, steps, s, cfg_scale=3.0,
+                              generator=torch.Generator().manual_seed(0), window=window)
+
+    gen_s = _timed(generate, device, 2)[-1]
+    dtype = next(vae.parameters()).dtype
+    with torch.no_grad():
+        dec_s = _timed(lambda: vae.decode(z["latents"].to(dtype) / 0.5, window), device, 2)[-1]
+    return {"generate_s": gen_s, "decode_s": dec_s, "total_s": gen_s + dec_s}
+
+
+def check_encode(device: torch.device, tiny: bool) -> dict:
+    """AR-VAE encoder clips/s (clips of 16 frames; batch of 4 clips)."""
+    cfg = ARVAEConfig.tiny() if tiny else ARVAEConfig()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    vae = ARVAE(cfg).to(device, dtype).eval()
+    frames, batch = (4, 2) if tiny else (16, 4)
+    clips = torch.rand(batch, frames, 3, cfg.image_size, cfg.image_size, device=device, dtype=dtype) * 2 - 1
+    with torch.no_grad():
+        times = _timed(lambda: vae.encode(clips), device, 4)[1:]
+    return {"frames": frames, "batch": batch, "image_size": cfg.image_size, "dtype": str(dtype),
+            "clips_per_s": batch / (sum(times) / len(times))}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="folder for gpu_check.json")
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes, for the CPU")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+              "torch": torch.__version__, "tiny": args.tiny}
+    for name, check in (("attention", check_attention), ("train", check_train),
+                        ("sampling", check_sampling), ("encode", check_encode)):
+        start = time.perf_counter()
+        try:
+            report[name] = check(device, args.tiny)
+        except Exception:  # noqa: BLE001 - record it; the remaining parts still run
+            report[name] = {"error": traceback.format_exc(limit=4)}
+        report[name]["wall_s"] = round(time.perf_counter() - start, 2)
+        print(f"{name}: {json.dumps(report[name])}", flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The GPU check runs on the CPU with --tiny, so it cannot rot between the sessions that get a GPU."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
+    out = tmp_path / "gpu"
+    env = {**os.environ, "OUT": str(out)}
+    subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--tiny"], check=True, env=env, timeout=300,
+                   capture_output=True)
+    r = json.loads((out / "gpu_check.json").read_text())
+    assert r["tiny"] and not [k for k in ("attention", "train", "sampling", "encode") if "error" in r[k]]
+    a = r["attention"]
+    assert max(a["sdpa"].values()) < 1e-6                                  # fp32 against itself: exact
+    assert a["flex"]["out"] < 1e-5 and a["flex"]["kv_cache_out"] < 1e-5     # forward only on CPU
+    t = r["train"]
+    assert t["engine"].startswith("deepspeed") and "ZeRO-2" in t["engine"]
+    assert t["tokens_per_s"] > 0 and t["tflops"] > 0 and t["mfu"] is None  # no peak on a CPU
+    for case in ("F4_s0", "F12_s3"):
+        assert r["sampling"][case]["generate_s"] > 0 and r["sampling"][case]["decode_s"] > 0
+    assert r["encode"]["clips_per_s"] > 0
+    assert (out / "gpu_check.log").stat().st_size > 0
