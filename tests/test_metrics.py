@@ -35,3 +35,48 @@ def test_frechet_rejects_bad_shapes():
         feature_stats(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="feature sizes differ"):
         frechet_distance(np.random.rand(5, 3), np.random.rand(5, 4))
+
+
+class StandInI3D(torch.nn.Module):
+    """The interface of StyleGAN-V's i3d_torchscript.pt, random weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 400)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        assert x.dim() == 5 and x.shape[1] == 3 and float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+        return self.fc(x.mean(dim=(2, 3, 4)))
+
+
+class StandInInception(torch.nn.Module):
+    """The interface of StyleGAN2-ADA's inception-2015-12-05.pt (uint8 NCHW in), random weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2048)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        assert img.dtype == torch.uint8 and img.shape[1] == 3
+        return self.fc(img.float().mean(dim=(2, 3)) / 255)
+
+
+def test_standard_feature_networks_load_from_torchscript_files(tmp_path):
+    from ardscale.metrics.networks import I3DFeatures, InceptionFeatures
+
+    torch.jit.script(StandInI3D()).save(str(tmp_path / "i3d_torchscript.pt"))
+    torch.jit.script(StandInInception()).save(str(tmp_path / "inception-2015-12-05.pt"))
+    videos = torch.randint(0, 256, (5, 4, 16, 16, 3), dtype=torch.uint8)
+    f = I3DFeatures(str(tmp_path / "i3d_torchscript.pt"), batch_size=2)(videos)
+    assert f.shape == (5, 400) and f.dtype == torch.float64
+    g = InceptionFeatures(str(tmp_path / "inception-2015-12-05.pt"), batch_size=3)(videos[:, 0])
+    assert g.shape == (5, 2048) and g.dtype == torch.float64
+    assert frechet_distance(f, f) < 1e-6
+    with pytest.raises(FileNotFoundError, match="metrics.i3d is not set"):
+        I3DFeatures("")
+    with pytest.raises(FileNotFoundError, match="metrics.inception=/nope.pt: no such file"):
+        InceptionFeatures("/nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not torchscript")
+    with pytest.raises(ValueError, match="not a TorchScript file"):
+        I3DFeatures(str(tmp_path / "junk.pt"))
