@@ -76,7 +76,7 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 1000
     log_every: int = 10
-    eval_every: int = 0              # VAE: held-out PSNR/SSIM + reconstruction video every N steps (0 = at the end)
+    eval_every: int = 0              # VAE: held-out PSNR/SSIM + recon video; DiT: fvd_local (`eval`) every N steps
     sample_every: int = 0            # DiT: sample videos to MLflow every N steps and at the end (0 = never)
     ckpt_every: int = 500
     keep_last: int = 3
@@ -99,6 +99,27 @@ class ScaleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Generation quality (``python -m ardscale.evaluate RUN_DIR key=value …`` and, every
+    ``train.eval_every`` steps, a DiT run's periodic evaluation); see :mod:`ardscale.evaluate`."""
+
+    per_class: int = 4               # generated videos per held-out class
+    s: int = 2                       # AD timestep difference (0 = synchronous, ≥ steps = auto-regressive)
+    steps: int = 50                  # DDIM steps
+    cfg_scale: float = 2.0           # classifier-free guidance (1 = off)
+    frames: int = 0                  # 0 = the training length; more = long videos (sliding window)
+    split: str = "test"              # the real clips compared against
+    max_real: int = 0                # use at most this many real clips (0 = all)
+    local: str = "runs/ucf101_local.pt"   # ucf101_local checkpoint (python -m ardscale.metrics.local)
+    i3d: str = ""                    # i3d_torchscript.pt for the standard FVD (optional)
+    inception: str = ""              # inception-2015-12-05.pt for the standard FID (optional)
+    batch_size: int = 16
+    seed: int = 0
+    out: str = ""                    # default RUN_DIR/eval/<tag>-s<s>-n<per_class>-f<frames>
+    mlflow: bool = True              # log to the run's MLflow run
+
+
+@dataclass
 class TrackingConfig:
     tracking_uri: str = "sqlite:///mlruns.db"   # relative paths resolve against the launch directory
     experiment: str = "ardscale"
@@ -117,6 +138,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 ConfigStore.instance().store(name="ardscale", node=Config)
@@ -188,6 +210,11 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
     deepspeed_fragment(cfg.optim.deepspeed)  # fails early, naming the file
     if cfg.task == "vae":
         _check_perceptual(path, cfg.vae_loss)
+    cfg.eval.local = _absolute(cfg.eval.local)
+    if cfg.task == "dit" and cfg.train.eval_every and not Path(cfg.eval.local).is_file():
+        raise FileNotFoundError(f"{path}: train.eval_every={cfg.train.eval_every} needs eval.local, the ucf101_local "
+                                f"feature network ({cfg.eval.local} not found): train it with "
+                                "`python -m ardscale.metrics.local --root DATA --out PATH`, or set train.eval_every=0")
     if "://" in cfg.train.run_dir:
         raise ValueError(f"{path}: train.run_dir={cfg.train.run_dir!r} must be a local (or mounted) folder: "
                          "DeepSpeed writes there; set train.checkpoint_url=s3://… to mirror checkpoints remotely")

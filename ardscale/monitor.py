@@ -3,7 +3,9 @@
 - AR-VAE runs: PSNR/SSIM on held-out clips and a real | reconstruction video
   (``train.eval_every``, and at the end).
 - DiT runs: a grid of sampled videos, decoded by the VAE that made the latents
-  (``train.sample_every``, and at the end when it is set), from the EMA weights when kept.
+  (``train.sample_every``, and at the end when it is set), and ``fvd_local`` / ``fid_local`` of
+  ``eval.per_class`` videos per held-out class (``train.eval_every``, and at the end), both from
+  the EMA weights when kept.
 """
 from __future__ import annotations
 
@@ -51,6 +53,20 @@ class VAEEvaluator:
         return metrics
 
 
+def sampling_model(cfg: Config, module, ema, zero3: bool):
+    """The DiT to sample from: the EMA weights when kept, else the engine's module; None under
+    ZeRO-3 without an EMA (the module's parameters are partitioned)."""
+    if ema is not None:
+        model = DiT(cfg.model)
+        model.load_state_dict(ema.shadow)
+        return model
+    if zero3:
+        print("no samples: ZeRO-3 partitions the DiT; keep an EMA (optim.ema_decay) to sample",
+              file=sys.stderr, flush=True)
+        return None
+    return module
+
+
 class DiTSampler:
     """A grid of 4 class-conditional samples (25 DDIM steps, AD s=2, CFG 2) from the DiT."""
 
@@ -62,15 +78,9 @@ class DiTSampler:
 
     def __call__(self, module, ema, zero3: bool, step: int) -> None:
         """``module``: the engine's DiT; ``ema``: an :class:`~ardscale.engine.ema.EMA` or None."""
-        if ema is not None:
-            model = DiT(self.cfg.model)
-            model.load_state_dict(ema.shadow)
-        elif zero3:
-            print("no samples: ZeRO-3 partitions the DiT; keep an EMA (optim.ema_decay) to sample",
-                  file=sys.stderr, flush=True)
+        model = sampling_model(self.cfg, module, ema, zero3)
+        if model is None:
             return
-        else:
-            model = module
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -81,3 +91,30 @@ class DiTSampler:
         write_grid(decode_frames(self.vae, z.float().cpu(), self.cfg.diffusion.scale_factor), out, self.fps)
         for name in ("samples.mp4", "samples.gif"):
             self.tracker.log_artifact(str(out / name), f"samples/{out.name}")
+
+
+class DiTEvaluator:
+    """``eval/fvd_local`` and ``eval/fid_local`` of ``eval.per_class`` sampled videos per held-out
+    class (``eval.split``) against the real clips, with the ``eval`` settings (s, steps, CFG)."""
+
+    def __init__(self, cfg: Config, tracker: Tracker, ema, zero3: bool):
+        from .evaluate import compare, generate_videos
+
+        self.cfg, self.tracker, self.ema, self.zero3 = cfg, tracker, ema, zero3
+        self.compare, self.generate = compare, generate_videos
+        self.real, labels = load_video_clips(cfg.data.root, cfg.eval.split)
+        self.labels = torch.unique(labels).repeat_interleave(cfg.eval.per_class)
+
+    def __call__(self, module, step: int) -> dict:
+        model = sampling_model(self.cfg, module, self.ema, self.zero3)
+        if model is None:
+            return {}
+        was_training = model.training
+        fake, per_video = self.generate(self.cfg, model.eval(), self.labels, self.cfg.eval)
+        model.train(was_training)
+        found = {**self.compare(self.real, fake, self.cfg.eval), "gen_s_per_video": per_video}
+        metrics = {f"eval/{k}": v for k, v in found.items() if isinstance(v, float)}
+        self.tracker.log_metrics(metrics, step)
+        print(f"step {step:6d} fvd_local {metrics['eval/fvd_local']:.3f} fid_local {metrics['eval/fid_local']:.3f}",
+              flush=True)
+        return metrics

@@ -26,7 +26,7 @@ from .engine.deepspeed import build_engine
 from .engine.ema import EMA
 from .engine.flops import peak_tflops
 from .engine.tracking import Tracker
-from .monitor import DiTSampler, VAEEvaluator
+from .monitor import DiTEvaluator, DiTSampler, VAEEvaluator
 from .objectives import build_task
 
 
@@ -199,7 +199,11 @@ def train_worker(cfg_dict: dict) -> dict:
     engine, disc, ema, client = _engines(cfg, task, world)
     start, run_dir = client.get("step", 0), Path(cfg.train.run_dir)
     tracker, run_id = _open_run(cfg_dict, cfg, client, rank, world)
-    evaluate = VAEEvaluator(cfg, tracker) if cfg.task == "vae" and rank == 0 else None
+    evaluate = None
+    if rank == 0 and cfg.task == "vae":
+        evaluate = VAEEvaluator(cfg, tracker)
+    elif rank == 0 and cfg.train.eval_every:
+        evaluate = DiTEvaluator(cfg, tracker, ema, engine.zero_optimization_stage() == 3)
     show = DiTSampler(cfg, tracker) if cfg.task == "dit" and cfg.train.sample_every and rank == 0 else None
     sampler = StepSampler(task.num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum, rank, world,
                           cfg.train.seed)

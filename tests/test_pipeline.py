@@ -52,10 +52,22 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     assert (again["clips"], again["failed"], again["num_frames"]) == (m["clips"], m["failed"], 4)
     assert abs(again["latent_std"] - m["latent_std"]) < 1e-6
 
+    # A local feature net trained on the real clips, for fvd_local during training and after.
+    from ardscale.data.loader import load_video_clips
+    from ardscale.evaluate import evaluate
+    from ardscale.metrics.local import LocalNetConfig, save_local, train_local
+
+    clips = load_video_clips(str(root), "train")
+    local = str(tmp_path / "local.pt")
+    net, report = train_local(clips, clips, LocalNetConfig(width=8, stages=2, image_size=32), epochs=1,
+                              batch_size=2, progress=False)
+    save_local(net, report, local)
+
     dit_run = str(tmp_path / "dit")
     launch(load(str(CONFIGS / "demo.yaml"), [
         f"data.root={root}", f"data.vae_id={m['vae_id']}", f"train.run_dir={dit_run}", "train.steps=2",
-        "train.sample_every=2", "optim.ema_decay=0.9",
+        "train.sample_every=2", "optim.ema_decay=0.9", "train.eval_every=1", f"eval.local={local}",
+        "eval.split=train", "eval.per_class=2", "eval.steps=2",
         "scale.num_workers=0", "model.hidden_size=32", "model.depth=1", "optim.micro_batch_size=2",
         f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
     info = generate(dit_run, num_samples=3, num_steps=4, s=1, cfg_scale=2.0, labels=[2, 2, 0])
@@ -78,3 +90,18 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
                     context_split="train", out_dir=str(tmp_path / "long"), log_mlflow=False)
     assert (long["frames"], long["context"], long["window"], long["labels"]) == (7, 2, 4, [2, 2])
     assert decode_mp4(Path(long["mp4"]).read_bytes()).shape == (7, 32, 2 * 32, 3)
+
+    # Evaluation after training: the DiT run (long videos: two segments of the training length)
+    # and the AR-VAE run (reconstructions).
+    rep = evaluate(dit_run, [f"local={local}", "split=train", "per_class=3", "steps=4", "s=1", "frames=8"])
+    m = rep["metrics"]
+    assert rep["classes"] == [2] and rep["generated"] == 3 and rep["frames"] == 8
+    assert m["fvd_local"] > 0 and m["fid_local"] > 0 and len(m["fvd_local_segments"]) == 2
+    assert m["gen_s_per_video"] > 0 and json.loads((Path(rep["out"]) / "report.json").read_text())["metrics"] == m
+    hist = mlflow.MlflowClient().get_metric_history(info["mlflow_run_id"], "eval/fvd_local")
+    assert [h.step for h in hist] == [1, 2, 2] and hist[-1].value == m["fvd_local"]   # training's, then evaluate's
+    assert all(h.value > 0 for h in hist)
+    vrep = evaluate(run, [f"local={local}", "split=train", "mlflow=false"])
+    assert vrep["metrics"]["rfvd_local"] >= 0 and 5 < vrep["metrics"]["psnr"] < 40
+    with pytest.raises(FileNotFoundError, match="ardscale.metrics.local"):
+        evaluate(run, ["local=/nope.pt", "split=train", "mlflow=false"])

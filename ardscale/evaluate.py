@@ -1,0 +1,162 @@
+"""Measure what a trained run generates: ``python -m ardscale.evaluate RUN_DIR [key=value …]``.
+
+A DiT run: sample ``per_class`` videos for every class of the held-out split (AD scheduler ``s``,
+``steps`` DDIM steps, CFG ``cfg_scale``), decode them with the AR-VAE of the training latents and
+compare them with the split's real clips:
+
+- ``fvd_local`` / ``fid_local``: Fréchet distances of the ``ucf101_local`` network's video / frame
+  features (:mod:`ardscale.metrics.local`; the key ``local`` names its checkpoint);
+- ``fvd_i3d`` / ``fid_inception``: the standard networks, when ``i3d`` / ``inception`` name their
+  TorchScript files (:mod:`ardscale.metrics.networks`);
+- ``gen_s_per_video``: sampling + decoding wall time per video.
+
+``frames`` beyond the training length generates long videos with a sliding window (the paper's
+FVD128 setting, Table 1): each non-overlapping training-length segment is compared with the real
+clips (``fvd_local_segments``, one value per segment: drift shows as growth), and ``fvd_local``
+pools all segments.
+
+An AR-VAE run: ``rfvd_local`` (and ``rfvd_i3d``) of reconstructions against the originals, with
+PSNR/SSIM. Every run writes ``report.json`` and a grid video under ``out`` (default
+``RUN_DIR/eval/<tag>-…``) and logs the metrics (prefix ``eval/``) at the checkpoint's step to the
+run's MLflow run.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from .config import EvalConfig
+from .data.loader import load_video_clips
+from .diffusion.sampler import sample
+from .engine import checkpoint
+from .engine.tracking import Tracker
+from .metrics import frechet_distance, psnr, ssim
+from .metrics.local import LocalFeatures
+from .metrics.networks import I3DFeatures, InceptionFeatures
+from .objectives import make_diffusion, to_model_range
+from .sample import decode_frames, latent_vae, video_fps, write_grid
+
+
+def parse(overrides: list[str], base: EvalConfig | None = None) -> EvalConfig:
+    """``key=value`` strings over ``base`` (a run's ``eval`` section) → :class:`EvalConfig`.
+
+    Raises:
+        omegaconf errors: an unknown key or a wrong type, named.
+    """
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(base or EvalConfig()),
+                                               OmegaConf.from_dotlist(overrides)))
+
+
+def compare(real: torch.Tensor, fake: torch.Tensor, e: EvalConfig, prefix: str = "") -> dict:
+    """Fréchet distances of uint8 clips ``real (N, F, H, W, 3)`` vs ``fake (M, F', H, W, 3)``.
+
+    ``F' = k·F`` (long videos): fake segments of F frames are compared one by one and pooled.
+    """
+    F = real.shape[1]
+    local = LocalFeatures(e.local)
+    real_v, real_f = local(real)
+    segments = fake.shape[1] // F
+    seg_feats = [local(fake[:, i * F:(i + 1) * F]) for i in range(segments)]
+    out = {f"{prefix}fvd_local": frechet_distance(real_v, torch.cat([v for v, _ in seg_feats])),
+           f"{prefix}fid_local": frechet_distance(real_f, torch.cat([f for _, f in seg_feats]))}
+    if segments > 1:
+        out[f"{prefix}fvd_local_segments"] = [frechet_distance(real_v, v) for v, _ in seg_feats]
+    if e.i3d:
+        i3d = I3DFeatures(e.i3d, key="i3d")
+        out[f"{prefix}fvd_i3d"] = frechet_distance(i3d(real), i3d(fake[:, :F]))
+    if e.inception:
+        inc = InceptionFeatures(e.inception, key="inception")
+        out["fid_inception"] = frechet_distance(inc(real.flatten(0, 1)), inc(fake.flatten(0, 1)))
+    return out
+
+
+@torch.no_grad()
+def generate_videos(run_cfg, dit, labels: torch.Tensor, e: EvalConfig) -> tuple[torch.Tensor, float]:
+    """Sample and decode one video per label; returns uint8 ``(N, F, H, W, 3)`` and seconds per video."""
+    vae, manifest = latent_vae(run_cfg)
+    frames = e.frames or manifest["num_frames"]
+    window = manifest["num_frames"]
+    diffusion, gen = make_diffusion(run_cfg), torch.Generator().manual_seed(e.seed)
+    videos, start = [], time.perf_counter()
+    for y in tqdm(labels.split(e.batch_size), desc="sampling videos", file=sys.stderr):
+        z = sample(dit, diffusion, y, frames, e.steps, e.s, e.cfg_scale, generator=gen, window=window)
+        videos.append(torch.from_numpy(decode_frames(vae, z, run_cfg.diffusion.scale_factor, window)))
+    return torch.cat(videos), (time.perf_counter() - start) / len(labels)
+
+
+@torch.no_grad()
+def reconstruct(vae, real: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """AR-VAE reconstructions of uint8 clips ``(N, F, H, W, 3)`` → uint8, same shape."""
+    out = [vae(to_model_range(c)).clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 1, 3, 4, 2)
+           for c in tqdm(real.split(batch_size), desc="reconstructing", file=sys.stderr)]
+    return torch.cat(out)
+
+
+def _log(run_cfg, run_dir: str, metrics: dict, step: int, out: Path) -> str | None:
+    """Log the scalar metrics (``eval/`` prefix) and the report to the run's MLflow run."""
+    run_id_file = Path(run_dir) / "mlflow_run_id"
+    tracker = Tracker(run_cfg.tracking.tracking_uri, run_cfg.tracking.experiment)
+    tracker.start(run_id_file.read_text().strip() if run_id_file.is_file() else None,
+                  f"eval-{Path(run_dir).name}", {})
+    tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step)
+    for name in ("report.json", "samples.mp4", "samples.gif"):
+        if (out / name).is_file():
+            tracker.log_artifact(str(out / name), f"eval/{out.name}")
+    tracker.end()
+    return tracker.run_id
+
+
+def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
+    """Evaluate a DiT or AR-VAE run (see the module docstring) with its ``eval`` settings and
+    ``overrides``; returns the report.
+
+    Raises:
+        FileNotFoundError: no checkpoint, no held-out shards, or no local feature network.
+    """
+    run_cfg, model, tag, _ = checkpoint.load_trained(run_dir)
+    e = parse(overrides or [], run_cfg.eval)
+    real, labels = load_video_clips(run_cfg.data.root, e.split)
+    if e.max_real:
+        real, labels = real[:e.max_real], labels[:e.max_real]
+    report = {"run_dir": run_dir, "checkpoint": tag, "task": run_cfg.task, "eval": asdict(e),
+              "real_clips": len(real)}
+    if run_cfg.task == "vae":
+        fake = reconstruct(model, real, e.batch_size)
+        metrics = {("r" + k if "fvd" in k else k): v for k, v in compare(real, fake, e).items()}
+        flat = lambda v: to_model_range(v).add(1).div(2).flatten(0, 1)
+        metrics.update(psnr=psnr(flat(fake), flat(real)).mean().item(), ssim=ssim(flat(fake), flat(real)).mean().item())
+    else:
+        classes = torch.unique(labels)
+        y = classes.repeat_interleave(e.per_class)
+        fake, per_video = generate_videos(run_cfg, model, y, e)
+        metrics = {**compare(real, fake, e), "gen_s_per_video": per_video}
+        report.update(classes=classes.tolist(), generated=len(y), frames=fake.shape[1])
+    report["metrics"] = metrics
+    out = Path(e.out or Path(run_dir) / "eval" / f"{tag}-s{e.s}-n{e.per_class}-f{fake.shape[1]}")
+    write_grid(fake[:16].numpy(), out, video_fps(run_cfg))
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if e.mlflow:
+        report["mlflow_run_id"] = _log(run_cfg, run_dir, metrics, int(tag.rsplit("-", 1)[-1]), out)
+    report["out"] = str(out)
+    return report
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-") or "=" in argv[0]:
+        print(__doc__ + "\nkeys: " + ", ".join(f"{k}={v}" for k, v in asdict(EvalConfig()).items()))
+        raise SystemExit(2)
+    report = evaluate(argv[0], argv[1:])
+    print(json.dumps({k: report[k] for k in ("metrics", "out")}, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
