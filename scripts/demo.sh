@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end on real video, on this machine:
-#   local Ray cluster (loopback) → shard videos → train AR-VAE (frames, + GAN, then clips) → encode latents →
-#   `ray job submit -- python -m ardscale.train configs/demo.yaml` (causal DiT) → sample (and continue
-#   held-out clips past the training length) → stop Ray.
+#   local Ray cluster (loopback) → shard videos → train the local feature net → train AR-VAE (frames,
+#   + GAN, then clips) → encode latents → `ray job submit -- python -m ardscale.train configs/demo.yaml`
+#   (causal DiT, fvd_local while it trains) → sample (and continue held-out clips past the training
+#   length) → evaluate (fvd_local of samples and reconstructions) → stop Ray.
 # Usage: bash scripts/demo.sh [VIDEO_FOLDER] [OUT_DIR]
 #   VIDEO_FOLDER defaults to ../shared/data/ucf101-subset (UCF-101 layout with split lists; any
 #   folder of videos works: class = sub-folder name, fixed 90/10 train/test split by file name).
@@ -30,6 +31,9 @@ python data_prep/shard_videos.py --src "$SRC" --out "$OUT/data" --split train --
 python data_prep/shard_videos.py --src "$SRC" --out "$OUT/data" --split test --num-frames 8 --fps 8 --size 64 \
   --allow-empty   # held out for evaluation; a small folder may have no test video
 
+log "training the ucf101_local feature network (fvd_local / fid_local) on the real train clips"
+python -m ardscale.metrics.local --root "$OUT/data" --out "$OUT/ucf101_local.pt" --epochs 12 2>/dev/null | tail -n 1
+
 COMMON=(data.root="$OUT/data" tracking.tracking_uri="sqlite:///$OUT/mlruns.db")
 log "training the AR-VAE, stage 1: single frames, reconstruction loss (Ray job)"
 ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/demo_vae_frames.yaml" \
@@ -48,7 +52,7 @@ VAE_ID=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["vae_id"
 
 log "training the causal DiT on latents $VAE_ID (Ray job)"
 ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/demo.yaml" \
-  "${COMMON[@]}" data.vae_id="$VAE_ID" train.run_dir="$OUT/dit"
+  "${COMMON[@]}" data.vae_id="$VAE_ID" train.run_dir="$OUT/dit" train.eval_every=200 eval.local="$OUT/ucf101_local.pt"
 
 log "sampling with the AD scheduler"
 python -m ardscale.sample "$OUT/dit" --num-samples 8 --steps 50 --s 2 --cfg 2.0 --out "$OUT/samples" | tail -n 1
@@ -61,6 +65,10 @@ if python tools/encode_latents.py --vae-run "$OUT/vae" --root "$OUT/data" --spli
 else
   log "no held-out latents (empty test split?): continuation skipped, see $OUT/encode_test.log"
 fi
+
+log "evaluating: fvd_local of the DiT's samples (8 per class, s=2) and of the AR-VAE's reconstructions"
+python -m ardscale.evaluate "$OUT/dit" local="$OUT/ucf101_local.pt" per_class=8 out="$OUT/eval_dit" >/dev/null
+python -m ardscale.evaluate "$OUT/vae" local="$OUT/ucf101_local.pt" out="$OUT/eval_vae" >/dev/null
 
 log "done"
 python scripts/summarize_demo.py "$OUT" "$(( $(date +%s) - T0 ))"

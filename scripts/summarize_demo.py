@@ -38,6 +38,15 @@ def main(out: Path, seconds: int) -> None:
         info = json.loads(long.read_text())
         print(f"    longer: {info['mp4']}  ({info['context']} real frames continued to {info['frames']}, "
               f"window {info['window']}, {info['generate_s']} s)")
+    for name in ("eval_dit", "eval_vae"):
+        report = out / name / "report.json"
+        if report.is_file():
+            m = json.loads(report.read_text())["metrics"]
+            print(f"{name:>10}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
+    local = out / "ucf101_local.json"
+    if local.is_file():
+        r = json.loads(local.read_text())
+        print(f"     local: ucf101_local test accuracy {r['test_accuracy']:.3f} ({r['test_clips']} held-out clips)")
     print(f"    curves: {out / 'loss_curves.png'}")
     print(f"    MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlruns.db   (experiment ardscale-demo)")
 
