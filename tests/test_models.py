@@ -225,3 +225,22 @@ def test_dit_adaln_runs_once_per_frame_and_the_flop_count_is_what_runs():
     assert counter.get_flop_counts()["Global"][torch.ops.aten.addmm] == B * linear
     H, N = cfg.hidden_size, F * cfg.tokens_per_frame
     assert attention == cfg.depth * 4 * N * N * H * (F + 1) / (2 * F)
+
+
+def test_bidirectional_ablation_reads_later_frames_and_samples_every_frame_each_step():
+    from ardscale.diffusion.sampler import sample
+    from ardscale.diffusion.schedule import GaussianDiffusion
+
+    model = randomized(DiT(DiTConfig.tiny(causal=False)))
+    x, t, y = torch.randn(1, 3, 32, 4), torch.tensor([[10, 500, 900]]), torch.tensor([1])
+    x2 = x.clone()
+    x2[:, 2] += 1.0
+    with torch.no_grad():
+        assert (model(x, t, y)[:, 0] - model(x2, t, y)[:, 0]).abs().max() > 1e-3   # frame 0 reads frame 2
+        fed = []
+        forward = model.forward
+        model.forward = lambda xi, *a, **k: fed.append(xi.shape[1]) or forward(xi, *a, **k)
+        sample(model, GaussianDiffusion(), y, 3, num_steps=4, s=2, generator=torch.Generator().manual_seed(0))
+    assert set(fed) == {3}                     # every frame, every step, no cache
+    with pytest.raises(ValueError, match="bidirectional DiT generates at most window=2"):
+        sample(model, GaussianDiffusion(), y, 3, num_steps=4, s=2, window=2)

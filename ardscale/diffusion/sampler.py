@@ -56,12 +56,18 @@ def sample(model, diffusion: GaussianDiffusion, labels: torch.Tensor, num_frames
             video every iteration, so cached and uncached runs see the same noise).
         context: ``(B, k, L, D)`` clean latents of the first k frames (video continuation).
         window: most frames per DiT call (e.g. the training length); None = no limit.
-        kv_cache: reuse keys/values of finished frames (same result within float tolerance).
+        kv_cache: reuse keys/values of finished frames (same result within float tolerance); off
+            for a bidirectional DiT (``config.causal=False``), which is fed every frame every step.
         clip_x0: clamp x0 estimates to ``[-clip_x0, clip_x0]`` (0 = off).
     Raises:
-        ValueError: context longer than the video, or a window too small for s (see above).
+        ValueError: context longer than the video, a window too small for s (see above), or a
+            bidirectional DiT asked for more frames than its window.
     """
     c = model.config
+    if not c.causal:   # bidirectional (ablation): every frame reads every frame, at every step
+        if window is not None and num_frames > window:
+            raise ValueError(f"a bidirectional DiT generates at most window={window} frames, not {num_frames}")
+        kv_cache = False
     device = next(model.parameters()).device
     B = labels.shape[0]
     k = 0 if context is None else context.shape[1]
@@ -80,7 +86,7 @@ def sample(model, diffusion: GaussianDiffusion, labels: torch.Tensor, num_frames
         cur, nxt = rows[i], rows[i + 1]
         changing = (cur != nxt).nonzero().flatten()
         noise = torch.randn(x.shape, generator=generator).to(device) if eta > 0 else None
-        end = int(changing[-1]) + 1
+        end = int(changing[-1]) + 1 if c.causal else num_frames
         new_start = _window_start(start, int(changing[0]), end, window)
         if new_start != start:
             start, cache = new_start, KVCache()   # positions shift with the window: cache is stale

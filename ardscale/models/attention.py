@@ -167,13 +167,15 @@ class BlockCausalSelfAttention(SelfAttention):
 
     Args:
         backend: ``auto``, ``sdpa``, ``flex`` or ``flash`` (see :func:`resolve_backend`).
+        causal: False = every frame reads every frame (the bidirectional ablation of Table 3;
+            plain SDPA, no cache).
     """
 
-    def __init__(self, dim: int, num_heads: int, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, backend: str = "auto", causal: bool = True):
         super().__init__(dim, num_heads)
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}: expected one of {BACKENDS}")
-        self.backend = backend
+        self.backend, self.causal = backend, causal
 
     def forward(self, x: torch.Tensor, tokens_per_frame: int,
                 past: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -184,7 +186,10 @@ class BlockCausalSelfAttention(SelfAttention):
         new_kv = (k, v)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = attention(q, k, v, tokens_per_frame, resolve_backend(self.backend, x.device))
+        if self.causal:
+            out = attention(q, k, v, tokens_per_frame, resolve_backend(self.backend, x.device))
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self._out(out), new_kv
 
 

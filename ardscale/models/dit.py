@@ -35,6 +35,7 @@ class DiTConfig:
     num_timesteps: int = 1000
     attn_backend: str = "auto"   # auto (flex on CUDA, sdpa elsewhere) | sdpa | flex | flash
     grad_checkpointing: bool = False  # recompute each block in backward: activations O(depth) → O(1) blocks
+    causal: bool = True          # temporal causal attention (paper); False = bidirectional (Table 3 ablation)
 
     @classmethod
     def tiny(cls, **overrides) -> DiTConfig:
@@ -86,10 +87,10 @@ class DiTBlock(nn.Module):
     model does: at paper size the adaLN matmul per token would be 12·C² of ~37·C² FLOPs per block.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attn_backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attn_backend: str = "auto", causal: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = BlockCausalSelfAttention(dim, num_heads, attn_backend)
+        self.attn = BlockCausalSelfAttention(dim, num_heads, attn_backend, causal)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
@@ -133,7 +134,8 @@ class DiT(nn.Module):
         self.token_pos = nn.Parameter(torch.zeros(c.tokens_per_frame, H))
         self.t_embedder = nn.Sequential(nn.Linear(256, H), nn.SiLU(), nn.Linear(H, H))
         self.y_embedder = nn.Embedding(c.num_classes + 1, H)
-        self.blocks = nn.ModuleList(DiTBlock(H, c.num_heads, c.mlp_ratio, c.attn_backend) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(DiTBlock(H, c.num_heads, c.mlp_ratio, c.attn_backend, c.causal)
+                                    for _ in range(c.depth))
         self.norm_final = nn.LayerNorm(H, elementwise_affine=False, eps=1e-6)
         self.adaLN_final = nn.Sequential(nn.SiLU(), nn.Linear(H, 2 * H))
         self.out = nn.Linear(H, c.latent_dim)
