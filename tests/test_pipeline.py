@@ -105,3 +105,15 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     assert vrep["metrics"]["rfvd_local"] >= 0 and 5 < vrep["metrics"]["psnr"] < 40
     with pytest.raises(FileNotFoundError, match="ardscale.metrics.local"):
         evaluate(run, ["local=/nope.pt", "split=train", "mlflow=false"])
+
+    # The ablation tool: two Table 3 variants (1 seed, 2 steps) and a Table 2 sweep over s.
+    from tools.ablate import main as ablate
+
+    common = ["--local", local, "--per-class", "2", "--split", "train", "--tracking-uri",
+              f"sqlite:///{tmp_path}/ablate.db", "--out", str(tmp_path / "ablate")]
+    t3 = ablate(["table3", "--root", str(root), "--vae-id", again["vae_id"], "--variants", "fopp", "eps",
+                 "--seeds", "1", "--steps", "2", *common])
+    assert set(t3["results"]) == {"fopp", "eps"} and all(r[0]["fvd_local"] > 0 for r in t3["results"].values())
+    assert (tmp_path / "ablate" / "table3.md").read_text().count("\n") == 4
+    t2 = ablate(["table2", "--dit-run", str(tmp_path / "ablate" / "fopp-s0"), "--s-values", "0", "4", *common])
+    assert [r["s"] for r in t2["results"]] == [0, 4] and all(r["gen_s_per_video"] > 0 for r in t2["results"])
