@@ -32,7 +32,7 @@ python data_prep/shard_videos.py --src "$SRC" --out "$OUT/data" --split test --n
   --allow-empty   # held out for evaluation; a small folder may have no test video
 
 log "training the ucf101_local feature network (fvd_local / fid_local) on the real train clips"
-python -m ardscale.metrics.local --root "$OUT/data" --out "$OUT/ucf101_local.pt" --epochs 12 2>/dev/null | tail -n 1
+python -m ardscale.metrics.local --root "$OUT/data" --out "$OUT/ucf101_local.pt" --epochs 10 2>/dev/null | tail -n 1
 
 COMMON=(data.root="$OUT/data" tracking.tracking_uri="sqlite:///$OUT/mlruns.db")
 log "training the AR-VAE, stage 1: single frames, reconstruction loss (Ray job)"
