@@ -36,41 +36,46 @@ def _load_script(path: str, what: str, key: str) -> torch.jit.ScriptModule:
         raise ValueError(f"{key}={path} is not a TorchScript file: {e}") from e
 
 
-class I3DFeatures:
+class _ScriptFeatures:
+    """A TorchScript feature network applied in batches; float64 features on the CPU."""
+
+    what, default_key, default_batch = "", "", 16
+
+    def __init__(self, path: str, device: str = "cpu", key: str | None = None, batch_size: int | None = None):
+        self.net = _load_script(path, self.what, key or self.default_key).to(device)
+        self.device, self.batch_size = device, batch_size or self.default_batch
+
+    def _features(self, chunk: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        chunks = torch.as_tensor(x).split(self.batch_size)
+        return torch.cat([self._features(c.to(self.device)).double().cpu() for c in chunks])
+
+
+class I3DFeatures(_ScriptFeatures):
     """FVD's I3D features of uint8 videos ``(N, T, H, W, 3)`` → float64 ``(N, 400)``.
 
     Raises:
         FileNotFoundError / ValueError: at load, a missing or non-TorchScript file (named).
     """
 
-    def __init__(self, path: str, device: str = "cpu", key: str = "metrics.i3d", batch_size: int = 16):
-        self.net = _load_script(path, "I3D Kinetics-400", key).to(device)
-        self.device, self.batch_size = device, batch_size
+    what, default_key = "I3D Kinetics-400 (i3d_torchscript.pt)", "metrics.i3d"
 
-    @torch.no_grad()
-    def __call__(self, videos: np.ndarray | torch.Tensor) -> torch.Tensor:
-        v = torch.as_tensor(videos)
-        out = []
-        for chunk in v.split(self.batch_size):
-            x = chunk.to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1          # (n, 3, T, H, W)
-            out.append(self.net(x, rescale=False, resize=True, return_features=True).double().cpu())
-        return torch.cat(out)
+    def _features(self, chunk: torch.Tensor) -> torch.Tensor:
+        x = chunk.permute(0, 4, 1, 2, 3).float() / 127.5 - 1                            # (n, 3, T, H, W)
+        return self.net(x, rescale=False, resize=True, return_features=True)
 
 
-class InceptionFeatures:
+class InceptionFeatures(_ScriptFeatures):
     """FID's Inception-v3 pool features of uint8 frames ``(N, H, W, 3)`` → float64 ``(N, 2048)``.
 
     Raises:
         FileNotFoundError / ValueError: at load, a missing or non-TorchScript file (named).
     """
 
-    def __init__(self, path: str, device: str = "cpu", key: str = "metrics.inception", batch_size: int = 64):
-        self.net = _load_script(path, "Inception-v3 (inception-2015-12-05.pt)", key).to(device)
-        self.device, self.batch_size = device, batch_size
+    what, default_key, default_batch = "Inception-v3 (inception-2015-12-05.pt)", "metrics.inception", 64
 
-    @torch.no_grad()
-    def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-        f = torch.as_tensor(frames)
-        out = [self.net(c.to(self.device).permute(0, 3, 1, 2).contiguous(), return_features=True).double().cpu()
-               for c in f.split(self.batch_size)]
-        return torch.cat(out)
+    def _features(self, chunk: torch.Tensor) -> torch.Tensor:
+        return self.net(chunk.permute(0, 3, 1, 2).contiguous(), return_features=True)
