@@ -62,7 +62,7 @@ def figure(path: str, clips: np.ndarray, recons: list[tuple[str, np.ndarray]]) -
             axes[r, k].set_xticks([]), axes[r, k].set_yticks([])
         axes[r, 0].set_ylabel(name, fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=66)
 
 
 def main() -> None:
