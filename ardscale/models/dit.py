@@ -5,6 +5,12 @@ injected through adaLN-Zero computed per frame and broadcast over the frame's L 
 attention is block-causal over frames. The model
 predicts x0.
 
+Departure from the official code, on purpose: its ``video_temporal_causal`` mask
+(src/ardiff/modules/dit_model.py) lets prepended context (condition) tokens attend to every frame,
+and every frame to them, so a later frame reaches an earlier one through those tokens one layer
+later. The paper's temporal causal attention (Sec. 3.2) is strict; here the class enters through
+adaLN only and no token sees a later frame (tested).
+
 Because frame i only reads frames <= i, a frame whose input no longer changes (a finished,
 clean frame during sampling) has fixed keys/values in every layer: :class:`KVCache` keeps them
 so that later calls compute only the frames after it.
