@@ -1,6 +1,6 @@
 """Measure what a trained run generates: ``python -m ardscale.evaluate RUN_DIR [key=value …]``.
 
-A DiT run: sample ``per_class`` videos for every class of the held-out split (AD scheduler ``s``,
+A DiT run: sample ``per_class`` videos for every class of the held-out split that the run trained on (AD scheduler ``s``,
 ``steps`` DDIM steps, CFG ``cfg_scale``), decode them with the AR-VAE of the training latents and
 compare them with the split's real clips:
 
@@ -41,7 +41,7 @@ from .metrics import frechet_distance, psnr, ssim
 from .metrics.local import LocalFeatures
 from .metrics.networks import I3DFeatures, InceptionFeatures
 from .objectives import make_diffusion, to_model_range
-from .sample import decode_frames, latent_vae, video_fps, write_grid
+from .sample import decode_frames, latent_vae, trained_classes, video_fps, write_grid
 
 
 def parse(overrides: list[str], base: EvalConfig | None = None) -> EvalConfig:
@@ -113,6 +113,20 @@ def _log(run_cfg, run_dir: str, metrics: dict, step: int, out: Path) -> str | No
     return tracker.run_id
 
 
+def held_out(run_cfg, e: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real clips of ``e.split`` ``(N, F, H, W, 3)`` uint8 and labels, restricted to the classes
+    the run trained on (a DiT cannot be asked for a class it never saw; a held-out split may hold
+    classes the train split lacks) and to ``e.max_real`` clips when set."""
+    real, labels = load_video_clips(run_cfg.data.root, e.split)
+    trained = trained_classes(run_cfg)
+    if trained:
+        keep = torch.isin(labels, torch.tensor(trained))
+        real, labels = real[keep], labels[keep]
+    if e.max_real:
+        real, labels = real[:e.max_real], labels[:e.max_real]
+    return real, labels
+
+
 def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
     """Evaluate a DiT or AR-VAE run (see the module docstring) with its ``eval`` settings and
     ``overrides``; returns the report.
@@ -122,9 +136,7 @@ def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
     """
     run_cfg, model, tag, _ = checkpoint.load_trained(run_dir)
     e = parse(overrides or [], run_cfg.eval)
-    real, labels = load_video_clips(run_cfg.data.root, e.split)
-    if e.max_real:
-        real, labels = real[:e.max_real], labels[:e.max_real]
+    real, labels = held_out(run_cfg, e)
     report = {"run_dir": run_dir, "checkpoint": tag, "task": run_cfg.task, "eval": asdict(e),
               "real_clips": len(real)}
     if run_cfg.task == "vae":

@@ -98,11 +98,11 @@ class DiTEvaluator:
     class (``eval.split``) against the real clips, with the ``eval`` settings (s, steps, CFG)."""
 
     def __init__(self, cfg: Config, tracker: Tracker, ema, zero3: bool):
-        from .evaluate import compare, generate_videos
+        from .evaluate import compare, generate_videos, held_out
 
         self.cfg, self.tracker, self.ema, self.zero3 = cfg, tracker, ema, zero3
         self.compare, self.generate = compare, generate_videos
-        self.real, labels = load_video_clips(cfg.data.root, cfg.eval.split)
+        self.real, labels = held_out(cfg, cfg.eval)
         self.labels = torch.unique(labels).repeat_interleave(cfg.eval.per_class)
 
     def __call__(self, module, step: int) -> dict:

@@ -28,10 +28,15 @@ from .engine.tracking import Tracker
 from .objectives import make_diffusion
 
 
+def trained_classes(cfg) -> list[int]:
+    """The classes of the training split (its shard report); empty when the report is missing."""
+    report = read_json(join(cfg.data.root, "videos", cfg.data.split, "_report.json"), {})
+    return sorted(int(k) for k in report.get("classes", {}))
+
+
 def default_labels(cfg, n: int) -> torch.Tensor:
     """Cycle through the classes present in the training split's shard report."""
-    report = read_json(join(cfg.data.root, "videos", cfg.data.split, "_report.json"), {})
-    classes = sorted(int(k) for k in report.get("classes", {})) or [0]
+    classes = trained_classes(cfg) or [0]
     return torch.tensor([classes[i % len(classes)] for i in range(n)])
 
 

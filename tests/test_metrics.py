@@ -156,3 +156,21 @@ def test_local_classifier_trains_saves_and_gives_features(tmp_path):
     assert feats(up.view(6, 4, 3, 32, 32).permute(0, 1, 3, 4, 2).byte())[0].shape == (6, 16)   # resized input
     with pytest.raises(FileNotFoundError, match="python -m ardscale.metrics.local"):
         LocalFeatures(str(tmp_path / "none.pt"))
+
+
+def test_evaluation_compares_only_the_classes_the_run_trained_on(monkeypatch):
+    from types import SimpleNamespace
+
+    import ardscale.evaluate as ev
+    from ardscale.config import EvalConfig
+
+    labels = torch.tensor([1, 7, 1, 3, 7])
+    clips = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1, 1).expand(5, 2, 4, 4, 3)
+    monkeypatch.setattr(ev, "load_video_clips", lambda root, split: (clips, labels))
+    monkeypatch.setattr(ev, "trained_classes", lambda cfg: [1, 7])
+    cfg = SimpleNamespace(data=SimpleNamespace(root="r"))
+    real, y = ev.held_out(cfg, EvalConfig())
+    assert y.tolist() == [1, 7, 1, 7] and real[:, 0, 0, 0, 0].tolist() == [0, 1, 2, 4]
+    assert ev.held_out(cfg, EvalConfig(max_real=2))[1].tolist() == [1, 7]
+    monkeypatch.setattr(ev, "trained_classes", lambda cfg: [])      # no shard report: every class
+    assert ev.held_out(cfg, EvalConfig())[1].tolist() == [1, 7, 1, 3, 7]
