@@ -54,27 +54,37 @@ def parse(overrides: list[str], base: EvalConfig | None = None) -> EvalConfig:
                                                OmegaConf.from_dotlist(overrides)))
 
 
-def compare(real: torch.Tensor, fake: torch.Tensor, e: EvalConfig, prefix: str = "") -> dict:
-    """Fréchet distances of uint8 clips ``real (N, F, H, W, 3)`` vs ``fake (M, F', H, W, 3)``.
+class Reference:
+    """The real clips ``(N, F, H, W, 3)`` uint8 and their features, computed once, to compare
+    generated (or reconstructed) clips against with :meth:`compare`.
 
-    ``F' = k·F`` (long videos): fake segments of F frames are compared one by one and pooled.
+    Raises:
+        FileNotFoundError / ValueError: a feature network file missing or unreadable (named).
     """
-    F = real.shape[1]
-    local = LocalFeatures(e.local)
-    real_v, real_f = local(real)
-    segments = fake.shape[1] // F
-    seg_feats = [local(fake[:, i * F:(i + 1) * F]) for i in range(segments)]
-    out = {f"{prefix}fvd_local": frechet_distance(real_v, torch.cat([v for v, _ in seg_feats])),
-           f"{prefix}fid_local": frechet_distance(real_f, torch.cat([f for _, f in seg_feats]))}
-    if segments > 1:
-        out[f"{prefix}fvd_local_segments"] = [frechet_distance(real_v, v) for v, _ in seg_feats]
-    if e.i3d:
-        i3d = I3DFeatures(e.i3d, key="i3d")
-        out[f"{prefix}fvd_i3d"] = frechet_distance(i3d(real), i3d(fake[:, :F]))
-    if e.inception:
-        inc = InceptionFeatures(e.inception, key="inception")
-        out["fid_inception"] = frechet_distance(inc(real.flatten(0, 1)), inc(fake.flatten(0, 1)))
-    return out
+
+    def __init__(self, real: torch.Tensor, e: EvalConfig):
+        self.frames = real.shape[1]
+        self.local = LocalFeatures(e.local)
+        self.real_v, self.real_f = self.local(real)
+        self.i3d = I3DFeatures(e.i3d, key="i3d") if e.i3d else None
+        self.real_i3d = self.i3d(real) if self.i3d else None
+        self.inception = InceptionFeatures(e.inception, key="inception") if e.inception else None
+        self.real_inception = self.inception(real.flatten(0, 1)) if self.inception else None
+
+    def compare(self, fake: torch.Tensor) -> dict:
+        """Fréchet distances of uint8 ``fake (M, F', H, W, 3)``. ``F' = k·F`` (long videos): fake
+        segments of F frames are compared one by one (``fvd_local_segments``) and pooled."""
+        F = self.frames
+        seg_feats = [self.local(fake[:, i * F:(i + 1) * F]) for i in range(fake.shape[1] // F)]
+        out = {"fvd_local": frechet_distance(self.real_v, torch.cat([v for v, _ in seg_feats])),
+               "fid_local": frechet_distance(self.real_f, torch.cat([f for _, f in seg_feats]))}
+        if len(seg_feats) > 1:
+            out["fvd_local_segments"] = [frechet_distance(self.real_v, v) for v, _ in seg_feats]
+        if self.i3d is not None:
+            out["fvd_i3d"] = frechet_distance(self.real_i3d, self.i3d(fake[:, :F]))
+        if self.inception is not None:
+            out["fid_inception"] = frechet_distance(self.real_inception, self.inception(fake.flatten(0, 1)))
+        return out
 
 
 @torch.no_grad()
@@ -141,14 +151,14 @@ def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
               "real_clips": len(real)}
     if run_cfg.task == "vae":
         fake = reconstruct(model, real, e.batch_size)
-        metrics = {("r" + k if "fvd" in k else k): v for k, v in compare(real, fake, e).items()}
+        metrics = {("r" + k if "fvd" in k else k): v for k, v in Reference(real, e).compare(fake).items()}
         flat = lambda v: to_model_range(v).add(1).div(2).flatten(0, 1)
         metrics.update(psnr=psnr(flat(fake), flat(real)).mean().item(), ssim=ssim(flat(fake), flat(real)).mean().item())
     else:
         classes = torch.unique(labels)
         y = classes.repeat_interleave(e.per_class)
         fake, per_video = generate_videos(run_cfg, model, y, e)
-        metrics = {**compare(real, fake, e), "gen_s_per_video": per_video}
+        metrics = {**Reference(real, e).compare(fake), "gen_s_per_video": per_video}
         report.update(classes=classes.tolist(), generated=len(y), frames=fake.shape[1])
     report["metrics"] = metrics
     out = Path(e.out or Path(run_dir) / "eval" / f"{tag}-s{e.s}-n{e.per_class}-f{fake.shape[1]}")

@@ -98,11 +98,12 @@ class DiTEvaluator:
     class (``eval.split``) against the real clips, with the ``eval`` settings (s, steps, CFG)."""
 
     def __init__(self, cfg: Config, tracker: Tracker, ema, zero3: bool):
-        from .evaluate import compare, generate_videos, held_out
+        from .evaluate import Reference, generate_videos, held_out
 
         self.cfg, self.tracker, self.ema, self.zero3 = cfg, tracker, ema, zero3
-        self.compare, self.generate = compare, generate_videos
-        self.real, labels = held_out(cfg, cfg.eval)
+        self.generate = generate_videos
+        real, labels = held_out(cfg, cfg.eval)
+        self.reference = Reference(real, cfg.eval)    # real features once, not at every evaluation
         self.labels = torch.unique(labels).repeat_interleave(cfg.eval.per_class)
 
     def __call__(self, module, step: int) -> dict:
@@ -112,7 +113,7 @@ class DiTEvaluator:
         was_training = model.training
         fake, per_video = self.generate(self.cfg, model.eval(), self.labels, self.cfg.eval)
         model.train(was_training)
-        found = {**self.compare(self.real, fake, self.cfg.eval), "gen_s_per_video": per_video}
+        found = {**self.reference.compare(fake), "gen_s_per_video": per_video}
         metrics = {f"eval/{k}": v for k, v in found.items() if isinstance(v, float)}
         self.tracker.log_metrics(metrics, step)
         print(f"step {step:6d} fvd_local {metrics['eval/fvd_local']:.3f} fid_local {metrics['eval/fid_local']:.3f}",

@@ -105,7 +105,8 @@ def _dist_init() -> None:
 
 
 def _engine(model: torch.nn.Module, micro: int, bf16: bool):
-    """DeepSpeed ZeRO-2 (the project's zero2.yaml) when importable, else torch AdamW; (step fn, name)."""
+    """DeepSpeed ZeRO-2 (the project's zero2.yaml) when importable, else torch AdamW under autocast:
+    (module, step fn, name, input dtype). DeepSpeed's bf16 casts the module, so it takes bf16 inputs."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     try:
         import deepspeed
@@ -116,7 +117,7 @@ def _engine(model: torch.nn.Module, micro: int, bf16: bool):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        return model, step, f"torch AdamW ({e.name} not installed)"
+        return model, step, f"torch AdamW, autocast ({e.name} not installed)", torch.float32
     _dist_init()
     zero = yaml.safe_load((ROOT / "configs" / "deepspeed" / "zero2.yaml").read_text())
     config = {**zero, "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": 1,
@@ -127,7 +128,7 @@ def _engine(model: torch.nn.Module, micro: int, bf16: bool):
     def step(loss):
         engine.backward(loss)
         engine.step()
-    return engine, step, f"deepspeed {deepspeed.__version__} ZeRO-2"
+    return engine, step, f"deepspeed {deepspeed.__version__} ZeRO-2", torch.bfloat16 if bf16 else torch.float32
 
 
 def check_train(device: torch.device, tiny: bool) -> dict:
@@ -136,17 +137,17 @@ def check_train(device: torch.device, tiny: bool) -> dict:
     F, micro, reps = (4, 2, 2) if tiny else (16, 16, 8)
     bf16 = device.type == "cuda"
     model = DiT(cfg).to(device)
-    module, step, engine_name = _engine(model, micro, bf16)
+    module, step, engine_name, dtype = _engine(model, micro, bf16)
     fwd = torch.compile(module) if device.type == "cuda" else module
     diffusion, gen = GaussianDiffusion(), torch.Generator().manual_seed(0)
-    dtype = torch.bfloat16 if bf16 else torch.float32
 
     def one_step():
         x0 = torch.nn.functional.normalize(torch.randn(micro, F, cfg.tokens_per_frame, cfg.latent_dim), dim=-1)
         t = sample_timesteps("fopp", micro, F, diffusion.num_timesteps, generator=gen)
         x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=gen))
         y = torch.randint(0, cfg.num_classes + 1, (micro,), generator=gen)
-        pred = fwd(x_t.to(device, dtype), t.to(device), y.to(device))
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16 and dtype == torch.float32):
+            pred = fwd(x_t.to(device, dtype), t.to(device), y.to(device))
         step((pred.float() - x0.to(device)).pow(2).mean())
 
     _timed(one_step, device, 3)
@@ -154,7 +155,8 @@ def check_train(device: torch.device, tiny: bool) -> dict:
     per_step = sorted(times)[len(times) // 2]
     tflops = dit_train_flops(cfg, F) * micro / per_step / 1e12
     peak = peak_tflops(0.0)
-    return {"engine": engine_name, "config": asdict(cfg), "frames": F, "micro_batch": micro, "dtype": str(dtype),
+    return {"engine": engine_name, "config": asdict(cfg), "frames": F, "micro_batch": micro,
+            "dtype": "torch.bfloat16" if bf16 else "torch.float32",
             "compiled": device.type == "cuda", "step_s_median": per_step, "tokens_per_s": micro * F * 32 / per_step,
             "tflops": tflops, "peak_tflops": peak, "mfu": tflops / peak if peak else None,
             "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
@@ -164,8 +166,8 @@ def check_sampling(device: torch.device, tiny: bool) -> dict:
     """Generation and decode time per video with the AD scheduler (DDIM-50, CFG 3, batch 1)."""
     dit_cfg = DiTConfig.tiny(attn_backend="sdpa") if tiny else DiTConfig()
     vae_cfg = ARVAEConfig.tiny(temporal=True) if tiny else ARVAEConfig(temporal=True)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    dit, vae = DiT(dit_cfg).to(device, dtype).eval(), ARVAE(vae_cfg).to(device, dtype).eval()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32   # autocast: the sampler keeps fp32 latents
+    dit, vae = DiT(dit_cfg).to(device).eval(), ARVAE(vae_cfg).to(device).eval()
     window, steps = (4, 6) if tiny else (16, 50)
     cases = [(4, 0), (12, 3)] if tiny else [(16, 0), (128, 5)]
     out = {"steps": steps, "cfg_scale": 3.0, "dtype": str(dtype), "window": window}
@@ -182,10 +184,11 @@ def _sample_and_decode(dit, vae, frames: int, s: int, steps: int, window: int, d
         z["latents"] = sample(dit, GaussianDiffusion(), torch.tensor([1]), frames, steps, s, cfg_scale=3.0,
                               generator=torch.Generator().manual_seed(0), window=window)
 
-    gen_s = _timed(generate, device, 2)[-1]
-    dtype = next(vae.parameters()).dtype
-    with torch.no_grad():
-        dec_s = _timed(lambda: vae.decode(z["latents"].to(dtype) / 0.5, window), device, 2)[-1]
+    bf16 = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    with bf16:
+        gen_s = _timed(generate, device, 2)[-1]
+    with torch.no_grad(), bf16:
+        dec_s = _timed(lambda: vae.decode(z["latents"] / 0.5, window), device, 2)[-1]
     return {"generate_s": gen_s, "decode_s": dec_s, "total_s": gen_s + dec_s}
 
 

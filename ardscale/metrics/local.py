@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 @dataclass
 class LocalNetConfig:
+    """Size of ``ucf101_local``: features have ``width · 2^(stages-1)`` channels."""
+
     num_classes: int = 101
     width: int = 32              # channels of the first stage; doubled per stage
     stages: int = 4
@@ -64,10 +66,6 @@ class LocalVideoNet(nn.Module):
         self.blocks = nn.Sequential(*(Block2Plus1D(a, b, 1 if i == 0 else 2)
                                       for i, (a, b) in enumerate(zip([chans[0]] + chans[:-1], chans))))
         self.head = nn.Linear(chans[-1], c.num_classes)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.config.width * 2 ** (self.config.stages - 1)
 
     def _prepare(self, clips: torch.Tensor) -> torch.Tensor:
         x = clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1                        # (N, 3, T, H, W)
@@ -127,6 +125,7 @@ def _augment(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def accuracy(net: LocalVideoNet, clips: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> float:
+    """Top-1 accuracy in [0, 1] on uint8 clips ``(N, T, H, W, 3)`` with labels ``(N,)``."""
     net.eval()
     pred = torch.cat([net(c).argmax(-1) for c in clips.split(batch_size)])
     net.train()
@@ -136,7 +135,9 @@ def accuracy(net: LocalVideoNet, clips: torch.Tensor, labels: torch.Tensor, batc
 def train_local(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                 config: LocalNetConfig, epochs: int = 20, batch_size: int = 32, lr: float = 2e-3,
                 seed: int = 0, progress: bool = True) -> tuple[LocalVideoNet, dict]:
-    """Train on ``train`` = (clips uint8 ``(N, T, H, W, 3)``, labels ``(N,)``); report accuracies."""
+    """Train on ``train`` = (clips uint8 ``(N, T, H, W, 3)``, labels ``(N,)`` long): AdamW, one-cycle
+    LR, label smoothing 0.1, flips and shifts. Returns the net and ``{train,test}_accuracy`` (in
+    [0, 1]), clip counts and epochs."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = LocalVideoNet(config)
