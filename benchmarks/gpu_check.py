@@ -209,12 +209,15 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for gpu_check.json")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, for the CPU")
+    ap.add_argument("--parts", default="attention,train,sampling,encode", help="comma-separated parts to run")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "tiny": args.tiny}
-    for name, check in (("attention", check_attention), ("train", check_train),
-                        ("sampling", check_sampling), ("encode", check_encode)):
+    checks = {"attention": check_attention, "train": check_train, "sampling": check_sampling,
+              "encode": check_encode}
+    for name in args.parts.split(","):
+        check = checks[name]
         start = time.perf_counter()
         try:
             report[name] = check(device, args.tiny)

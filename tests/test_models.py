@@ -65,9 +65,19 @@ def test_dit_flex_backend_equals_sdpa_on_cpu():
     sd = randomized(DiT(DiTConfig.tiny(attn_backend="sdpa")))
     fx = DiT(DiTConfig.tiny(attn_backend="flex")).eval()
     fx.load_state_dict(sd.state_dict())
+    fx.requires_grad_(False)   # autograd on (else flex runs as sdpa) but nothing to differentiate on CPU
     x, t, y = torch.randn(2, 3, 32, 4), torch.tensor([[5, 50, 500]] * 2), torch.tensor([1, 2])
+    assert (sd(x, t, y) - fx(x, t, y)).abs().max() < 1e-5
+
+
+def test_flex_without_autograd_runs_sdpa():
+    # Sampling calls attention with many (Fq, Fk) shapes; compiled flex would recompile for each.
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 2 * 4, 8, generator=g)
+    k, v = (torch.randn(1, 2, 5 * 4, 8, generator=g) for _ in range(2))
     with torch.no_grad():
-        assert (sd(x, t, y) - fx(x, t, y)).abs().max() < 1e-5
+        assert torch.equal(attn.attention(q, k, v, 4, "flex"), attn.attention(q, k, v, 4, "sdpa"))
+    assert not torch.equal(attn.attention(q, k, v, 4, "flex"), attn.attention(q, k, v, 4, "sdpa"))
 
 
 def test_dit_kv_cache_equals_full_forward():

@@ -9,7 +9,11 @@ Three kernels give the same result (tests compare each with a float64 reference)
 - ``sdpa``: ``scaled_dot_product_attention`` with a boolean mask. Any device, any dtype, with
   backward; the CPU path (FlexAttention has no CPU backward).
 - ``flex``: FlexAttention with a ``BlockMask`` (compiled on CUDA: fully masked blocks are
-  skipped, so block-causal costs about half of full attention). The default on CUDA.
+  skipped, so block-causal costs about half of full attention). The default on CUDA for
+  training. Without autograd (sampling) ``flex`` runs as ``sdpa``: the KV-cached sampler calls
+  attention with many (Fq, Fk) shapes, the compiled kernel recompiles for each, and past torch's
+  recompile limit (8) it falls back to an unfused kernel that materialises the scores; on an
+  H100 a paper-size F=128 s=5 sample did not finish in 3 minutes that way (BENCHMARKS.md).
 - ``flash``: flash-attn (fp16/bf16, CUDA), when installed. It has no block mask, so each query
   frame is one ``flash_attn_func`` call over the keys of frames ``<= i``.
 """
@@ -107,7 +111,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_per_fram
     """
     L = tokens_per_frame
     fq, fk = q.shape[2] // L, k.shape[2] // L
-    if backend == "sdpa":
+    if backend == "sdpa" or (backend == "flex" and not torch.is_grad_enabled()):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_sdpa_mask(fq, fk, L, q.device))
     if backend == "flex":
         kernel = _flex_kernel(q.device.type == "cuda")
