@@ -131,10 +131,10 @@ def _engine(model: torch.nn.Module, micro: int, bf16: bool):
     return engine, step, f"deepspeed {deepspeed.__version__} ZeRO-2", torch.bfloat16 if bf16 else torch.float32
 
 
-def check_train(device: torch.device, tiny: bool) -> dict:
+def check_train(device: torch.device, tiny: bool, micro: int = 16) -> dict:
     """Paper-size DiT training steps: tokens/s, TFLOPS and MFU (3 warm-up steps, then timed)."""
     cfg = DiTConfig.tiny(attn_backend="sdpa") if tiny else DiTConfig(attn_backend="flex")
-    F, micro, reps = (4, 2, 2) if tiny else (16, 16, 8)
+    F, micro, reps = (4, 2, 2) if tiny else (16, micro, 8)
     bf16 = device.type == "cuda"
     model = DiT(cfg).to(device)
     module, step, engine_name, dtype = _engine(model, micro, bf16)
@@ -209,6 +209,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for gpu_check.json")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, for the CPU")
+    ap.add_argument("--micro", type=int, default=16, help="training micro batch (clips)")
     ap.add_argument("--parts", default="attention,train,sampling,encode", help="comma-separated parts to run")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -220,7 +221,7 @@ def main(argv=None) -> dict:
         check = checks[name]
         start = time.perf_counter()
         try:
-            report[name] = check(device, args.tiny)
+            report[name] = check(device, args.tiny, args.micro) if name == "train" else check(device, args.tiny)
         except Exception:  # noqa: BLE001 - record it; the remaining parts still run
             report[name] = {"error": traceback.format_exc(limit=4)}
         report[name]["wall_s"] = round(time.perf_counter() - start, 2)
