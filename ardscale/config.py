@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from .engine.deepspeed import deepspeed_fragment
 from .models.arvae import ARVAEConfig
 from .models.dit import DiTConfig
 
@@ -37,7 +38,6 @@ class DiffusionConfig:
     timestep_sampler: str = "fopp"   # fopp | fopp_dp | equal | independent | naive
     prediction: str = "x0"           # x0 (paper) | eps | v: what the DiT outputs
     scale_factor: float = 0.5        # latents are multiplied by this before the DiT (paper Sec. 4.1)
-    class_dropout: float = 0.1       # label dropout for classifier-free guidance
 
 
 @dataclass
@@ -130,7 +130,7 @@ class TrackingConfig:
 class Config:
     task: str = "dit"                # dit | vae
     data: DataConfig = field(default_factory=DataConfig)
-    model: DiTConfig = field(default_factory=DiTConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
     vae: ARVAEConfig = field(default_factory=ARVAEConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     vae_loss: VAELossConfig = field(default_factory=VAELossConfig)
@@ -144,40 +144,38 @@ class Config:
 ConfigStore.instance().store(name="ardscale", node=Config)
 
 
-DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
+RENAMED = {"model": "dit", "diffusion.class_dropout": "dit.class_dropout", "vae.width": "vae.hidden_size",
+           "vae.latent_tokens": "vae.tokens_per_frame"}
+"""Old config keys → their names now (a config that uses an old name is refused, naming the new one)."""
 
 
-def deepspeed_fragment(name: str) -> dict:
-    """The DeepSpeed settings of ``optim.deepspeed``: a name in ``configs/deepspeed/`` or a YAML path.
+def _old_keys(tree: dict, overrides: list[str]) -> list[str]:
+    """The keys of :data:`RENAMED` that a YAML tree or ``key=value`` overrides still use."""
+    used = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    for old in RENAMED:
+        section, _, key = old.partition(".")
+        node = tree.get(section)
+        if (not key and node is not None) or (key and isinstance(node, dict) and key in node):
+            used.add(old)
+    found = [old for old in RENAMED if old in used or any(u.startswith(old + ".") for u in used)]
+    return found
 
-    Raises:
-        FileNotFoundError: no such file. ValueError: no ``zero_optimization.stage`` 0-3 in it.
-    """
-    path = Path(name) if name.endswith((".yaml", ".yml", ".json")) else DEEPSPEED_CONFIGS / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"optim.deepspeed={name!r}: {path} not found "
-                                f"(expected one of {sorted(p.stem for p in DEEPSPEED_CONFIGS.glob('*.yaml'))} or a path)")
-    frag = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    if frag.get("zero_optimization", {}).get("stage") not in (0, 1, 2, 3):
-        raise ValueError(f"{path}: needs zero_optimization.stage 0-3")
-    return frag
+
+def _migrate(d: dict) -> dict:
+    """A saved run config (``config.yaml`` of a run dir) with the old key names moved to the new."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    if "model" in d:
+        d["dit"] = {**d.pop("model"), **d.get("dit", {})}
+    for old, new in list(RENAMED.items())[1:]:
+        (s_old, k_old), (s_new, k_new) = old.split("."), new.split(".")
+        if k_old in d.get(s_old, {}):
+            d.setdefault(s_new, {})[k_new] = d[s_old].pop(k_old)
+    d.get("dit", {}).pop("num_timesteps", None)   # unused; the diffusion section has it
+    return d
 
 
 def _absolute(path: str) -> str:
     return path if "://" in path or Path(path).is_absolute() else str(Path(path).resolve())
-
-
-def _check_perceptual(path: str, c: VAELossConfig) -> None:
-    """LPIPS is on (``perceptual > 0``) only with both weight files present: nothing downloads."""
-    if c.perceptual <= 0:
-        return
-    for key in ("perceptual_vgg", "perceptual_lin"):
-        file = getattr(c, key)
-        if not file or not Path(file).is_file():
-            raise ValueError(f"{path}: vae_loss.perceptual={c.perceptual} needs vae_loss.{key}, a local weight file "
-                             f"({'not set' if not file else f'{file} not found'}; nothing is downloaded). Set "
-                             "vae_loss.perceptual_vgg (torchvision vgg16 .pth) and vae_loss.perceptual_lin (LPIPS "
-                             "vgg.pth), or opt out of the perceptual loss with vae_loss.perceptual=0")
 
 
 def load(path: str, overrides: list[str] | None = None) -> Config:
@@ -188,33 +186,35 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
 
     Raises:
         FileNotFoundError: no such config file. omegaconf errors: unknown key / wrong type (named).
-        ValueError: task not ``dit`` or ``vae``; a DiT config without ``data.vae_id``; a URL run dir;
-            an AR-VAE config with ``vae_loss.perceptual > 0`` but its weight files missing.
+            ValueError: an old key name (:data:`RENAMED`), naming the new one.
+        ValueError: an unknown task; a URL run dir; what the task's ``validate`` refuses
+            (:mod:`ardscale.tasks`: a DiT config without ``data.vae_id``, an AR-VAE config with
+            ``vae_loss.perceptual > 0`` but its weight files missing, …).
     """
     cfg_path = Path(path).resolve()
     if not cfg_path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    old = _old_keys(OmegaConf.to_container(OmegaConf.load(cfg_path)) or {}, list(overrides or []))
+    if old:
+        raise ValueError(f"{path}: renamed config keys: " + ", ".join(f"{k} is now {RENAMED[k]}" for k in old))
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(cfg_path.parent), version_base=None):
         composed = compose(config_name=cfg_path.stem, overrides=list(overrides or []))
     cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), composed))
-    if cfg.task not in ("dit", "vae"):
-        raise ValueError(f"{path}: task must be 'dit' or 'vae', got {cfg.task!r}")
-    if cfg.task == "dit" and not cfg.data.vae_id:
-        raise ValueError(f"{path}: data.vae_id is empty; set it to the vae_id that tools/encode_latents.py printed")
+    from .tasks import get_task  # tasks imports this module
+
+    try:
+        task = get_task(cfg.task)
+    except ValueError as e:
+        raise ValueError(f"{path}: task: {e}") from None
     if len(cfg.optim.lr_steps) != len(cfg.optim.lr_values) or cfg.optim.lr_steps != sorted(cfg.optim.lr_steps):
         raise ValueError(f"{path}: optim.lr_steps {cfg.optim.lr_steps} and optim.lr_values {cfg.optim.lr_values} "
                          "must have equal lengths, steps increasing")
     if cfg.optim.deepspeed.endswith((".yaml", ".yml", ".json")):
         cfg.optim.deepspeed = _absolute(cfg.optim.deepspeed)
     deepspeed_fragment(cfg.optim.deepspeed)  # fails early, naming the file
-    if cfg.task == "vae":
-        _check_perceptual(path, cfg.vae_loss)
     cfg.eval.local = _absolute(cfg.eval.local)
-    if cfg.task == "dit" and cfg.train.eval_every and not Path(cfg.eval.local).is_file():
-        raise FileNotFoundError(f"{path}: train.eval_every={cfg.train.eval_every} needs eval.local, the ucf101_local "
-                                f"feature network ({cfg.eval.local} not found): train it with "
-                                "`python -m ardscale.metrics.local --root DATA --out PATH`, or set train.eval_every=0")
+    task.validate(cfg, path)
     if "://" in cfg.train.run_dir:
         raise ValueError(f"{path}: train.run_dir={cfg.train.run_dir!r} must be a local (or mounted) folder: "
                          "DeepSpeed writes there; set train.checkpoint_url=s3://… to mirror checkpoints remotely")
@@ -234,4 +234,6 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(d: dict) -> Config:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))
+    """A :class:`Config` from a plain dict (e.g. a run dir's ``config.yaml``; old key names are
+    moved to the new, so runs saved before a rename still load)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), _migrate(d)))

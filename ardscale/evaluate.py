@@ -34,14 +34,15 @@ from tqdm import tqdm
 
 from .config import EvalConfig
 from .data.loader import load_video_clips
+from .data.transforms import to_model_range, to_uint8
 from .diffusion.sampler import sample
-from .engine import checkpoint
+from .diffusion.schedule import make_diffusion
 from .engine.tracking import Tracker
 from .metrics import frechet_distance, psnr, ssim
 from .metrics.local import LocalFeatures
 from .metrics.networks import I3DFeatures, InceptionFeatures
-from .objectives import make_diffusion, to_model_range
 from .sample import decode_frames, latent_vae, trained_classes, video_fps, write_grid
+from .tasks import load_trained
 
 
 def parse(overrides: list[str], base: EvalConfig | None = None) -> EvalConfig:
@@ -93,7 +94,7 @@ def generate_videos(run_cfg, dit, labels: torch.Tensor, e: EvalConfig) -> tuple[
     vae, manifest = latent_vae(run_cfg)
     frames = e.frames or manifest["num_frames"]
     window = manifest["num_frames"]
-    diffusion, gen = make_diffusion(run_cfg), torch.Generator().manual_seed(e.seed)
+    diffusion, gen = make_diffusion(run_cfg.diffusion), torch.Generator().manual_seed(e.seed)
     videos, start = [], time.perf_counter()
     for y in tqdm(labels.split(e.batch_size), desc="sampling videos", file=sys.stderr):
         z = sample(dit, diffusion, y, frames, e.steps, e.s, e.cfg_scale, generator=gen, window=window)
@@ -104,8 +105,7 @@ def generate_videos(run_cfg, dit, labels: torch.Tensor, e: EvalConfig) -> tuple[
 @torch.no_grad()
 def reconstruct(vae, real: torch.Tensor, batch_size: int) -> torch.Tensor:
     """AR-VAE reconstructions of uint8 clips ``(N, F, H, W, 3)`` → uint8, same shape."""
-    out = [vae(to_model_range(c)).clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 1, 3, 4, 2)
-           for c in tqdm(real.split(batch_size), desc="reconstructing", file=sys.stderr)]
+    out = [to_uint8(vae(to_model_range(c))) for c in tqdm(real.split(batch_size), desc="reconstructing", file=sys.stderr)]
     return torch.cat(out)
 
 
@@ -123,11 +123,12 @@ def _log(run_cfg, run_dir: str, metrics: dict, step: int, out: Path) -> str | No
     return tracker.run_id
 
 
-def held_out(run_cfg, e: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The real clips of ``e.split`` ``(N, F, H, W, 3)`` uint8 and labels, restricted to the classes
-    the run trained on (a DiT cannot be asked for a class it never saw; a held-out split may hold
-    classes the train split lacks) and to ``e.max_real`` clips when set."""
-    real, labels = load_video_clips(run_cfg.data.root, e.split)
+def held_out(run_cfg, e: EvalConfig, root: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The real clips of ``e.split`` under ``root`` (default: the run's data root) ``(N, F, H, W, 3)``
+    uint8 and labels, restricted to the classes the run trained on (a DiT cannot be asked for a class
+    it never saw; a held-out split may hold classes the train split lacks) and to ``e.max_real``
+    clips when set."""
+    real, labels = load_video_clips(root or run_cfg.data.root, e.split)
     trained = trained_classes(run_cfg)
     if trained:
         keep = torch.isin(labels, torch.tensor(trained))
@@ -144,7 +145,7 @@ def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
     Raises:
         FileNotFoundError: no checkpoint, no held-out shards, or no local feature network.
     """
-    run_cfg, model, tag, _ = checkpoint.load_trained(run_dir)
+    run_cfg, model, tag, _ = load_trained(run_dir)
     e = parse(overrides or [], run_cfg.eval)
     real, labels = held_out(run_cfg, e)
     report = {"run_dir": run_dir, "checkpoint": tag, "task": run_cfg.task, "eval": asdict(e),

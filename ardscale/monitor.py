@@ -1,4 +1,5 @@
-"""What rank 0 shows of a run while it trains, logged to MLflow next to the losses.
+"""What rank 0 shows of a run while it trains, logged to MLflow next to the losses: hooks the
+:class:`~ardscale.train.Trainer` calls after a step when their :meth:`Hook.should_run` says so.
 
 - AR-VAE runs: PSNR/SSIM on held-out clips and a real | reconstruction video
   (``train.eval_every``, and at the end).
@@ -10,35 +11,87 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import Config
 from .data.loader import load_video_clips
+from .data.transforms import to_model_range
+from .data.video import encode_mp4, video_grid, write_gif
 from .diffusion.sampler import sample
+from .diffusion.schedule import make_diffusion
 from .engine.tracking import Tracker
+from .metrics import psnr, ssim
+from .models.arvae import ARVAE
 from .models.dit import DiT
-from .objectives import evaluate_vae, make_diffusion
 from .sample import decode_frames, default_labels, latent_vae, video_fps, write_grid
 
+log = logging.getLogger("ardscale.monitor")
 
-class VAEEvaluator:
-    """Held-out PSNR/SSIM and reconstruction videos of the AR-VAE."""
+
+class Hook:
+    """Runs every ``every`` global steps (0 = never) and after the last step (``at_end``)."""
+
+    every: int = 0
+    at_end: bool = True
+
+    def should_run(self, step: int, last: bool) -> bool:
+        """``step``: finished global steps (1-based); ``last``: the run stops after this step."""
+        return bool(self.every) and (step % self.every == 0 or (last and self.at_end))
+
+    def __call__(self, module, step: int) -> dict:
+        raise NotImplementedError
+
+
+@torch.no_grad()
+def evaluate_vae(model: ARVAE, videos: torch.Tensor, out_dir, fps: float = 8.0) -> dict:
+    """PSNR/SSIM of reconstructions of held-out clips ``(N, F, H, W, 3)`` uint8, and a
+    side-by-side video (real | reconstruction, 4 clips) written to ``out_dir/recon.{mp4,gif}``.
+
+    Returns:
+        ``{"val/psnr": dB, "val/ssim": …, "val/psnr_frame0": dB}``, means over clips and frames.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    recs = [model(to_model_range(v).to(device)).float().cpu() for v in videos.split(8)]
+    rec = ((torch.cat(recs).clamp(-1, 1) + 1) / 2).flatten(0, 1)             # (N*F, 3, H, W) in [0, 1]
+    real = to_model_range(videos).add(1).div(2).flatten(0, 1)
+    p, s = psnr(rec, real), ssim(rec, real)
+    N, Fr = videos.shape[:2]
+    rec_u8 = (rec * 255).round().byte().view(N, Fr, *rec.shape[1:]).permute(0, 1, 3, 4, 2).numpy()
+    pairs = np.stack([x for i in range(min(4, N)) for x in (videos[i].numpy(), rec_u8[i])])
+    grid = video_grid(pairs, cols=2)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "recon.mp4").write_bytes(encode_mp4(grid, fps))
+    write_gif(str(out_dir / "recon.gif"), grid, fps)
+    model.train()
+    return {"val/psnr": p.mean().item(), "val/ssim": s.mean().item(),
+            "val/psnr_frame0": p.view(N, Fr)[:, 0].mean().item()}
+
+
+class VAEEvaluator(Hook):
+    """Held-out PSNR/SSIM and reconstruction videos of the AR-VAE (``train.eval_every``, and at
+    the end of every run)."""
 
     def __init__(self, cfg: Config, tracker: Tracker):
         self.cfg, self.tracker, self.videos = cfg, tracker, None
+        self.every = cfg.train.eval_every
         try:
             videos = load_video_clips(cfg.data.root, cfg.data.eval_split)[0]
         except (FileNotFoundError, ValueError) as e:
-            print(f"no held-out evaluation: {e}", file=sys.stderr, flush=True)
+            log.warning("no held-out evaluation: %s", e)
         else:  # clips spread over the split (neighbouring clips come from one video)
             videos = videos[torch.linspace(0, len(videos) - 1, min(cfg.data.eval_clips, len(videos))).long()]
             if cfg.data.clip_frames == 1:  # a single-frame stage is judged on single frames
                 videos = videos.flatten(0, 1)[:, None]
             self.videos = videos
         self.fps = video_fps(cfg)
+
+    def should_run(self, step: int, last: bool) -> bool:
+        return last or super().should_run(step, last)
 
     def __call__(self, model, step: int) -> dict:
         if self.videos is None:
@@ -49,7 +102,7 @@ class VAEEvaluator:
         for name in ("recon.mp4", "recon.gif"):
             self.tracker.log_artifact(str(out / name), f"eval/{out.name}")
         (out / "metrics.json").write_text(json.dumps(metrics))
-        print(f"step {step:6d} held-out PSNR {metrics['val/psnr']:.2f} dB SSIM {metrics['val/ssim']:.4f}", flush=True)
+        log.info("step %6d held-out PSNR %.2f dB SSIM %.4f", step, metrics["val/psnr"], metrics["val/ssim"])
         return metrics
 
 
@@ -57,30 +110,31 @@ def sampling_model(cfg: Config, module, ema, zero3: bool):
     """The DiT to sample from: the EMA weights when kept, else the engine's module; None under
     ZeRO-3 without an EMA (the module's parameters are partitioned)."""
     if ema is not None:
-        model = DiT(cfg.model)
+        model = DiT(cfg.dit)
         model.load_state_dict(ema.shadow)
         return model
     if zero3:
-        print("no samples: ZeRO-3 partitions the DiT; keep an EMA (optim.ema_decay) to sample",
-              file=sys.stderr, flush=True)
+        log.warning("no samples: ZeRO-3 partitions the DiT; keep an EMA (optim.ema_decay) to sample")
         return None
     return module
 
 
-class DiTSampler:
-    """A grid of 4 class-conditional samples (25 DDIM steps, AD s=2, CFG 2) from the DiT."""
+class DiTSampler(Hook):
+    """A grid of 4 class-conditional samples (25 DDIM steps, AD s=2, CFG 2) from the DiT, from the
+    EMA weights when kept (``train.sample_every``, and at the end)."""
 
-    def __init__(self, cfg: Config, tracker: Tracker):
-        self.cfg, self.tracker = cfg, tracker
+    def __init__(self, cfg: Config, tracker: Tracker, ema, zero3: bool):
+        self.cfg, self.tracker, self.ema, self.zero3 = cfg, tracker, ema, zero3
+        self.every = cfg.train.sample_every
         self.vae, manifest = latent_vae(cfg)
         self.frames, self.fps = manifest["num_frames"], video_fps(cfg)
-        self.labels, self.diffusion = default_labels(cfg, 4), make_diffusion(cfg)
+        self.labels, self.diffusion = default_labels(cfg, 4), make_diffusion(cfg.diffusion)
 
-    def __call__(self, module, ema, zero3: bool, step: int) -> None:
-        """``module``: the engine's DiT; ``ema``: an :class:`~ardscale.engine.ema.EMA` or None."""
-        model = sampling_model(self.cfg, module, ema, zero3)
+    def __call__(self, module, step: int) -> dict:
+        """``module``: the engine's DiT."""
+        model = sampling_model(self.cfg, module, self.ema, self.zero3)
         if model is None:
-            return
+            return {}
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -91,16 +145,19 @@ class DiTSampler:
         write_grid(decode_frames(self.vae, z.float().cpu(), self.cfg.diffusion.scale_factor), out, self.fps)
         for name in ("samples.mp4", "samples.gif"):
             self.tracker.log_artifact(str(out / name), f"samples/{out.name}")
+        return {}
 
 
-class DiTEvaluator:
+class DiTEvaluator(Hook):
     """``eval/fvd_local`` and ``eval/fid_local`` of ``eval.per_class`` sampled videos per held-out
-    class (``eval.split``) against the real clips, with the ``eval`` settings (s, steps, CFG)."""
+    class (``eval.split``) against the real clips, with the ``eval`` settings (s, steps, CFG)
+    (``train.eval_every``, and at the end)."""
 
     def __init__(self, cfg: Config, tracker: Tracker, ema, zero3: bool):
         from .evaluate import Reference, generate_videos, held_out
 
         self.cfg, self.tracker, self.ema, self.zero3 = cfg, tracker, ema, zero3
+        self.every = cfg.train.eval_every
         self.generate = generate_videos
         real, labels = held_out(cfg, cfg.eval)
         self.reference = Reference(real, cfg.eval)    # real features once, not at every evaluation
@@ -116,6 +173,5 @@ class DiTEvaluator:
         found = {**self.reference.compare(fake), "gen_s_per_video": per_video}
         metrics = {f"eval/{k}": v for k, v in found.items() if isinstance(v, float)}
         self.tracker.log_metrics(metrics, step)
-        print(f"step {step:6d} fvd_local {metrics['eval/fvd_local']:.3f} fid_local {metrics['eval/fid_local']:.3f}",
-              flush=True)
+        log.info("step %6d fvd_local %.3f fid_local %.3f", step, metrics["eval/fvd_local"], metrics["eval/fid_local"])
         return metrics

@@ -21,11 +21,12 @@ import torch
 
 from .data.loader import latent_dir, load_latents
 from .data.shards import join, read_json
+from .data.transforms import to_uint8
 from .data.video import encode_mp4, video_grid, write_gif
 from .diffusion.sampler import sample
-from .engine import checkpoint
+from .diffusion.schedule import make_diffusion
 from .engine.tracking import Tracker
-from .objectives import make_diffusion
+from .tasks import load_trained
 
 
 def trained_classes(cfg) -> list[int]:
@@ -52,8 +53,7 @@ def context_latents(cfg, split: str, num_frames: int, n: int, seed: int) -> tupl
 def decode_frames(vae, z: torch.Tensor, scale_factor: float, window: int | None = None) -> np.ndarray:
     """DiT-space latents ``(B, F, L, D)`` → uint8 frames ``(B, F, H, W, 3)`` through the AR-VAE decoder."""
     with torch.no_grad():
-        video = vae.decode(z / scale_factor, window)                             # (B, F, C, H, W)
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).cpu().numpy()
+        return to_uint8(vae.decode(z / scale_factor, window)).numpy()
 
 
 def write_grid(frames: np.ndarray, out: Path, fps: float) -> None:
@@ -74,7 +74,7 @@ def latent_vae(cfg):
     manifest = read_json(join(latent_dir(cfg.data.root, cfg.data.vae_id, cfg.data.split), "_manifest.json"))
     if manifest is None:
         raise FileNotFoundError(f"latent manifest of vae_id={cfg.data.vae_id} not found under {cfg.data.root}")
-    return checkpoint.load_trained(manifest["vae_run"], manifest["vae_tag"])[1], manifest
+    return load_trained(manifest["vae_run"], manifest["vae_tag"])[1], manifest
 
 
 def video_fps(cfg) -> float:
@@ -96,9 +96,7 @@ def generate(run_dir: str, num_samples: int = 8, num_steps: int = 50, s: int = 2
     Raises:
         FileNotFoundError: run without checkpoint, or its latent manifest (hence VAE) is missing.
     """
-    cfg, dit, tag, _ = checkpoint.load_trained(run_dir)
-    if cfg.task != "dit":
-        raise ValueError(f"{run_dir} is a {cfg.task!r} run; sampling needs a DiT run")
+    cfg, dit, tag, _ = load_trained(run_dir, task="dit")
     vae, manifest = latent_vae(cfg)
     y = torch.tensor(labels) if labels else default_labels(cfg, num_samples)
     ctx = None
@@ -107,7 +105,7 @@ def generate(run_dir: str, num_samples: int = 8, num_steps: int = 50, s: int = 2
     gen = torch.Generator().manual_seed(seed)
     window = window or manifest["num_frames"]
     t0 = time.perf_counter()
-    z = sample(dit, make_diffusion(cfg), y, num_frames or manifest["num_frames"], num_steps, s, cfg_scale, eta,
+    z = sample(dit, make_diffusion(cfg.diffusion), y, num_frames or manifest["num_frames"], num_steps, s, cfg_scale, eta,
                generator=gen, progress=True, context=ctx, window=window, kv_cache=kv_cache, clip_x0=clip_x0)
     t1 = time.perf_counter()
     frames = decode_frames(vae, z, cfg.diffusion.scale_factor, window)

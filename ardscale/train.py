@@ -8,6 +8,7 @@ Ray Train runs one DeepSpeed engine per worker (``scale.num_workers``; 0 = in th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -22,12 +23,16 @@ from omegaconf import OmegaConf
 from .config import Config, from_dict, load, to_dict
 from .data.loader import StepSampler
 from .engine import checkpoint
-from .engine.deepspeed import build_engine
+from .engine.checkpoint import CheckpointManager
+from .engine.deepspeed import build_engine, frozen
 from .engine.ema import EMA
 from .engine.flops import peak_tflops
+from .engine.guard import NonFiniteGuard
+from .engine.logs import setup_logging
 from .engine.tracking import Tracker
-from .monitor import DiTEvaluator, DiTSampler, VAEEvaluator
-from .objectives import build_task
+from .tasks import Models, TaskData, get_task
+
+log = logging.getLogger("ardscale.train")
 
 
 def _trim_metrics(path: Path, start: int) -> None:
@@ -50,42 +55,6 @@ def _load_previous_stage(model, state: dict, source: str) -> None:
     if missing or unexpected:
         raise RuntimeError(f"train.init_from={source}: weights do not fit this model: "
                            f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def _engines(cfg: Config, task, world: int):
-    """DeepSpeed engines for the model (and the discriminator), resumed from the run's newest
-    complete checkpoint or started from ``train.init_from``, and the EMA (when ``optim.ema_decay``).
-    Returns (engine, disc, ema, client state); the client state holds the resumed ``tag``."""
-    if cfg.train.init_from:  # weights of a previous stage; this run's own checkpoint, if any, wins below
-        _load_previous_stage(task.model, checkpoint.load_weights(cfg.train.init_from)[0], cfg.train.init_from)
-        if task.discriminator is not None and checkpoint.latest_tag(cfg.train.init_from, "ckpt_disc"):
-            task.discriminator.load_state_dict(checkpoint.load_weights(cfg.train.init_from, sub="ckpt_disc")[0])
-    if cfg.train.checkpoint_url:  # a fresh node or a wiped disk starts from the remote mirror
-        checkpoint.pull(cfg.train.run_dir, cfg.train.checkpoint_url)
-    run, tag = cfg.train.run_dir, checkpoint.latest_tag(cfg.train.run_dir)
-    saved_world = checkpoint.saved_world_size(run, tag)
-    universal = saved_world is not None and saved_world != world   # e.g. 2 workers → 1: re-partition
-    if universal:
-        print(f"resuming {tag} written by {saved_world} workers on {world}: via a universal checkpoint",
-              file=sys.stderr, flush=True)
-        checkpoint.to_universal(run, tag)
-        if task.discriminator is not None and checkpoint.saved_world_size(run, tag, "ckpt_disc"):
-            checkpoint.to_universal(run, tag, "ckpt_disc")
-    engine = build_engine(task.model, cfg, world, load_universal=universal)
-    disc = None
-    if task.discriminator is not None:
-        disc = build_engine(task.discriminator, cfg, world, lr=cfg.vae_loss.disc_lr, betas=(0.5, 0.9),
-                            load_universal=universal)
-    client = checkpoint.resume(engine, run, which=tag, universal=universal) or {}
-    ema = None
-    if cfg.optim.ema_decay > 0:
-        ema = EMA(engine.module, cfg.optim.ema_decay, zero3=engine.zero_optimization_stage() == 3)
-        if client and Path(checkpoint.ema_path(run, tag)).is_file():
-            ema.load(checkpoint.ema_path(run, tag))
-    # The model's tag is the commit point; a discriminator saved at that tag goes with it.
-    if disc is not None and client and (Path(checkpoint.ckpt_dir(run, "ckpt_disc")) / tag).is_dir():
-        checkpoint.resume(disc, run, "ckpt_disc", which=tag, universal=universal)
-    return engine, disc, ema, ({**client, "tag": tag} if client else {})
 
 
 def _event(run_dir: Path, kind: str, **fields) -> None:
@@ -143,11 +112,11 @@ class _Stop:
         return bool(flag.item())
 
 
-def _throughput(task, cfg: Config, dt: float, world: int) -> dict:
+def _throughput(data: TaskData, cfg: Config, dt: float, world: int) -> dict:
     samples = cfg.optim.micro_batch_size * cfg.optim.grad_accum * world
-    out = {"step_time_s": dt, "samples_per_s": samples / dt, "tokens_per_s": samples * task.tokens_per_sample / dt}
-    if task.flops_per_sample:
-        tflops = task.flops_per_sample * samples / world / dt / 1e12
+    out = {"step_time_s": dt, "samples_per_s": samples / dt, "tokens_per_s": samples * data.tokens_per_sample / dt}
+    if data.flops_per_sample:
+        tflops = data.flops_per_sample * samples / world / dt / 1e12
         out["tflops_per_device"] = tflops
         peak = peak_tflops(cfg.train.peak_tflops)
         if peak:
@@ -178,78 +147,113 @@ def _open_run(cfg_dict: dict, cfg: Config, client: dict, rank: int, world: int) 
     return tracker, run_id
 
 
-def _save(cfg: Config, step: int, engine, disc, ema, run_id: str) -> None:
-    """EMA, then the discriminator, then the model (its `latest` commits all), then the mirror."""
-    state, run = {"mlflow_run_id": run_id}, cfg.train.run_dir
-    if ema is not None:
-        ema.save(checkpoint.ema_path(run, checkpoint.tag(step)))
-    if disc is not None:
-        checkpoint.save(disc, run, step, state, cfg.train.keep_last, sub="ckpt_disc")
-    checkpoint.save(engine, run, step, state, cfg.train.keep_last)
-    if cfg.train.checkpoint_url:
-        checkpoint.push(run, cfg.train.checkpoint_url, step, cfg.train.keep_last)
+class Trainer:
+    """One worker's training (Ray Train ``train_loop_per_worker``, or in-process), as torchtitan's:
+    ``Trainer(cfg, cfg_dict).train()`` runs :meth:`train_step` per global step, then the monitor
+    hooks and the checkpoint when they are due, until ``train.steps`` or a halt (:meth:`_halt`)."""
+
+    def __init__(self, cfg: Config, cfg_dict: dict):
+        self.cfg, self.rank, self.world = cfg, dist.get_rank(), dist.get_world_size()
+        self.spec, t = get_task(cfg.task), cfg.train
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        disc = self.spec.build_discriminator(cfg)   # before the model: the RNG order fixes both inits
+        model = self.spec.build_model(cfg)
+        self.data, self.loss = self.spec.load_data(cfg), self.spec.build_loss(cfg)
+        if t.init_from:   # a previous stage's weights; this run's own checkpoint, if any, wins below
+            _load_previous_stage(model, checkpoint.load_weights(t.init_from)[0], t.init_from)
+            if disc is not None and checkpoint.latest_tag(t.init_from, "ckpt_disc"):
+                disc.load_state_dict(checkpoint.load_weights(t.init_from, sub="ckpt_disc")[0])
+        tag, universal = CheckpointManager.prepare(t.run_dir, self.world, t.checkpoint_url, disc is not None)
+        self.engine = build_engine(model, cfg.optim, self.world, cfg.scale.use_gpu, load_universal=universal)
+        self.disc = None if disc is None else build_engine(
+            disc, cfg.optim, self.world, cfg.scale.use_gpu, lr=cfg.vae_loss.disc_lr, betas=(0.5, 0.9),
+            load_universal=universal)
+        zero3 = self.engine.zero_optimization_stage() == 3
+        self.ema = EMA(self.engine.module, cfg.optim.ema_decay, zero3) if cfg.optim.ema_decay > 0 else None
+        self.ckpt = CheckpointManager(t.run_dir, self.engine, self.disc, self.ema, t.ckpt_every, t.keep_last,
+                                      t.checkpoint_url, tag, universal)
+        client = self.ckpt.restore()
+        self.start, self.run_dir = client.get("step", 0), Path(t.run_dir)
+        self.tracker, self.run_id = _open_run(cfg_dict, cfg, client, self.rank, self.world)
+        self.hooks = self.spec.monitors(cfg, self.tracker, self.ema, zero3) if self.rank == 0 else []
+        self.models = Models(self.engine, self.engine.module, self.disc,
+                             None if self.disc is None else frozen(self.disc.module))
+        self.engines = {"model": self.engine, "disc": self.disc}
+        self.guards = {"model": NonFiniteGuard(), "disc": NonFiniteGuard()}
+        self.sampler = StepSampler(self.data.num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum,
+                                   self.rank, self.world, t.seed)
+        self.stop, self.bad_run = _Stop(self.run_dir, self.rank), 0
+
+    def train_step(self, step: int) -> dict:
+        """One global step: per micro batch, the task's losses, then backward and ``engine.step()``
+        per engine through its non-finite guard; then the EMA; returns the reduced metrics."""
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(hash((self.cfg.train.seed, step, self.rank)) & 0x7FFF_FFFF)
+        skipped_before = sum(g.skipped for g in self.guards.values())
+        parts = []
+        for idx in self.sampler.micro_batches(step):
+            batch = {k: v.to(self.engine.device) for k, v in self.data.batch(idx, gen).items()}
+            losses, metrics = self.loss(self.models, batch, step)
+            for name, loss in losses.items():
+                self.guards[name].backward_step(self.engines[name], loss)
+            parts.append({k: v.float().cpu() for k, v in metrics.items()})
+        skipped = sum(g.skipped for g in self.guards.values()) - skipped_before
+        if self.ema is not None:
+            self.ema.update(self.engine.module)
+        self.bad_run = self.bad_run + 1 if skipped else 0
+        metrics = {**_reduce(parts, self.world), "lr": self.engine.get_lr()[0],
+                   "grad_norm": self.engine.get_global_grad_norm(), "nonfinite_skipped": skipped,
+                   **_throughput(self.data, self.cfg, time.perf_counter() - t0, self.world)}
+        return {k: float(v) for k, v in metrics.items() if v is not None}
+
+    def train(self) -> dict:
+        """Steps from the checkpoint's to ``train.steps``; returns the last step's metrics."""
+        cfg, metrics = self.cfg, {}
+        for step in range(self.start, cfg.train.steps):
+            metrics = self.train_step(step)
+            halt = ("nonfinite" if self.bad_run >= cfg.train.max_nonfinite_steps
+                    else "stop" if self.stop.agreed() else None)
+            done, last = step + 1, step + 1 == cfg.train.steps or halt is not None
+            self._log(step, metrics, last)
+            for hook in self.hooks:
+                if hook.should_run(done, last):
+                    metrics.update(hook(self.engine.module, done))
+            if self.ckpt.should_save(done, last):
+                self.ckpt.save(done, {"mlflow_run_id": self.run_id})
+            if halt:
+                return self._halt(halt, done, metrics)
+        self.tracker.end()
+        return metrics
+
+    def _log(self, step: int, metrics: dict, last: bool) -> None:
+        if self.rank != 0:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if step % self.cfg.train.log_every == 0 or last:
+            self.tracker.log_metrics(metrics, step)
+            log.info("step %6d loss %.5f %.1f samples/s", step, metrics["loss"], metrics["samples_per_s"])
+
+    def _halt(self, reason: str, step: int, metrics: dict) -> dict:
+        """Every early stop ends here, after its checkpoint: a non-finite loss fails the run; a stop
+        request (SIGTERM, STOP file) exits with 143 in-process and returns cleanly under Ray."""
+        nonfinite = reason == "nonfinite"
+        if self.rank == 0:
+            _event(self.run_dir, "stop", step=step,
+                   reason="nonfinite loss" if nonfinite else "stop request (SIGTERM or STOP file)")
+        self.tracker.end("FAILED" if nonfinite else "KILLED")
+        if nonfinite:
+            raise RuntimeError(f"the loss was NaN/inf in {self.bad_run} steps in a row (last: step {step - 1}); the "
+                               f"updates were skipped and {checkpoint.tag(step)} holds the last good weights")
+        if self.stop.own_signal:
+            raise SystemExit(143)
+        return {**metrics, "stopped": 1.0}   # under Ray: a clean return, so Ray does not retry
 
 
 def train_worker(cfg_dict: dict) -> dict:
-    """Per-worker loop (Ray Train ``train_loop_per_worker``, or in-process). Returns last metrics."""
-    cfg = from_dict(cfg_dict)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    task = build_task(cfg)
-    engine, disc, ema, client = _engines(cfg, task, world)
-    start, run_dir = client.get("step", 0), Path(cfg.train.run_dir)
-    tracker, run_id = _open_run(cfg_dict, cfg, client, rank, world)
-    evaluate = None
-    if rank == 0 and cfg.task == "vae":
-        evaluate = VAEEvaluator(cfg, tracker)
-    elif rank == 0 and cfg.train.eval_every:
-        evaluate = DiTEvaluator(cfg, tracker, ema, engine.zero_optimization_stage() == 3)
-    show = DiTSampler(cfg, tracker) if cfg.task == "dit" and cfg.train.sample_every and rank == 0 else None
-    sampler = StepSampler(task.num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum, rank, world,
-                          cfg.train.seed)
-    metrics, bad_run, stop = {}, 0, _Stop(run_dir, rank)
-    for step in range(start, cfg.train.steps):
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(hash((cfg.train.seed, step, rank)) & 0x7FFF_FFFF)
-        skipped_before = sum(g.skipped for g in task.guards)
-        parts = [task.micro_step(engine, disc, idx, gen, step) for idx in sampler.micro_batches(step)]
-        skipped = sum(g.skipped for g in task.guards) - skipped_before
-        if ema is not None:
-            ema.update(engine.module)
-        bad_run = bad_run + 1 if skipped else 0
-        metrics = {**_reduce(parts, world), "lr": engine.get_lr()[0], "grad_norm": engine.get_global_grad_norm(),
-                   "nonfinite_skipped": skipped, **_throughput(task, cfg, time.perf_counter() - t0, world)}
-        metrics = {k: float(v) for k, v in metrics.items() if v is not None}
-        halt = bad_run >= cfg.train.max_nonfinite_steps or stop.agreed()
-        last = step + 1 == cfg.train.steps or halt
-        if rank == 0:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, **metrics}) + "\n")
-            if step % cfg.train.log_every == 0 or last:
-                tracker.log_metrics(metrics, step)
-                print(f"step {step:6d} loss {metrics['loss']:.5f} {metrics['samples_per_s']:.1f} samples/s",
-                      flush=True)
-            if evaluate and (last or (cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0)):
-                metrics.update(evaluate(engine.module, step + 1))
-            if show and (last or (step + 1) % cfg.train.sample_every == 0):
-                show(engine.module, ema, engine.zero_optimization_stage() == 3, step + 1)
-        if (step + 1) % cfg.train.ckpt_every == 0 or last:
-            _save(cfg, step + 1, engine, disc, ema, run_id)
-        if bad_run >= cfg.train.max_nonfinite_steps:
-            if rank == 0:
-                _event(run_dir, "stop", step=step + 1, reason="nonfinite loss")
-            tracker.end("FAILED")
-            raise RuntimeError(f"the loss was NaN/inf in {bad_run} steps in a row (last: step {step}); the updates "
-                               f"were skipped and {checkpoint.tag(step + 1)} holds the last good weights")
-        if halt:
-            if rank == 0:
-                _event(run_dir, "stop", step=step + 1, reason="stop request (SIGTERM or STOP file)")
-            tracker.end("KILLED")
-            if stop.own_signal:
-                raise SystemExit(143)
-            return {**metrics, "stopped": 1.0}   # under Ray: a clean return, so Ray does not retry
-    tracker.end()
-    return metrics
+    """Per-worker entry point (Ray Train ``train_loop_per_worker``, or in-process); the last metrics."""
+    setup_logging(dist.get_rank())
+    return Trainer(from_dict(cfg_dict), cfg_dict).train()
 
 
 def _run_in_process(cfg: Config) -> dict:

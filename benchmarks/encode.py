@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ardscale.data.shards import list_shards, read_shard
+from ardscale.data.transforms import to_model_range
 from ardscale.data.video import decode_mp4
 from tools.encode_latents import load_vae, run
 
@@ -31,7 +32,7 @@ def bare(vae_run: str, root: str, split: str, clips: int) -> dict:
         if len(videos) >= clips:
             break
     decode_s = time.perf_counter() - t0
-    v = torch.from_numpy(np.stack(videos[:clips])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+    v = to_model_range(torch.from_numpy(np.stack(videos[:clips])))
     with torch.no_grad():
         model.encode(v[:16])
         t0 = time.perf_counter()

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from ardscale.data.loader import load_video_clips
-from ardscale.engine import checkpoint
+from ardscale.data.transforms import to_model_range, to_uint8
 from ardscale.metrics import psnr, ssim
+from ardscale.tasks import load_trained
 
 OUT = Path(__file__).resolve().parent / "results" / "vae_decode.json"
 
@@ -30,20 +31,18 @@ def to_unit(v: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def measure(run_dir: str) -> tuple[dict, np.ndarray]:
-    cfg, vae, tag, _ = checkpoint.load_trained(run_dir)
+    cfg, vae, tag, _ = load_trained(run_dir)
     clips = load_video_clips(cfg.data.root, cfg.data.eval_split)[0]
     clips = clips[torch.linspace(0, len(clips) - 1, 16).long()]
-    x = clips.permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-    z = vae.encode(x)
+    z = vae.encode(to_model_range(clips))
     joint = vae.decode(z)
     alone = torch.cat([vae.decode(z[:, i:i + 1]) for i in range(z.shape[1])], dim=1)
-    u8 = lambda v: ((v.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2)
-    real, j, a = to_unit(clips), to_unit(u8(joint)), to_unit(u8(alone))
+    real, j, a = to_unit(clips), to_unit(to_uint8(joint)), to_unit(to_uint8(alone))
     row = {"run": run_dir, "tag": tag, "clips": len(clips),
            "psnr_joint": psnr(j, real).mean().item(), "ssim_joint": ssim(j, real).mean().item(),
            "psnr_per_frame": psnr(a, real).mean().item(), "ssim_per_frame": ssim(a, real).mean().item(),
            "max_abs_diff_joint_vs_per_frame": (joint - alone).abs().max().item()}
-    return row, u8(joint).numpy()
+    return row, to_uint8(joint).numpy()
 
 
 def figure(path: str, clips: np.ndarray, recons: list[tuple[str, np.ndarray]]) -> None:
@@ -85,7 +84,7 @@ def main() -> None:
     if a.save:
         np.savez_compressed(a.save, **{name: rec for name, rec in recons})
     if a.figure:
-        cfg = checkpoint.load_trained(a.runs[0])[0]
+        cfg = load_trained(a.runs[0])[0]
         clips = load_video_clips(cfg.data.root, cfg.data.eval_split)[0]
         clips = clips[torch.linspace(0, len(clips) - 1, 16).long()].numpy()
         others = [(f"{k}", v) for o in a.others for k, v in np.load(o.split("=", 1)[1]).items()]

@@ -1,5 +1,6 @@
 """cluster/ and docker/: the files parse, name things that exist, and pass hadolint where installed."""
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,14 +19,28 @@ def test_ray_cluster_launcher_yaml():
     assert sum(v["max_workers"] for k, v in c["available_node_types"].items() if k != "head") >= c["max_workers"]
 
 
-def test_kuberay_rayjob_runs_the_training_entry_point():
+def test_kuberay_rayjob_launches_a_training_that_loads_and_fits_its_cluster():
+    import ray
+
+    from ardscale.config import load
+
     job = yaml.safe_load((ROOT / "cluster" / "rayjob.yaml").read_text())
     assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"
-    words = job["spec"]["entrypoint"].split()
+    words = shlex.split(job["spec"]["entrypoint"])
     assert words[:3] == ["python", "-m", "ardscale.train"] and (ROOT / words[3]).is_file()
-    workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
-    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
-    assert re.fullmatch(r"\d+\.\d+\.\d+", job["spec"]["rayClusterSpec"]["rayVersion"])
+    # what it would run: the config and every override load (a renamed key would fail here)
+    cfg = load(str(ROOT / words[3]), [w.replace("REPLACE_WITH_VAE_ID", "x") for w in words[4:]])
+    assert cfg.task == "dit" and cfg.scale.use_gpu and cfg.data.root.startswith("s3://")
+    spec = job["spec"]["rayClusterSpec"]
+    groups = spec["workerGroupSpecs"]
+    gpus = [int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) for g in groups]
+    assert sum(g["minReplicas"] * n for g, n in zip(groups, gpus)) <= cfg.scale.num_workers
+    assert cfg.scale.num_workers <= sum(g["maxReplicas"] * n for g, n in zip(groups, gpus))
+    containers = [spec["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
+        g["template"]["spec"]["containers"][0] for g in groups]
+    launcher = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
+    assert {c["image"] for c in containers} == {launcher["docker"]["image"]}
+    assert spec["rayVersion"] == ray.__version__   # the Ray the project is tested with
 
 
 @pytest.mark.parametrize("name", ["Dockerfile.cuda", "Dockerfile.cpu"])

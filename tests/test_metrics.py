@@ -1,4 +1,5 @@
 """Fréchet distance: zero on itself, the closed form on Gaussians, errors named."""
+import math
 from itertools import pairwise
 
 import numpy as np
@@ -174,3 +175,17 @@ def test_evaluation_compares_only_the_classes_the_run_trained_on(monkeypatch):
     assert ev.held_out(cfg, EvalConfig(max_real=2))[1].tolist() == [1, 7]
     monkeypatch.setattr(ev, "trained_classes", lambda cfg: [])      # no shard report: every class
     assert ev.held_out(cfg, EvalConfig())[1].tolist() == [1, 7, 1, 3, 7]
+
+
+def test_drift_references_and_per_frame_psnr():
+    from ardscale.drift import frozen, per_frame_psnr
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (3, 6, 8, 8, 3), generator=g, dtype=torch.uint8)
+    held = frozen(real, 2)
+    assert torch.equal(held[:, :2], real[:, :2]) and all(torch.equal(held[:, j], real[:, 1]) for j in range(2, 6))
+    noisy = real.clone()
+    noisy[:, 4] = (noisy[:, 4].int() + 25).clamp(0, 255).byte()           # only frame 4 differs
+    p = per_frame_psnr(noisy, real)
+    assert len(p) == 6 and all(math.isinf(x) for i, x in enumerate(p) if i != 4) and 15 < p[4] < 25
+

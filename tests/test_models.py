@@ -135,7 +135,7 @@ def test_dit_rejects_bad_shapes():
 
 @pytest.mark.parametrize("j", [1, 2])
 def test_arvae_decoder_is_temporally_causal(j):
-    vae = randomized(ARVAE(ARVAEConfig.tiny(image_size=16, patch_size=4, latent_tokens=4, temporal=True)))
+    vae = randomized(ARVAE(ARVAEConfig.tiny(image_size=16, patch_size=4, tokens_per_frame=4, temporal=True)))
     video = torch.rand(1, 4, 3, 16, 16) * 2 - 1
     with torch.no_grad():
         z = vae.encode(video)
@@ -195,7 +195,7 @@ def test_arvae_rejects_wrong_resolution():
 
 def test_arvae_windowed_decode():
     vae = randomized(ARVAE(ARVAEConfig.tiny(temporal=True)))
-    z = torch.randn(1, 6, vae.config.latent_tokens, vae.config.latent_dim)
+    z = torch.randn(1, 6, vae.config.tokens_per_frame, vae.config.latent_dim)
     with torch.no_grad():
         full, win = vae.decode(z), vae.decode(z, window=3)
         assert torch.allclose(win[:, :3], full[:, :3], atol=1e-6)

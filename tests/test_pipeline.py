@@ -30,7 +30,7 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
         {"__key__": "corrupt", "mp4": b"\x00\x00not an mp4", "json": good["json"]}])
     run = str(tmp_path / "vae")
     launch(load(str(CONFIGS / "demo_vae_frames.yaml"), [f"data.root={root}", f"train.run_dir={run}", "train.steps=1", "scale.num_workers=0",
-                         "vae.image_size=32", "vae.width=32", "vae.depth=1", "vae.pixel_channels=8", "optim.micro_batch_size=2",
+                         "vae.image_size=32", "vae.hidden_size=32", "vae.depth=1", "vae.pixel_channels=8", "optim.micro_batch_size=2",
                          f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
     m = encode_run(run, str(root), "train", num_actors=2)
     assert (m["shards"], m["shards_encoded_now"], m["clips"]) == (2, 2, 4)
@@ -68,7 +68,7 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
         f"data.root={root}", f"data.vae_id={m['vae_id']}", f"train.run_dir={dit_run}", "train.steps=2",
         "train.sample_every=2", "optim.ema_decay=0.9", "train.eval_every=1", f"eval.local={local}",
         "eval.split=train", "eval.per_class=2", "eval.steps=2",
-        "scale.num_workers=0", "model.hidden_size=32", "model.depth=1", "optim.micro_batch_size=2",
+        "scale.num_workers=0", "dit.hidden_size=32", "dit.depth=1", "optim.micro_batch_size=2",
         f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
     info = generate(dit_run, num_samples=3, num_steps=4, s=1, cfg_scale=2.0, labels=[2, 2, 0])
     video = decode_mp4(Path(info["mp4"]).read_bytes())
@@ -117,3 +117,19 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     assert (tmp_path / "ablate" / "table3.md").read_text().count("\n") == 4
     t2 = ablate(["table2", "--dit-run", str(tmp_path / "ablate" / "fopp-s0"), "--s-values", "0", "4", *common])
     assert [r["s"] for r in t2["results"]] == [0, 4] and all(r["gen_s_per_video"] > 0 for r in t2["results"])
+
+    # Continuation drift: 8-frame clips of the same video (twice the training length), 2 real frames given.
+    long_root = tmp_path / "long"
+    shard_one([VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01")],
+              str(long_root / "videos" / "train" / "shard-000000.tar"), num_frames=8, fps=8, size=32, max_clips=2,
+              split="train")
+    dr = ablate(["drift", "--dit-run", str(tmp_path / "ablate" / "fopp-s0"), "--clips", str(long_root),
+                 "--context", "2", "--s-values", "4", "--ddim-steps", "4", *common])
+    res = dr["results"]
+    assert (dr["clips"], dr["frames"], dr["window"]) == (2, 8, 4) and set(res) == {"recon", "frozen", "s=4"}
+    assert all(len(r["psnr"]) == 8 and len(r["fvd_local"]) == 5 for r in res.values())
+    # The given frames are the VAE's reconstructions in every set; after them the frozen set repeats frame 1.
+    for name in ("frozen", "s=4"):
+        assert res[name]["psnr"][:2] == pytest.approx(res["recon"]["psnr"][:2], abs=0.05)
+    assert (tmp_path / "ablate" / "drift.png").stat().st_size > 10_000
+    assert (tmp_path / "ablate" / "drift.mp4").is_file()

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from ardscale.config import load
+from ardscale.data.loader import check_vae
 from ardscale.data.sources import VideoItem
 from ardscale.engine import checkpoint
 from ardscale.metrics import psnr, ssim
 from ardscale.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from ardscale.models.lpips import LPIPS, vgg16_features
-from ardscale.objectives import check_vae, load_perceptual
+from ardscale.models.vae_loss import VAELoss
 from ardscale.train import launch
 from data_prep.shard_videos import shard_one
 
@@ -59,9 +60,9 @@ def test_perceptual_without_weight_files_is_a_clear_error_unless_opted_out(lpips
         load(paper)
     with pytest.raises(ValueError, match="vae_loss.perceptual_lin.*/nope.pth not found"):
         load(paper, [f"vae_loss.perceptual_vgg={lpips_files[0]}", "vae_loss.perceptual_lin=/nope.pth"])
-    assert load_perceptual(load(paper, ["vae_loss.perceptual=0"])) is None
+    assert VAELoss.from_config(load(paper, ["vae_loss.perceptual=0"]).vae_loss).lpips is None
     on = load(paper, [f"vae_loss.perceptual_vgg={lpips_files[0]}", f"vae_loss.perceptual_lin={lpips_files[1]}"])
-    assert isinstance(load_perceptual(on), LPIPS)
+    assert isinstance(VAELoss.from_config(on.vae_loss).lpips, LPIPS)
 
 
 def test_patch_discriminator_hinge_and_adaptive_weight():
@@ -109,7 +110,7 @@ def video_root(ucf_root, tmp_path_factory):
 
 def gan_cfg(root, run, lpips_files, **kw):
     over = {"data.root": root, "train.run_dir": run, "scale.num_workers": 0, "vae.image_size": 32,
-            "vae.width": 32, "vae.depth": 1, "vae.pixel_channels": 8, "optim.micro_batch_size": 2, "data.clip_frames": 2,
+            "vae.hidden_size": 32, "vae.depth": 1, "vae.pixel_channels": 8, "optim.micro_batch_size": 2, "data.clip_frames": 2,
             "vae_loss.adversarial": 0.5, "vae_loss.disc_start": 1, "vae_loss.disc_channels": 8,
             "vae_loss.perceptual": 0.5, "vae_loss.perceptual_vgg": lpips_files[0],
             "vae_loss.perceptual_lin": lpips_files[1], "train.ckpt_every": 2, "train.keep_last": 2,
@@ -150,11 +151,11 @@ def test_gan_stage_trains_evaluates_and_resumes_exactly(video_root, lpips_files,
     # The latent check: a manifest from another VAE, or a vae_run whose weights differ, is refused.
     digest = checkpoint.weights_digest(checkpoint.load_weights(full)[0])
     cfg = load(str(CONFIGS / "tiny.yaml"), [f"data.vae_id={digest}", f"data.vae_run={full}"])
-    check_vae(cfg, {"vae_id": digest})
+    check_vae(cfg.data.vae_id, cfg.data.vae_run, {"vae_id": digest})
     with pytest.raises(ValueError, match="were made by VAE 'other'"):
-        check_vae(cfg, {"vae_id": "other"})
-    cfg.data.vae_run = split
-    split_digest = checkpoint.weights_digest(checkpoint.load_weights(split)[0])
-    if split_digest != digest:  # bit-identical training would make the two VAEs one
-        with pytest.raises(ValueError, match="re-encode"):
-            check_vae(cfg, {"vae_id": digest})
+        check_vae(cfg.data.vae_id, cfg.data.vae_run, {"vae_id": "other"})
+    # latents of the step-2 weights, checked against a vae_run whose newest weights are step 4's
+    older = checkpoint.weights_digest(checkpoint.load_weights(full, "step-00000002")[0])
+    assert older != digest
+    with pytest.raises(ValueError, match="re-encode"):
+        check_vae(older, full, {"vae_id": older})

@@ -2,13 +2,18 @@
 
     python tools/ablate.py table3 --root runs/demo/data --vae-id ID --local runs/demo/ucf101_local.pt
     python tools/ablate.py table2 --dit-run runs/ablate/fopp-s0 --local runs/demo/ucf101_local.pt
+    python tools/ablate.py drift --dit-run runs/demo/dit --clips runs/drift/data --local runs/demo/ucf101_local.pt
 
 ``table3`` trains one DiT per variant and seed at equal compute (configs/demo.yaml, the same steps
 and batch), evaluates each (``fvd_local``, ``fid_local``: 8 videos per held-out class, AD s=2,
 50 DDIM steps, CFG 2) and reports mean ± spread over seeds. Variants: the FoPP timestep scheduler
 against the independent, equal and naive ones; causal against bidirectional attention; x0
 against eps prediction. ``table2`` evaluates one trained DiT at several AD steps ``s`` (0 =
-synchronous … N = auto-regressive): ``fvd_local`` and generation time per video.
+synchronous … N = auto-regressive): ``fvd_local`` and generation time per video. ``drift``
+continues the first ``--context`` frames of longer held-out clips (``--clips``: a data root whose
+``videos/{split}`` shards hold e.g. 24-frame clips, made by data_prep/shard_videos.py
+``--num-frames 24``) at each ``--s-values`` and plots, per frame index, PSNR to the real future and
+``fvd_local`` of the window ending there (:mod:`ardscale.drift`), with ``drift.png``.
 
 Runs are tagged (``ablation``, ``variant``) in the MLflow experiment ``ardscale-ablate`` of
 ``--tracking-uri``; ``tools/compare_runs.py --tag ablation=table3`` plots them. Results go to
@@ -21,13 +26,15 @@ import json
 import statistics
 from pathlib import Path
 
+import torch
+
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
 VARIANTS = {
     "fopp": [],
     "independent": ["diffusion.timestep_sampler=independent"],
     "equal": ["diffusion.timestep_sampler=equal"],
     "naive": ["diffusion.timestep_sampler=naive"],
-    "bidirectional": ["model.causal=false"],
+    "bidirectional": ["dit.causal=false"],
     "eps": ["diffusion.prediction=eps"],
 }
 
@@ -63,7 +70,8 @@ def table3(a) -> dict:
     for name in a.variants:
         for seed in range(a.seeds):
             run = _train(a, name, seed, VARIANTS[name])
-            rep = evaluate(run, [f"local={a.local}", f"per_class={a.per_class}", "s=2", "steps=50", f"split={a.split}"])
+            rep = evaluate(run, [f"local={a.local}", f"per_class={a.per_class}", "s=2", f"steps={a.ddim_steps}",
+                                       f"split={a.split}"])
             results.setdefault(name, []).append({"seed": seed, "run": run, **{
                 k: v for k, v in rep["metrics"].items() if isinstance(v, float)}})
             print(name, seed, results[name][-1], flush=True)
@@ -79,7 +87,7 @@ def table2(a) -> dict:
 
     rows = []
     for s in a.s_values:
-        rep = evaluate(a.dit_run, [f"local={a.local}", f"per_class={a.per_class}", f"s={s}", "steps=50", f"split={a.split}",
+        rep = evaluate(a.dit_run, [f"local={a.local}", f"per_class={a.per_class}", f"s={s}", f"steps={a.ddim_steps}", f"split={a.split}",
                                    f"seed={a.seed}", f"out={Path(a.out) / f'table2-s{s}'}"])
         rows.append({"s": s, **{k: v for k, v in rep["metrics"].items() if isinstance(v, float)}})
         print(rows[-1], flush=True)
@@ -88,25 +96,90 @@ def table2(a) -> dict:
     return {"results": rows, "markdown": "\n".join(lines)}
 
 
+def drift(a) -> dict:
+    from ardscale import drift as d
+    from ardscale.evaluate import held_out, parse
+    from ardscale.metrics.local import LocalFeatures
+    from ardscale.sample import latent_vae
+    from ardscale.tasks import load_trained
+
+    run_cfg, dit, tag, _ = load_trained(a.dit_run, task="dit")
+    vae, manifest = latent_vae(run_cfg)
+    window, e = manifest["num_frames"], parse([f"split={a.split}"], run_cfg.eval)
+    real, labels = held_out(run_cfg, e, a.clips)
+    if a.per_class:
+        keep = torch.cat([torch.nonzero(labels == c)[:a.per_class, 0] for c in torch.unique(labels)])
+        real, labels = real[keep], labels[keep]
+    local = LocalFeatures(a.local)
+    real_feats = local(held_out(run_cfg, e)[0])[0]
+    recon = d.reconstruct_long(vae, real, run_cfg.diffusion.scale_factor, window)
+    videos = {"recon": recon, "frozen": d.frozen(recon, a.context)}
+    for s in a.s_values:
+        videos[f"s={s}"] = d.continue_clips(dit, vae, run_cfg, real, labels, a.context, s, a.ddim_steps, a.cfg_scale,
+                                            window, a.seed)
+    results = d.measure(videos, real, local, real_feats, window)
+    _drift_outputs(a, results, {"real": real, **videos}, window)
+    return {"run": a.dit_run, "checkpoint": tag, "clips": len(real), "frames": real.shape[1], "context": a.context,
+            "window": window, "cfg_scale": a.cfg_scale, "results": results, "markdown": _drift_table(a, results)}
+
+
+def _drift_table(a, results: dict) -> str:
+    first = a.context
+    cols = list(range(first, len(next(iter(results.values()))["psnr"]), 4))
+    lines = ["| videos | " + " | ".join(f"PSNR f{j}" for j in cols) + " | fvd_local first → last window |",
+             "|---" * (len(cols) + 2) + "|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r['psnr'][j]:.2f}" for j in cols)
+                     + f" | {r['fvd_local'][0]:.2f} → {r['fvd_local'][-1]:.2f} |")
+    return "\n".join(lines)
+
+
+def _drift_outputs(a, results: dict, videos: dict, window: int) -> None:
+    """drift.png (PSNR and fvd_local per frame index) and a grid video: per clip, one row per set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ardscale.data.video import encode_mp4, video_grid
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in results.items():
+        ax1.plot(range(len(r["psnr"])), r["psnr"], label=name)
+        ax2.plot(range(window - 1, window - 1 + len(r["fvd_local"])), r["fvd_local"], label=name)
+    for ax, title in ((ax1, "PSNR to the real frame (dB)"), (ax2, f"fvd_local of the {window} frames ending here")):
+        ax.axvline(a.context - 0.5, color="grey", ls=":")
+        ax.set(xlabel="frame index", title=title)
+    ax1.legend()
+    fig.tight_layout()
+    fig.savefig(Path(a.out) / "drift.png", dpi=110)
+    rows = torch.stack([v[:4] for v in videos.values()], dim=1).flatten(0, 1).numpy()
+    (Path(a.out) / "drift.mp4").write_bytes(encode_mp4(video_grid(rows, cols=len(videos)), 8.0))
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("table", choices=["table2", "table3"])
+    p.add_argument("table", choices=["table2", "table3", "drift"])
     p.add_argument("--root", default="runs/demo/data")
     p.add_argument("--vae-id", default="")
-    p.add_argument("--dit-run", default="", help="table2: the trained DiT run")
+    p.add_argument("--dit-run", default="", help="table2, drift: the trained DiT run")
+    p.add_argument("--clips", default="runs/drift/data", help="drift: data root of the long held-out clips")
+    p.add_argument("--context", type=int, default=4, help="drift: real frames given")
+    p.add_argument("--cfg-scale", type=float, default=2.0, help="drift: CFG weight")
     p.add_argument("--local", default="runs/demo/ucf101_local.pt")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="table2: sampling seed")
     p.add_argument("--steps", type=int, default=400, help="table3: training steps per run")
-    p.add_argument("--per-class", type=int, default=8)
+    p.add_argument("--ddim-steps", type=int, default=50, help="sampling steps N of every evaluation")
+    p.add_argument("--per-class", type=int, default=8, help="videos per class (drift: clips per class, 0 = all)")
     p.add_argument("--split", default="test", help="held-out clips the samples are compared with")
     p.add_argument("--s-values", type=int, nargs="*", default=[0, 1, 2, 5, 10, 25, 50])
     p.add_argument("--tracking-uri", default="sqlite:///runs/ablate/mlruns.db")
     p.add_argument("--out", default="runs/ablate")
     a = p.parse_args(argv)
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    report = table3(a) if a.table == "table3" else table2(a)
+    report = {"table3": table3, "table2": table2, "drift": drift}[a.table](a)
     (Path(a.out) / f"{a.table}.json").write_text(json.dumps(report, indent=2) + "\n")
     (Path(a.out) / f"{a.table}.md").write_text(report["markdown"] + "\n")
     print(report["markdown"])

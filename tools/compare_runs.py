@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-PARAMS = ("task", "diffusion.timestep_sampler", "diffusion.prediction", "model.causal",
-          "model.hidden_size", "model.depth", "optim.lr", "optim.micro_batch_size", "train.steps", "train.seed")
+PARAMS = ("task", "diffusion.timestep_sampler", "diffusion.prediction", "dit.causal",
+          "dit.hidden_size", "dit.depth", "optim.lr", "optim.micro_batch_size", "train.steps", "train.seed")
 METRICS = ("loss", "eval/fvd_local", "eval/fid_local", "val/psnr", "samples_per_s", "mfu")
 PLOTS = {"loss.png": "loss", "fvd_local.png": "eval/fvd_local", "throughput.png": "samples_per_s"}
 

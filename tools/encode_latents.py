@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from ardscale.data.shards import join, list_shards, npy_bytes, read_json, read_shard, write_json, write_shard
+from ardscale.data.transforms import to_model_range
 from ardscale.data.video import VideoReadError, decode_mp4
-from ardscale.engine import checkpoint
 from ardscale.models.arvae import ARVAE
+from ardscale.tasks import load_trained
 
 
 def load_vae(run_dir: str, which: str | None = None) -> tuple[ARVAE, str, str]:
@@ -37,9 +38,7 @@ def load_vae(run_dir: str, which: str | None = None) -> tuple[ARVAE, str, str]:
     Raises:
         ValueError: ``run_dir`` is not an AR-VAE run.
     """
-    cfg, model, tag, digest = checkpoint.load_trained(run_dir, which)
-    if cfg.task != "vae":
-        raise ValueError(f"{run_dir} is a {cfg.task!r} run, not an AR-VAE run")
+    _, model, tag, digest = load_trained(run_dir, which, task="vae")
     return model, tag, digest
 
 
@@ -72,7 +71,7 @@ class ShardEncoder:
 
     @torch.no_grad()
     def _encode(self, clips: np.ndarray) -> np.ndarray:
-        v = torch.from_numpy(clips).to(self.device).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        v = to_model_range(torch.from_numpy(clips)).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             return self.model.encode(v).float().cpu().numpy()
 
@@ -152,7 +151,7 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
                 "shards": len(srcs), "shards_encoded_now": len(todo), "clips": sum(r["clips"] for r in stats),
                 "failed": [f for r in stats for f in r["failed"]],
                 "num_frames": max([r["frames"] for r in stats], default=None),
-                "latent_tokens": model.config.latent_tokens, "latent_dim": model.config.latent_dim,
+                "tokens_per_frame": model.config.tokens_per_frame, "latent_dim": model.config.latent_dim,
                 "latent_mean": mean, "latent_std": std, **_manifest_norms(stats, model.config.latent_dim),
                 "seconds": round(time.time() - t0, 2)}
     write_json(join(dst_dir, "_manifest.json"), manifest)

@@ -115,3 +115,23 @@ class StepSampler:
             here = epoch == e
             idx[here] = self._perm(e)[offset[here]]
         return list(idx.split(self.micro))
+
+
+def check_vae(vae_id: str, vae_run: str, manifest: dict) -> None:
+    """Refuse latents that another VAE produced than the one the config names.
+
+    Raises:
+        ValueError: the manifest's ``vae_id`` differs from ``vae_id`` (``data.vae_id``), or from
+            the digest of the newest checkpoint of ``vae_run`` (``data.vae_run``, when set).
+    """
+    from ..engine import checkpoint
+
+    got = manifest.get("vae_id")
+    if got != vae_id:
+        raise ValueError(f"latents under vae_id={vae_id} were made by VAE {got!r} (per their _manifest.json)")
+    if vae_run:
+        digest = checkpoint.weights_digest(checkpoint.load_weights(vae_run, ema=True)[0])
+        if digest != got:
+            raise ValueError(f"data.vae_run={vae_run} has weights {digest}, but the latents come from "
+                             f"VAE {got}: re-encode with tools/encode_latents.py --vae-run {vae_run}")
+

@@ -154,3 +154,10 @@ class GaussianDiffusion:
             out = out + sigma * (torch.randn_like(x_t) if noise is None else noise)
         frozen = (t_next == t)[:, :, None, None]
         return torch.where(frozen, x_t, out)
+
+
+def make_diffusion(c) -> GaussianDiffusion:
+    """The :class:`GaussianDiffusion` of a ``diffusion`` config section (``num_timesteps``,
+    ``beta_schedule``, ``beta_start``, ``beta_end``, ``prediction``)."""
+    return GaussianDiffusion(c.num_timesteps, c.beta_schedule, c.beta_start, c.beta_end, c.prediction)
+

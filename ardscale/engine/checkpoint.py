@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -158,33 +159,6 @@ def weights_digest(state: dict) -> str:
     return h.hexdigest()[:12]
 
 
-def load_trained(run_dir: str, which: str | None = None):
-    """Model of a training run in eval mode, built from its saved ``config.yaml`` (EMA weights
-    when the run kept an EMA).
-
-    Returns:
-        ``(cfg, model, tag, digest)``: the run's :class:`~ardscale.config.Config`, an ``ARVAE`` or
-        ``DiT`` (per ``cfg.task``) with the tag's fp32 weights, the tag, and the first 12 hex
-        digits of a sha256 over the weights (identifies e.g. the VAE behind a latent dataset).
-    Raises:
-        FileNotFoundError: no ``config.yaml`` or no checkpoint in ``run_dir``.
-    """
-    import yaml
-
-    from ..config import from_dict
-    from ..models.arvae import ARVAE
-    from ..models.dit import DiT
-
-    cfg_file = Path(run_dir) / "config.yaml"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a training run (no config.yaml)")
-    cfg = from_dict(yaml.safe_load(cfg_file.read_text()))
-    state, tag = load_weights(run_dir, which, ema=True)
-    model = ARVAE(cfg.vae) if cfg.task == "vae" else DiT(cfg.model)
-    model.load_state_dict(state)
-    return cfg, model.eval(), tag, weights_digest(state)
-
-
 # -- remote mirror (train.checkpoint_url: s3://… or any fsspec URL) ------------------------------
 # DeepSpeed writes to local (node) disk under run_dir. After a tag is complete there, every rank
 # uploads its own files, then rank 0 uploads the tag's marker and `latest`: on the remote side,
@@ -262,3 +236,67 @@ def pull(run_dir: str, url: str, subs=("ckpt", "ckpt_disc")) -> str | None:
     if dist.is_initialized():
         dist.barrier()
     return t
+
+
+class CheckpointManager:
+    """A run's checkpoints, built with what it saves: ``model`` and ``disc`` (DeepSpeed engines;
+    the discriminator may be None) and ``ema`` (an :class:`~ardscale.engine.ema.EMA` or None).
+
+    Owns the save order (EMA, discriminator, then the model, whose tag is the commit point),
+    keep-last, the remote mirror (``mirror_url``: pulled before the first load, pushed after each
+    save), and the universal conversion a change of world size needs. Use:
+    ``tag, universal = CheckpointManager.prepare(run_dir, world, mirror_url, has_disc)`` before
+    the engines are built (DeepSpeed must know it will load a universal checkpoint), then
+    ``manager.restore()`` and ``manager.save(step, client_state)``.
+    """
+
+    def __init__(self, run_dir: str, model, disc=None, ema=None, every: int = 1000, keep_last: int = 2,
+                 mirror_url: str = "", tag_: str | None = None, universal: bool = False):
+        self.run_dir, self.model, self.disc, self.ema = run_dir, model, disc, ema
+        self.every, self.keep_last, self.mirror_url = every, keep_last, mirror_url
+        self.tag, self.universal = tag_, universal
+
+    @staticmethod
+    def prepare(run_dir: str, world: int, mirror_url: str = "", has_disc: bool = False) -> tuple[str | None, bool]:
+        """Pull the mirror's newest complete tag when newer than the local one; when another world
+        size wrote the newest tag, convert it (and the discriminator's) to a universal checkpoint.
+        Returns ``(tag or None, universal)``. All ranks call this."""
+        if mirror_url:   # a fresh node or a wiped disk starts from the remote mirror
+            pull(run_dir, mirror_url)
+        t = latest_tag(run_dir)
+        saved = saved_world_size(run_dir, t)
+        universal = saved is not None and saved != world
+        if universal:
+            logging.getLogger("ardscale.checkpoint").info(
+                "resuming %s written by %d workers on %d: via a universal checkpoint", t, saved, world)
+            to_universal(run_dir, t)
+            if has_disc and saved_world_size(run_dir, t, "ckpt_disc"):
+                to_universal(run_dir, t, "ckpt_disc")
+        return t, universal
+
+    def restore(self) -> dict:
+        """Load the prepared tag into the engines and the EMA; its client state with ``tag``
+        added, or ``{}`` when the run starts fresh."""
+        client = resume(self.model, self.run_dir, which=self.tag, universal=self.universal) if self.tag else None
+        if not client:
+            return {}
+        if self.ema is not None and Path(ema_path(self.run_dir, self.tag)).is_file():
+            self.ema.load(ema_path(self.run_dir, self.tag))
+        if self.disc is not None and (Path(ckpt_dir(self.run_dir, "ckpt_disc")) / self.tag).is_dir():
+            resume(self.disc, self.run_dir, "ckpt_disc", which=self.tag, universal=self.universal)
+        return {**client, "tag": self.tag}
+
+    def should_save(self, step: int, last: bool) -> bool:
+        """After global step ``step`` (1-based count of finished steps): every ``every`` steps and at the end."""
+        return last or step % self.every == 0
+
+    def save(self, step: int, client_state: dict) -> None:
+        """EMA, then the discriminator, then the model (its tag commits all), then the mirror."""
+        if self.ema is not None:
+            self.ema.save(ema_path(self.run_dir, tag(step)))
+        if self.disc is not None:
+            save(self.disc, self.run_dir, step, client_state, self.keep_last, sub="ckpt_disc")
+        save(self.model, self.run_dir, step, client_state, self.keep_last)
+        if self.mirror_url:
+            push(self.run_dir, self.mirror_url, step, self.keep_last)
+

@@ -2,16 +2,34 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
-from ..config import Config, deepspeed_fragment
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 
 
-def ds_config(cfg: Config, world_size: int, use_bf16: bool, load_universal: bool = False) -> dict:
-    """The DeepSpeed JSON config: the ZeRO settings of ``optim.deepspeed`` (configs/deepspeed/)
-    plus batch sizes (train_batch_size = micro · accum · world), clipping and precision from ``optim``."""
-    o = cfg.optim
+def deepspeed_fragment(name: str) -> dict:
+    """The DeepSpeed settings of ``optim.deepspeed``: a name in ``configs/deepspeed/`` or a YAML path.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: no ``zero_optimization.stage`` 0-3 in it.
+    """
+    path = Path(name) if name.endswith((".yaml", ".yml", ".json")) else DEEPSPEED_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"optim.deepspeed={name!r}: {path} not found "
+                                f"(expected one of {sorted(p.stem for p in DEEPSPEED_CONFIGS.glob('*.yaml'))} or a path)")
+    frag = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if frag.get("zero_optimization", {}).get("stage") not in (0, 1, 2, 3):
+        raise ValueError(f"{path}: needs zero_optimization.stage 0-3")
+    return frag
+
+
+def ds_config(o, world_size: int, use_bf16: bool, load_universal: bool = False) -> dict:
+    """The DeepSpeed JSON config from an ``optim`` config section ``o``: the ZeRO settings of
+    ``o.deepspeed`` (configs/deepspeed/) plus batch sizes (train_batch_size = micro · accum ·
+    world), clipping and precision."""
     return {
         **deepspeed_fragment(o.deepspeed),
         "train_micro_batch_size_per_gpu": o.micro_batch_size,
@@ -37,25 +55,40 @@ def lr_factor(step: int, base_lr: float, warmup_steps: int, lr_steps: list[int],
     return warm * value / base_lr if base_lr else warm
 
 
-def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, lr: float | None = None,
+def build_engine(model: torch.nn.Module, o, world_size: int, use_gpu: bool, lr: float | None = None,
                  betas: tuple[float, float] | None = None, load_universal: bool = False):
-    """Wrap ``model`` in a DeepSpeed engine with torch AdamW and linear warm-up to a constant LR.
+    """Wrap ``model`` in a DeepSpeed engine with torch AdamW and linear warm-up to a constant LR,
+    per the ``optim`` config section ``o``.
 
-    bf16 on CUDA, fp32 on CPU (``DS_ACCELERATOR=cpu``, gloo). ``lr``/``betas`` override
-    ``cfg.optim`` (a GAN discriminator's own optimizer, which keeps its LR after warm-up).
-    ``load_universal``: the engine will load a universal checkpoint (another world size wrote it).
-    Returns the engine.
+    bf16 on CUDA (``use_gpu`` and one is present), fp32 on CPU (``DS_ACCELERATOR=cpu``, gloo).
+    ``lr``/``betas`` override ``o`` (a GAN discriminator's own optimizer, which keeps its LR after
+    warm-up). ``load_universal``: the engine will load a universal checkpoint (another world size
+    wrote it). Returns the engine.
     """
-    use_cuda = torch.cuda.is_available() and cfg.scale.use_gpu
+    use_cuda = torch.cuda.is_available() and use_gpu
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
     import deepspeed
 
-    o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr or o.lr, betas=tuple(betas or o.betas), weight_decay=o.weight_decay)
     base = lr or o.lr
     steps, values = ([], []) if lr else (o.lr_steps, o.lr_values)   # the LR phases are the model's
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, base, o.warmup_steps, steps, values))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
-                                           config=ds_config(cfg, world_size, use_cuda, load_universal))
+                                           config=ds_config(o, world_size, use_cuda, load_universal))
     return engine
+
+
+def frozen(module: torch.nn.Module):
+    """``module`` as a callable whose parameters are out of autograd during each call (restored
+    after): a GAN generator's loss goes through the discriminator without its gradients reaching
+    the discriminator's parameters, or its engine's gradient reduction."""
+    def call(*args):
+        flags = [p.requires_grad for p in module.parameters()]
+        module.requires_grad_(False)
+        try:
+            return module(*args)
+        finally:
+            for p, flag in zip(module.parameters(), flags):
+                p.requires_grad_(flag)
+    return call

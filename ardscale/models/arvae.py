@@ -48,11 +48,11 @@ class ARVAEConfig:
     image_size: int = 256
     patch_size: int = 16         # a power of two: the pixel head upsamples by 2 log2(p) times
     in_channels: int = 3
-    width: int = 1024
+    hidden_size: int = 1024      # width of every transformer layer
     depth: int = 24              # layers in the encoder and again in the decoder
     num_heads: int = 16
     mlp_ratio: float = 4.0
-    latent_tokens: int = 32      # L
+    tokens_per_frame: int = 32   # L: latent tokens per frame
     latent_dim: int = 4          # D
     temporal: bool = False       # stage 3: temporal blocks in the decoder (zero-initialised outputs)
     pixel_channels: int = 128    # channels of the pixel head's last (full-resolution) level
@@ -60,7 +60,7 @@ class ARVAEConfig:
     @classmethod
     def tiny(cls, **overrides) -> ARVAEConfig:
         """A CPU test size: 64² frames, 8² patches, width 64, 2 layers."""
-        return cls(**{"image_size": 64, "patch_size": 8, "width": 64, "depth": 2, "num_heads": 4,
+        return cls(**{"image_size": 64, "patch_size": 8, "hidden_size": 64, "depth": 2, "num_heads": 4,
                       "pixel_channels": 16, **overrides})
 
     @property
@@ -98,9 +98,9 @@ class TemporalBlock(nn.Module):
             nn.init.zeros_(proj.weight)
             nn.init.zeros_(proj.bias)
 
-    def forward(self, x: torch.Tensor, latent_tokens: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
         B, F, T, W = x.shape
-        L = latent_tokens
+        L = tokens_per_frame
         frames = torch.arange(F, device=x.device)
         patches = rearrange(x[:, :, L:], "b f n w -> (b n) f w")
         patches = patches + self.fine(self.fine_norm(patches), frames[:, None] >= frames[None, :])
@@ -174,13 +174,13 @@ class ARVAE(nn.Module):
     def __init__(self, config: ARVAEConfig):
         super().__init__()
         self.config = c = config
-        W, N, p = c.width, c.num_patches, c.patch_size
+        W, N, p = c.hidden_size, c.num_patches, c.patch_size
         self.patch_embed = nn.Linear(c.in_channels * p * p, W)
         # Patch positions start from a 2-D sin-cos table: with a tiny random init the latent
         # queries cannot tell patches apart and training stalls at per-clip mean colours.
         self.patch_pos = nn.Parameter(sincos_2d(c.image_size // p, W))
-        self.latent_queries = nn.Parameter(torch.randn(c.latent_tokens, W) * W**-0.5)
-        self.latent_pos = nn.Parameter(torch.randn(c.latent_tokens, W) * W**-0.5)
+        self.latent_queries = nn.Parameter(torch.randn(c.tokens_per_frame, W) * W**-0.5)
+        self.latent_pos = nn.Parameter(torch.randn(c.tokens_per_frame, W) * W**-0.5)
         self.encoder = nn.ModuleList(Block(W, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
         self.latent_norm = nn.LayerNorm(W)
         self.to_latent = nn.Linear(W, c.latent_dim)
@@ -210,9 +210,9 @@ class ARVAE(nn.Module):
         x = torch.cat([x, lat], dim=1)
         for blk in self.encoder:
             x = blk(x)
-        z = self.to_latent(self.latent_norm(x[:, -c.latent_tokens:]))
+        z = self.to_latent(self.latent_norm(x[:, -c.tokens_per_frame:]))
         z = nnf.normalize(z, dim=-1) * c.latent_dim ** 0.5
-        return z.view(B, F, c.latent_tokens, c.latent_dim)
+        return z.view(B, F, c.tokens_per_frame, c.latent_dim)
 
     def decode(self, latents: torch.Tensor, window: int | None = None) -> torch.Tensor:
         """Latents ``(B, F, L, D)`` (any norm) → video ``(B, F, C, H, W)`` (≈[-1, 1]); frame i uses
@@ -231,7 +231,7 @@ class ARVAE(nn.Module):
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         B, F, L, _ = latents.shape
         c = self.config
-        N, W, g = c.num_patches, c.width, c.image_size // c.patch_size
+        N, W, g = c.num_patches, c.hidden_size, c.image_size // c.patch_size
         lat = self.from_latent(nnf.normalize(latents, dim=-1)) + self.latent_pos      # (B, F, L, W)
         patches = (self.mask_tokens + self.patch_pos).expand(B, F, N, W)               # (B, F, N, W)
         x = torch.cat([lat, patches], dim=2)                                            # (B, F, L+N, W)
@@ -243,5 +243,5 @@ class ARVAE(nn.Module):
         return self.pixel_head(grid).view(B, F, c.in_channels, c.image_size, c.image_size)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """Reconstruction ``(B, F, C, H, W)``."""
-        return self.decode(self.encode(video))
+        """Reconstruction ``(B, F, C, H, W)`` in the model's dtype (the input is cast to it)."""
+        return self.decode(self.encode(video.to(self.patch_embed.weight.dtype)))

@@ -38,7 +38,7 @@ class DiTConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.0
     num_classes: int = 101       # label `num_classes` is the null class used for CFG
-    num_timesteps: int = 1000
+    class_dropout: float = 0.1   # label dropout for classifier-free guidance (training only)
     attn_backend: str = "auto"   # auto (flex on CUDA, sdpa elsewhere) | sdpa | flex | flash
     grad_checkpointing: bool = False  # recompute each block in backward: activations O(depth) → O(1) blocks
     causal: bool = True          # temporal causal attention (paper); False = bidirectional (Table 3 ablation)
@@ -85,6 +85,27 @@ class KVCache:
             self.values[layer] = torch.cat([self.values[layer], v], dim=2)
 
 
+class LabelEmbedder(nn.Embedding):
+    """Class labels ``(B,)`` long → embeddings ``(B, H)``, with label dropout for classifier-free
+    guidance (DiT's ``LabelEmbedder.token_drop``): row ``num_classes`` is the null class.
+
+    ``forward(labels, drop)``: ``drop (B,)`` bool replaces those labels with the null class (the
+    training step draws it from its own generator, so a resumed run redraws the same mask); with
+    ``drop=None`` a module in training mode drops each label with probability ``dropout``.
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout: float):
+        super().__init__(num_classes + 1, hidden_size)
+        self.num_classes, self.dropout = num_classes, dropout
+
+    def forward(self, labels: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        if drop is None and self.training and self.dropout > 0:
+            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout
+        if drop is not None:
+            labels = torch.where(drop.to(labels.device), self.num_classes, labels)
+        return super().forward(labels)
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero transformer block on tokens ``(B, F*L, C)`` with per-frame conditioning ``(B, F, C)``.
 
@@ -122,6 +143,7 @@ class DiT(nn.Module):
         x: ``(B, F, L, D)`` noisy latents (float).
         t: ``(B, F)`` long DDPM indices ``0 … T-1``, one per frame.
         y: ``(B,)`` long class labels; ``config.num_classes`` is the null (unconditional) label.
+        drop: ``(B,)`` bool, labels replaced by the null class (CFG training; see :class:`LabelEmbedder`).
         cache: a :class:`KVCache` holding the frames before x (x's frames are then at positions
             ``cache.num_frames …``); None = x is the whole video.
         cache_frames: append the keys/values of x's first ``cache_frames`` frames to ``cache``;
@@ -139,7 +161,7 @@ class DiT(nn.Module):
         self.x_embedder = nn.Linear(c.latent_dim, H)
         self.token_pos = nn.Parameter(torch.zeros(c.tokens_per_frame, H))
         self.t_embedder = nn.Sequential(nn.Linear(256, H), nn.SiLU(), nn.Linear(H, H))
-        self.y_embedder = nn.Embedding(c.num_classes + 1, H)
+        self.y_embedder = LabelEmbedder(c.num_classes, H, c.class_dropout)
         self.blocks = nn.ModuleList(DiTBlock(H, c.num_heads, c.mlp_ratio, c.attn_backend, c.causal)
                                     for _ in range(c.depth))
         self.norm_final = nn.LayerNorm(H, elementwise_affine=False, eps=1e-6)
@@ -165,7 +187,7 @@ class DiT(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache: KVCache | None = None,
-                cache_frames: int = 0) -> torch.Tensor:
+                cache_frames: int = 0, drop: torch.Tensor | None = None) -> torch.Tensor:
         B, F, L, D = x.shape
         c = self.config
         if (L, D) != (c.tokens_per_frame, c.latent_dim):
@@ -174,10 +196,11 @@ class DiT(nn.Module):
         if t.shape != (B, F):
             raise ValueError(f"timesteps must have shape (B, F)=({B}, {F}), got {tuple(t.shape)}")
         H = c.hidden_size
+        x = x.to(self.x_embedder.weight.dtype)   # fp32 latents into a bf16 engine
         first = cache.num_frames if cache is not None else 0
         frame_pos = sinusoidal(torch.arange(first, first + F, device=x.device), H)  # (F, H): any length
         h = self.x_embedder(x) + self.token_pos + frame_pos[:, None].to(x.dtype)
-        cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + self.y_embedder(y)[:, None]  # (B, F, H)
+        cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + self.y_embedder(y, drop)[:, None]  # (B, F, H)
         h = h.reshape(B, F * L, H)
         ckpt = c.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):

@@ -1,0 +1,94 @@
+"""Continuation drift: how far a DiT's continuations of real clips wander from the real future.
+
+The paper's claim against error accumulation (Sec. 1, Sec. 4.3): an auto-regressive generator
+that continues a video frame by frame drifts away from it. Here the first ``context`` frames of
+held-out clips longer than the training length (e.g. 24 frames against 8) are encoded by the
+AR-VAE, the DiT generates the rest with the AD scheduler (sliding window of the training length),
+and each result is measured per frame index against the real clip:
+
+- ``psnr``: PSNR of generated frame j against real frame j, mean over clips (dB; pixel fidelity
+  to the real future, which an ideal generator need not reach far from the context);
+- ``fvd_local``: the local network's Fréchet distance between the windows of training length
+  ending at frame j and the real held-out clips of the run (realism, whatever the future).
+
+Two references bound each curve: ``recon`` (the real clips through the AR-VAE: what the decoder
+allows) and ``frozen`` (the last context frame repeated: a generator that stops moving).
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from tqdm import tqdm
+
+from .data.transforms import to_model_range
+from .diffusion.sampler import sample
+from .diffusion.schedule import make_diffusion
+from .metrics import frechet_distance, psnr
+from .metrics.local import LocalFeatures
+from .sample import decode_frames
+
+
+def encode_clips(vae, clips: torch.Tensor, scale_factor: float, batch_size: int = 16) -> torch.Tensor:
+    """uint8 clips ``(N, F, H, W, 3)`` → DiT-space latents ``(N, F, L, D)`` (``scale_factor · z``)."""
+    with torch.no_grad():
+        return torch.cat([vae.encode(to_model_range(c)) for c in clips.split(batch_size)]) * scale_factor
+
+
+@torch.no_grad()
+def continue_clips(dit, vae, run_cfg, clips: torch.Tensor, labels: torch.Tensor, context: int, s: int,
+                   steps: int, cfg_scale: float, window: int, seed: int = 0, batch_size: int = 16) -> torch.Tensor:
+    """Continue the first ``context`` frames of uint8 ``clips (N, F, H, W, 3)`` to F frames.
+
+    Returns uint8 ``(N, F, H, W, 3)``; its first ``context`` frames are the AR-VAE's reconstructions.
+    Raises:
+        ValueError: ``context >= F`` (nothing to generate), or a window too small for ``s``.
+    """
+    diffusion, gen = make_diffusion(run_cfg.diffusion), torch.Generator().manual_seed(seed)
+    scale, F = run_cfg.diffusion.scale_factor, clips.shape[1]
+    out = []
+    for c, y in tqdm(list(zip(clips.split(batch_size), labels.split(batch_size))),
+                     desc=f"continuing (s={s})", file=sys.stderr):
+        ctx = encode_clips(vae, c[:, :context], scale)
+        z = sample(dit, diffusion, y, F, steps, s, cfg_scale, generator=gen, context=ctx, window=window)
+        out.append(torch.from_numpy(decode_frames(vae, z, scale, window)))
+    return torch.cat(out)
+
+
+def reconstruct_long(vae, clips: torch.Tensor, scale_factor: float, window: int) -> torch.Tensor:
+    """The ``recon`` reference: uint8 clips through the AR-VAE (decoder window of training length)."""
+    return torch.from_numpy(decode_frames(vae, encode_clips(vae, clips, scale_factor), scale_factor, window))
+
+
+def frozen(videos: torch.Tensor, context: int) -> torch.Tensor:
+    """The ``frozen`` reference: frame ``context - 1`` of uint8 ``videos`` repeated after the context."""
+    out = videos.clone()
+    out[:, context:] = videos[:, context - 1:context]
+    return out
+
+
+def per_frame_psnr(fake: torch.Tensor, real: torch.Tensor) -> list[float]:
+    """PSNR (dB, peak 1) of uint8 ``fake`` against ``real`` ``(N, F, H, W, 3)`` at each frame index,
+    mean over the N clips: a list of F floats."""
+    to01 = lambda v: to_model_range(v).add(1).div(2)          # (N, F, 3, H, W) in [0, 1]
+    a, b = to01(fake), to01(real)
+    return [psnr(a[:, j], b[:, j]).mean().item() for j in range(fake.shape[1])]
+
+
+def window_fvd(local: LocalFeatures, real_feats: torch.Tensor, videos: torch.Tensor, window: int) -> list[float]:
+    """``fvd_local`` of each window ``videos[:, j-window+1 : j+1]`` against ``real_feats (M, C)``
+    (the local net's video features of real clips of length ``window``): F - window + 1 floats,
+    the first for the window ending at frame ``window - 1``."""
+    out = []
+    for start in range(videos.shape[1] - window + 1):
+        feats, _ = local(videos[:, start:start + window])
+        out.append(frechet_distance(real_feats, feats))
+    return out
+
+
+def measure(videos: dict[str, torch.Tensor], real: torch.Tensor, local: LocalFeatures,
+            real_feats: torch.Tensor, window: int) -> dict:
+    """Per-frame ``psnr`` and per-window ``fvd_local`` of each named uint8 video set ``(N, F, H, W, 3)``
+    against the real long clips ``real`` (same shape) and the real training-length features."""
+    return {name: {"psnr": per_frame_psnr(v, real), "fvd_local": window_fvd(local, real_feats, v, window)}
+            for name, v in videos.items()}

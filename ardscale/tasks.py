@@ -1,0 +1,216 @@
+"""The task registry: what each ``task`` of a config builds (as torchtitan's ``ModelSpec``).
+
+A :class:`TaskSpec` says how to build the task's model (and GAN discriminator), load its data,
+compute its losses (pure: no backward, no optimizer step) and watch it train (monitor hooks).
+``train``, :func:`load_trained` and ``config.load`` look tasks up here; nothing else compares
+``cfg.task`` with a name.
+
+- ``dit``: the paper's recipe (Sec. 3.2-3.3) on latent shards: per-frame timesteps from the FoPP
+  scheduler (Alg. 1), block-causal DiT, x0 MSE (or eps / v), label dropout for CFG.
+- ``vae``: the AR-VAE stages (Sec. 4.1) on video shards: L1 + L2 (+ LPIPS), then PatchGAN.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Config, from_dict
+from .data.loader import check_vae, load_latents, load_video_clips
+from .data.transforms import temporal_crop, to_model_range
+from .diffusion.losses import bucket_losses, dit_loss
+from .diffusion.schedule import make_diffusion
+from .diffusion.timesteps import sample_timesteps
+from .engine import checkpoint
+from .engine.flops import dit_train_flops
+from .models.arvae import ARVAE
+from .models.discriminator import PatchDiscriminator
+from .models.dit import DiT
+from .models.vae_loss import VAELoss, capture_input
+
+
+@dataclass
+class TaskData:
+    """A task's training set: ``batch(idx (n,) long, gen) -> dict`` of CPU tensors for one micro
+    batch (randomness drawn from ``gen`` only, so a resumed step redraws the same batch)."""
+
+    num_samples: int
+    tokens_per_sample: int                 # for tokens/s
+    batch: Callable[[torch.Tensor, torch.Generator], dict]
+    flops_per_sample: float | None = None  # training FLOPs, for MFU
+
+
+@dataclass
+class Models:
+    """What a loss may use: ``model`` and ``disc`` (callable engines: forward only), ``module``
+    (the model's ``nn.Module``) and ``disc_frozen`` (the discriminator with its parameters out of
+    autograd, for the generator's adversarial term); the discriminator parts may be None."""
+
+    model: Callable
+    module: nn.Module
+    disc: Callable | None = None
+    disc_frozen: Callable | None = None
+
+
+LossFn = Callable[[Models, dict, int], tuple[dict, dict]]
+"""``(models, batch on the device, global step) -> (losses, metrics)``: ``losses`` maps an engine
+name (``model``, ``disc``) to the scalar it minimises; ``metrics`` are detached values to log."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    build_model: Callable[[Config], nn.Module]
+    load_data: Callable[[Config], TaskData]
+    build_loss: Callable[[Config], LossFn]
+    monitors: Callable                          # (cfg, tracker, ema, zero3) -> list of monitor.Hook
+    build_discriminator: Callable[[Config], nn.Module | None] = lambda cfg: None
+    validate: Callable[[Config, str], None] = lambda cfg, path: None
+
+
+# -- dit -------------------------------------------------------------------------------------------
+
+def _dit_data(cfg: Config) -> TaskData:
+    latents, labels, manifest = load_latents(cfg.data.root, cfg.data.vae_id, cfg.data.split)
+    check_vae(cfg.data.vae_id, cfg.data.vae_run, manifest)
+    if labels.max() >= cfg.dit.num_classes:
+        raise ValueError(f"label {int(labels.max())} ≥ dit.num_classes={cfg.dit.num_classes}")
+    d = cfg.diffusion
+
+    def batch(idx: torch.Tensor, gen: torch.Generator) -> dict:
+        x0 = latents[idx] * d.scale_factor
+        B, F = x0.shape[:2]
+        t = sample_timesteps(d.timestep_sampler, B, F, d.num_timesteps, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        drop = torch.rand(B, generator=gen) < cfg.dit.class_dropout
+        return {"x0": x0, "y": labels[idx], "t": t, "noise": noise, "drop": drop}
+
+    return TaskData(len(latents), latents.shape[1] * latents.shape[2], batch,
+                    dit_train_flops(cfg.dit, latents.shape[1]))
+
+
+def _dit_loss(cfg: Config) -> LossFn:
+    diffusion = make_diffusion(cfg.diffusion)
+
+    def loss(models: Models, b: dict, step: int) -> tuple[dict, dict]:
+        value, per_frame = dit_loss(models.model, diffusion, b["x0"], b["y"], b["t"], b["noise"], b["drop"])
+        return {"model": value}, {"loss": value.detach(), **bucket_losses(per_frame, b["t"], diffusion.num_timesteps)}
+
+    return loss
+
+
+def _dit_monitors(cfg: Config, tracker, ema, zero3: bool) -> list:
+    from .monitor import DiTEvaluator, DiTSampler
+
+    hooks = [DiTEvaluator(cfg, tracker, ema, zero3)] if cfg.train.eval_every else []
+    return hooks + ([DiTSampler(cfg, tracker, ema, zero3)] if cfg.train.sample_every else [])
+
+
+def _dit_validate(cfg: Config, path: str) -> None:
+    if not cfg.data.vae_id:
+        raise ValueError(f"{path}: data.vae_id is empty; set it to the vae_id that tools/encode_latents.py printed")
+    if cfg.train.eval_every and not Path(cfg.eval.local).is_file():
+        raise FileNotFoundError(f"{path}: train.eval_every={cfg.train.eval_every} needs eval.local, the ucf101_local "
+                                f"feature network ({cfg.eval.local} not found): train it with "
+                                "`python -m ardscale.metrics.local --root DATA --out PATH`, or set train.eval_every=0")
+
+
+# -- vae -------------------------------------------------------------------------------------------
+
+def _vae_data(cfg: Config) -> TaskData:
+    videos, _ = load_video_clips(cfg.data.root, cfg.data.split)
+    k = cfg.data.clip_frames or videos.shape[1]
+    return TaskData(len(videos), k * cfg.vae.num_patches,
+                    lambda idx, gen: {"clips": to_model_range(temporal_crop(videos[idx], k, gen))})
+
+
+def _vae_loss(cfg: Config) -> LossFn:
+    objective = VAELoss.from_config(cfg.vae_loss)
+
+    def loss(models: Models, b: dict, step: int) -> tuple[dict, dict]:
+        clips = b["clips"]                                                      # (B, F, 3, H, W)
+        last_conv = models.module.pixel_head.conv_out    # VQGAN's "last layer" for the adaptive weight
+        with capture_input(last_conv) as last:
+            fake = models.model(clips).float()
+        real = clips.flatten(0, 1)
+        gan = objective.gan_on(step, models.disc is not None)
+        g_loss, parts = objective.generator(fake, real, models.disc_frozen if gan else None,
+                                            last.get("input"), last_conv)
+        losses = {"model": g_loss}
+        if gan:
+            losses["disc"] = parts["d_loss"] = objective.discriminator(models.disc, real, fake.flatten(0, 1))
+        return losses, {"loss": g_loss.detach(), **{k: v.detach() for k, v in parts.items()}}
+
+    return loss
+
+
+def _vae_discriminator(cfg: Config) -> nn.Module | None:
+    c = cfg.vae_loss
+    return PatchDiscriminator(cfg.vae.in_channels, c.disc_channels, c.disc_layers) if c.adversarial > 0 else None
+
+
+def _vae_monitors(cfg: Config, tracker, ema, zero3: bool) -> list:
+    from .monitor import VAEEvaluator
+
+    return [VAEEvaluator(cfg, tracker)]
+
+
+def _vae_validate(cfg: Config, path: str) -> None:
+    c = cfg.vae_loss
+    if c.perceptual <= 0:   # LPIPS is on only with both weight files present: nothing downloads
+        return
+    for key in ("perceptual_vgg", "perceptual_lin"):
+        file = getattr(c, key)
+        if not file or not Path(file).is_file():
+            raise ValueError(f"{path}: vae_loss.perceptual={c.perceptual} needs vae_loss.{key}, a local weight file "
+                             f"({'not set' if not file else f'{file} not found'}; nothing is downloaded). Set "
+                             "vae_loss.perceptual_vgg (torchvision vgg16 .pth) and vae_loss.perceptual_lin (LPIPS "
+                             "vgg.pth), or opt out of the perceptual loss with vae_loss.perceptual=0")
+
+
+TASKS: dict[str, TaskSpec] = {
+    "dit": TaskSpec("dit", lambda cfg: DiT(cfg.dit), _dit_data, _dit_loss, _dit_monitors,
+                    validate=_dit_validate),
+    "vae": TaskSpec("vae", lambda cfg: ARVAE(cfg.vae), _vae_data, _vae_loss, _vae_monitors,
+                    build_discriminator=_vae_discriminator, validate=_vae_validate),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The registered :class:`TaskSpec` called ``name``.
+
+    Raises:
+        ValueError: no such task (the known ones are named).
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}: expected one of {sorted(TASKS)}")
+    return TASKS[name]
+
+
+def load_trained(run_dir: str, which: str | None = None, task: str | None = None):
+    """Model of a training run in eval mode, built from its saved ``config.yaml`` (EMA weights
+    when the run kept an EMA).
+
+    Returns:
+        ``(cfg, model, tag, digest)``: the run's :class:`~ardscale.config.Config`, its task's model
+        with the tag's fp32 weights, the tag, and the first 12 hex digits of a sha256 over the
+        weights (identifies e.g. the VAE behind a latent dataset).
+    Raises:
+        FileNotFoundError: no ``config.yaml`` or no checkpoint in ``run_dir``.
+        ValueError: ``task`` given and the run is of another task.
+    """
+    import yaml
+
+    cfg_file = Path(run_dir) / "config.yaml"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a training run (no config.yaml)")
+    cfg = from_dict(yaml.safe_load(cfg_file.read_text()))
+    if task is not None and cfg.task != task:
+        raise ValueError(f"{run_dir} is a {cfg.task!r} run; a {task!r} run is needed here")
+    state, tag = checkpoint.load_weights(run_dir, which, ema=True)
+    model = get_task(cfg.task).build_model(cfg)
+    model.load_state_dict(state)
+    return cfg, model.eval(), tag, checkpoint.weights_digest(state)
