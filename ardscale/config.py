@@ -35,7 +35,7 @@ class DiffusionConfig:
     beta_schedule: str = "scaled_linear"  # LDM's (the official code's "linear"); see make_betas
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    timestep_sampler: str = "fopp"   # fopp | fopp_dp | equal | independent | naive
+    timestep_scheduler: str = "fopp"   # fopp | fopp_dp | equal | independent | naive
     prediction: str = "x0"           # x0 (paper) | eps | v: what the DiT outputs
     scale_factor: float = 0.5        # latents are multiplied by this before the DiT (paper Sec. 4.1)
 
@@ -76,13 +76,16 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 1000
     log_every: int = 10
-    eval_every: int = 0              # VAE: held-out PSNR/SSIM + recon video; DiT: fvd_local (`eval`) every N steps
+    # VAE: held-out PSNR/SSIM + recon video; DiT: fvd_local (`eval`) every N steps
+    eval_every: int = 0
     sample_every: int = 0            # DiT: sample videos to MLflow every N steps and at the end (0 = never)
     ckpt_every: int = 500
     keep_last: int = 3
     seed: int = 0
-    run_dir: str = "runs/default"    # checkpoints, resolved config and Ray Train state (local or mounted disk)
-    checkpoint_url: str = ""         # mirror of the checkpoints on any fsspec URL (s3://…); resumed from there
+    # checkpoints, resolved config and Ray Train state (local or mounted disk)
+    run_dir: str = "runs/default"
+    # mirror of the checkpoints on any fsspec URL (s3://…); resumed from there
+    checkpoint_url: str = ""
     init_from: str = ""              # run dir whose newest weights start this run (a previous stage)
     max_nonfinite_steps: int = 5     # this many steps in a row with a NaN/inf loss: save and stop
     peak_tflops: float = 0.0         # per device, for MFU (0: 989 on an H100-class GPU, none on CPU)
@@ -91,7 +94,8 @@ class TrainConfig:
 @dataclass
 class ScaleConfig:
     num_workers: int = 1             # Ray Train workers; 0 = run in this process (debugging)
-    min_workers: int = 0             # > 0: elastic, between min_workers and num_workers (resumes re-partition)
+    # > 0: elastic, between min_workers and num_workers (resumes re-partition)
+    min_workers: int = 0
     storage_path: str = ""           # Ray Train run state (local or s3://…); default {run_dir}/ray
     use_gpu: bool = False
     cpus_per_worker: int = 1
@@ -145,7 +149,8 @@ ConfigStore.instance().store(name="ardscale", node=Config)
 
 
 RENAMED = {"model": "dit", "diffusion.class_dropout": "dit.class_dropout", "vae.width": "vae.hidden_size",
-           "vae.latent_tokens": "vae.tokens_per_frame"}
+           "vae.latent_tokens": "vae.tokens_per_frame",
+           "diffusion.timestep_sampler": "diffusion.timestep_scheduler"}
 """Old config keys → their names now (a config that uses an old name is refused, naming the new one)."""
 
 
@@ -196,7 +201,8 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
         raise FileNotFoundError(f"config file not found: {path}")
     old = _old_keys(OmegaConf.to_container(OmegaConf.load(cfg_path)) or {}, list(overrides or []))
     if old:
-        raise ValueError(f"{path}: renamed config keys: " + ", ".join(f"{k} is now {RENAMED[k]}" for k in old))
+        renames = ", ".join(f"{k} is now {RENAMED[k]}" for k in old)
+        raise ValueError(f"{path}: renamed config keys: {renames}")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(cfg_path.parent), version_base=None):
         composed = compose(config_name=cfg_path.stem, overrides=list(overrides or []))
@@ -207,8 +213,9 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
         task = get_task(cfg.task)
     except ValueError as e:
         raise ValueError(f"{path}: task: {e}") from None
-    if len(cfg.optim.lr_steps) != len(cfg.optim.lr_values) or cfg.optim.lr_steps != sorted(cfg.optim.lr_steps):
-        raise ValueError(f"{path}: optim.lr_steps {cfg.optim.lr_steps} and optim.lr_values {cfg.optim.lr_values} "
+    o = cfg.optim
+    if len(o.lr_steps) != len(o.lr_values) or o.lr_steps != sorted(o.lr_steps):
+        raise ValueError(f"{path}: optim.lr_steps {o.lr_steps} and optim.lr_values {o.lr_values} "
                          "must have equal lengths, steps increasing")
     if cfg.optim.deepspeed.endswith((".yaml", ".yml", ".json")):
         cfg.optim.deepspeed = _absolute(cfg.optim.deepspeed)
@@ -217,7 +224,8 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
     task.validate(cfg, path)
     if "://" in cfg.train.run_dir:
         raise ValueError(f"{path}: train.run_dir={cfg.train.run_dir!r} must be a local (or mounted) folder: "
-                         "DeepSpeed writes there; set train.checkpoint_url=s3://… to mirror checkpoints remotely")
+                         "DeepSpeed writes there; set train.checkpoint_url=s3://… to mirror checkpoints "
+                         "remotely")
     cfg.data.root = _absolute(cfg.data.root)
     cfg.train.run_dir = _absolute(cfg.train.run_dir)
     cfg.train.init_from = cfg.train.init_from and _absolute(cfg.train.init_from)

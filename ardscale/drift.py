@@ -37,7 +37,8 @@ def encode_clips(vae, clips: torch.Tensor, scale_factor: float, batch_size: int 
 
 @torch.no_grad()
 def continue_clips(dit, vae, run_cfg, clips: torch.Tensor, labels: torch.Tensor, context: int, s: int,
-                   steps: int, cfg_scale: float, window: int, seed: int = 0, batch_size: int = 16) -> torch.Tensor:
+                   steps: int, cfg_scale: float, window: int, seed: int = 0,
+                   batch_size: int = 16) -> torch.Tensor:
     """Continue the first ``context`` frames of uint8 ``clips (N, F, H, W, 3)`` to F frames.
 
     Returns uint8 ``(N, F, H, W, 3)``; its first ``context`` frames are the AR-VAE's reconstructions.
@@ -75,7 +76,8 @@ def per_frame_psnr(fake: torch.Tensor, real: torch.Tensor) -> list[float]:
     return [psnr(a[:, j], b[:, j]).mean().item() for j in range(fake.shape[1])]
 
 
-def window_fvd(local: LocalFeatures, real_feats: torch.Tensor, videos: torch.Tensor, window: int) -> list[float]:
+def window_fvd(local: LocalFeatures, real_feats: torch.Tensor, videos: torch.Tensor,
+               window: int) -> list[float]:
     """``fvd_local`` of each window ``videos[:, j-window+1 : j+1]`` against ``real_feats (M, C)``
     (the local net's video features of real clips of length ``window``): F - window + 1 floats,
     the first for the window ending at frame ``window - 1``."""

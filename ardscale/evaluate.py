@@ -1,6 +1,7 @@
 """Measure what a trained run generates: ``python -m ardscale.evaluate RUN_DIR [key=value …]``.
 
-A DiT run: sample ``per_class`` videos for every class of the held-out split that the run trained on (AD scheduler ``s``,
+A DiT run: sample ``per_class`` videos for every class of the held-out split that the run
+trained on (AD scheduler ``s``,
 ``steps`` DDIM steps, CFG ``cfg_scale``), decode them with the AR-VAE of the training latents and
 compare them with the split's real clips:
 
@@ -42,7 +43,7 @@ from .metrics import frechet_distance, psnr, ssim
 from .metrics.local import LocalFeatures
 from .metrics.networks import I3DFeatures, InceptionFeatures
 from .sample import decode_frames, latent_vae, trained_classes, video_fps, write_grid
-from .tasks import load_trained
+from .tasks import get_task, load_trained
 
 
 def parse(overrides: list[str], base: EvalConfig | None = None) -> EvalConfig:
@@ -105,7 +106,8 @@ def generate_videos(run_cfg, dit, labels: torch.Tensor, e: EvalConfig) -> tuple[
 @torch.no_grad()
 def reconstruct(vae, real: torch.Tensor, batch_size: int) -> torch.Tensor:
     """AR-VAE reconstructions of uint8 clips ``(N, F, H, W, 3)`` → uint8, same shape."""
-    out = [to_uint8(vae(to_model_range(c))) for c in tqdm(real.split(batch_size), desc="reconstructing", file=sys.stderr)]
+    out = [to_uint8(vae(to_model_range(c))) for c in tqdm(real.split(batch_size), desc="reconstructing",
+                                                          file=sys.stderr)]
     return torch.cat(out)
 
 
@@ -138,6 +140,26 @@ def held_out(run_cfg, e: EvalConfig, root: str = "") -> tuple[torch.Tensor, torc
     return real, labels
 
 
+def evaluate_dit_run(run_cfg, dit, real: torch.Tensor, labels: torch.Tensor, e: EvalConfig) -> tuple:
+    """``per_class`` samples of every class in ``labels`` against the real clips: (uint8 videos,
+    metrics, report fields)."""
+    classes = torch.unique(labels)
+    y = classes.repeat_interleave(e.per_class)
+    fake, per_video = generate_videos(run_cfg, dit, y, e)
+    metrics = {**Reference(real, e).compare(fake), "gen_s_per_video": per_video}
+    return fake, metrics, {"classes": classes.tolist(), "generated": len(y), "frames": fake.shape[1]}
+
+
+def evaluate_vae_run(run_cfg, vae, real: torch.Tensor, labels: torch.Tensor, e: EvalConfig) -> tuple:
+    """Reconstructions of the real clips: (uint8 videos, ``rfvd_local`` … PSNR, SSIM, {})."""
+    fake = reconstruct(vae, real, e.batch_size)
+    metrics = {("r" + k if "fvd" in k else k): v for k, v in Reference(real, e).compare(fake).items()}
+    flat = lambda v: to_model_range(v).add(1).div(2).flatten(0, 1)   # (N·F, 3, H, W) in [0, 1]
+    fake01, real01 = flat(fake), flat(real)
+    metrics.update(psnr=psnr(fake01, real01).mean().item(), ssim=ssim(fake01, real01).mean().item())
+    return fake, metrics, {}
+
+
 def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
     """Evaluate a DiT or AR-VAE run (see the module docstring) with its ``eval`` settings and
     ``overrides``; returns the report.
@@ -150,18 +172,8 @@ def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
     real, labels = held_out(run_cfg, e)
     report = {"run_dir": run_dir, "checkpoint": tag, "task": run_cfg.task, "eval": asdict(e),
               "real_clips": len(real)}
-    if run_cfg.task == "vae":
-        fake = reconstruct(model, real, e.batch_size)
-        metrics = {("r" + k if "fvd" in k else k): v for k, v in Reference(real, e).compare(fake).items()}
-        flat = lambda v: to_model_range(v).add(1).div(2).flatten(0, 1)
-        metrics.update(psnr=psnr(flat(fake), flat(real)).mean().item(), ssim=ssim(flat(fake), flat(real)).mean().item())
-    else:
-        classes = torch.unique(labels)
-        y = classes.repeat_interleave(e.per_class)
-        fake, per_video = generate_videos(run_cfg, model, y, e)
-        metrics = {**Reference(real, e).compare(fake), "gen_s_per_video": per_video}
-        report.update(classes=classes.tolist(), generated=len(y), frames=fake.shape[1])
-    report["metrics"] = metrics
+    fake, metrics, extra = get_task(run_cfg.task).evaluate(run_cfg, model, real, labels, e)
+    report.update(extra, metrics=metrics)
     out = Path(e.out or Path(run_dir) / "eval" / f"{tag}-s{e.s}-n{e.per_class}-f{fake.shape[1]}")
     write_grid(fake[:16].numpy(), out, video_fps(run_cfg))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

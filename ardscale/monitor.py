@@ -23,6 +23,7 @@ from .data.transforms import to_model_range
 from .data.video import encode_mp4, video_grid, write_gif
 from .diffusion.sampler import sample
 from .diffusion.schedule import make_diffusion
+from .engine import checkpoint
 from .engine.tracking import Tracker
 from .metrics import psnr, ssim
 from .models.arvae import ARVAE
@@ -96,7 +97,7 @@ class VAEEvaluator(Hook):
     def __call__(self, model, step: int) -> dict:
         if self.videos is None:
             return {}
-        out = Path(self.cfg.train.run_dir) / "eval" / f"step-{step:08d}"
+        out = Path(self.cfg.train.run_dir) / "eval" / checkpoint.tag(step)
         metrics = evaluate_vae(model, self.videos, out, self.fps)
         self.tracker.log_metrics(metrics, step)
         for name in ("recon.mp4", "recon.gif"):
@@ -119,7 +120,7 @@ def sampling_model(cfg: Config, module, ema, zero3: bool):
     return module
 
 
-class DiTSampler(Hook):
+class SampleGrid(Hook):
     """A grid of 4 class-conditional samples (25 DDIM steps, AD s=2, CFG 2) from the DiT, from the
     EMA weights when kept (``train.sample_every``, and at the end)."""
 
@@ -138,10 +139,11 @@ class DiTSampler(Hook):
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        z = sample(model, self.diffusion, self.labels.to(device), self.frames, num_steps=25, s=2, cfg_scale=2.0,
+        z = sample(model, self.diffusion, self.labels.to(device), self.frames, num_steps=25, s=2,
+                   cfg_scale=2.0,
                    generator=torch.Generator().manual_seed(0))
         model.train(was_training)
-        out = Path(self.cfg.train.run_dir) / "samples" / f"step-{step:08d}"
+        out = Path(self.cfg.train.run_dir) / "samples" / checkpoint.tag(step)
         write_grid(decode_frames(self.vae, z.float().cpu(), self.cfg.diffusion.scale_factor), out, self.fps)
         for name in ("samples.mp4", "samples.gif"):
             self.tracker.log_artifact(str(out / name), f"samples/{out.name}")
@@ -173,5 +175,6 @@ class DiTEvaluator(Hook):
         found = {**self.reference.compare(fake), "gen_s_per_video": per_video}
         metrics = {f"eval/{k}": v for k, v in found.items() if isinstance(v, float)}
         self.tracker.log_metrics(metrics, step)
-        log.info("step %6d fvd_local %.3f fid_local %.3f", step, metrics["eval/fvd_local"], metrics["eval/fid_local"])
+        log.info("step %6d fvd_local %.3f fid_local %.3f", step, metrics["eval/fvd_local"],
+                 metrics["eval/fid_local"])
         return metrics

@@ -42,7 +42,8 @@ def default_labels(cfg, n: int) -> torch.Tensor:
 
 
 def context_latents(cfg, split: str, num_frames: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``num_frames`` latents ``(n, k, L, D)`` (DiT scale) and labels of n random clips of ``split``."""
+    """The first ``num_frames`` latents ``(n, k, L, D)`` (DiT scale) and labels of n random clips
+    of ``split``."""
     lat, labels, _ = load_latents(cfg.data.root, cfg.data.vae_id, split)
     if num_frames >= lat.shape[1] + 1:
         raise ValueError(f"--context {num_frames} exceeds the {lat.shape[1]} frames of the {split} latents")
@@ -73,7 +74,8 @@ def latent_vae(cfg):
     """
     manifest = read_json(join(latent_dir(cfg.data.root, cfg.data.vae_id, cfg.data.split), "_manifest.json"))
     if manifest is None:
-        raise FileNotFoundError(f"latent manifest of vae_id={cfg.data.vae_id} not found under {cfg.data.root}")
+        raise FileNotFoundError(f"latent manifest of vae_id={cfg.data.vae_id} not found under "
+                                f"{cfg.data.root}")
     return load_trained(manifest["vae_run"], manifest["vae_tag"])[1], manifest
 
 
@@ -85,8 +87,10 @@ def video_fps(cfg) -> float:
 
 def generate(run_dir: str, num_samples: int = 8, num_steps: int = 50, s: int = 2, cfg_scale: float = 2.0,
              num_frames: int | None = None, labels: list[int] | None = None, seed: int = 0,
-             out_dir: str | None = None, log_mlflow: bool = True, context: int = 0, context_split: str = "test",
-             window: int | None = None, kv_cache: bool = True, eta: float = 0.0, clip_x0: float = 0.0) -> dict:
+             out_dir: str | None = None, log_mlflow: bool = True, context: int = 0,
+             context_split: str = "test",
+             window: int | None = None, kv_cache: bool = True, eta: float = 0.0,
+             clip_x0: float = 0.0) -> dict:
     """Generate, decode and write a sample grid; returns paths, labels and timings.
 
     Args:
@@ -105,7 +109,8 @@ def generate(run_dir: str, num_samples: int = 8, num_steps: int = 50, s: int = 2
     gen = torch.Generator().manual_seed(seed)
     window = window or manifest["num_frames"]
     t0 = time.perf_counter()
-    z = sample(dit, make_diffusion(cfg.diffusion), y, num_frames or manifest["num_frames"], num_steps, s, cfg_scale, eta,
+    z = sample(dit, make_diffusion(cfg.diffusion), y, num_frames or manifest["num_frames"], num_steps, s,
+               cfg_scale, eta,
                generator=gen, progress=True, context=ctx, window=window, kv_cache=kv_cache, clip_x0=clip_x0)
     t1 = time.perf_counter()
     frames = decode_frames(vae, z, cfg.diffusion.scale_factor, window)

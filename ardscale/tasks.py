@@ -1,7 +1,8 @@
 """The task registry: what each ``task`` of a config builds (as torchtitan's ``ModelSpec``).
 
 A :class:`TaskSpec` says how to build the task's model (and GAN discriminator), load its data,
-compute its losses (pure: no backward, no optimizer step) and watch it train (monitor hooks).
+compute its losses (pure: no backward, no optimizer step), watch it train (monitor hooks) and
+evaluate a trained run (``python -m ardscale.evaluate``).
 ``train``, :func:`load_trained` and ``config.load`` look tasks up here; nothing else compares
 ``cfg.task`` with a name.
 
@@ -67,6 +68,8 @@ class TaskSpec:
     load_data: Callable[[Config], TaskData]
     build_loss: Callable[[Config], LossFn]
     monitors: Callable                          # (cfg, tracker, ema, zero3) -> list of monitor.Hook
+    # (cfg, model, real, labels, eval cfg) -> (videos, metrics, info)
+    evaluate: Callable
     build_discriminator: Callable[[Config], nn.Module | None] = lambda cfg: None
     validate: Callable[[Config, str], None] = lambda cfg, path: None
 
@@ -83,7 +86,7 @@ def _dit_data(cfg: Config) -> TaskData:
     def batch(idx: torch.Tensor, gen: torch.Generator) -> dict:
         x0 = latents[idx] * d.scale_factor
         B, F = x0.shape[:2]
-        t = sample_timesteps(d.timestep_sampler, B, F, d.num_timesteps, generator=gen)
+        t = sample_timesteps(d.timestep_scheduler, B, F, d.num_timesteps, generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         drop = torch.rand(B, generator=gen) < cfg.dit.class_dropout
         return {"x0": x0, "y": labels[idx], "t": t, "noise": noise, "drop": drop}
@@ -97,25 +100,34 @@ def _dit_loss(cfg: Config) -> LossFn:
 
     def loss(models: Models, b: dict, step: int) -> tuple[dict, dict]:
         value, per_frame = dit_loss(models.model, diffusion, b["x0"], b["y"], b["t"], b["noise"], b["drop"])
-        return {"model": value}, {"loss": value.detach(), **bucket_losses(per_frame, b["t"], diffusion.num_timesteps)}
+        buckets = bucket_losses(per_frame, b["t"], diffusion.num_timesteps)
+        return {"model": value}, {"loss": value.detach(), **buckets}
 
     return loss
 
 
 def _dit_monitors(cfg: Config, tracker, ema, zero3: bool) -> list:
-    from .monitor import DiTEvaluator, DiTSampler
+    from .monitor import DiTEvaluator, SampleGrid
 
     hooks = [DiTEvaluator(cfg, tracker, ema, zero3)] if cfg.train.eval_every else []
-    return hooks + ([DiTSampler(cfg, tracker, ema, zero3)] if cfg.train.sample_every else [])
+    return hooks + ([SampleGrid(cfg, tracker, ema, zero3)] if cfg.train.sample_every else [])
+
+
+def _dit_evaluate(*args) -> tuple:
+    from .evaluate import evaluate_dit_run  # evaluate imports this module
+
+    return evaluate_dit_run(*args)
 
 
 def _dit_validate(cfg: Config, path: str) -> None:
     if not cfg.data.vae_id:
-        raise ValueError(f"{path}: data.vae_id is empty; set it to the vae_id that tools/encode_latents.py printed")
+        raise ValueError(f"{path}: data.vae_id is empty; set it to the vae_id that "
+                         "tools/encode_latents.py printed")
     if cfg.train.eval_every and not Path(cfg.eval.local).is_file():
-        raise FileNotFoundError(f"{path}: train.eval_every={cfg.train.eval_every} needs eval.local, the ucf101_local "
-                                f"feature network ({cfg.eval.local} not found): train it with "
-                                "`python -m ardscale.metrics.local --root DATA --out PATH`, or set train.eval_every=0")
+        raise FileNotFoundError(f"{path}: train.eval_every={cfg.train.eval_every} needs eval.local, the "
+                                f"ucf101_local feature network ({cfg.eval.local} not found): train it with "
+                                "`python -m ardscale.metrics.local --root DATA --out PATH`, or set "
+                                "train.eval_every=0")
 
 
 # -- vae -------------------------------------------------------------------------------------------
@@ -149,13 +161,20 @@ def _vae_loss(cfg: Config) -> LossFn:
 
 def _vae_discriminator(cfg: Config) -> nn.Module | None:
     c = cfg.vae_loss
-    return PatchDiscriminator(cfg.vae.in_channels, c.disc_channels, c.disc_layers) if c.adversarial > 0 else None
+    return PatchDiscriminator(cfg.vae.in_channels, c.disc_channels,
+                              c.disc_layers) if c.adversarial > 0 else None
 
 
 def _vae_monitors(cfg: Config, tracker, ema, zero3: bool) -> list:
     from .monitor import VAEEvaluator
 
     return [VAEEvaluator(cfg, tracker)]
+
+
+def _vae_evaluate(*args) -> tuple:
+    from .evaluate import evaluate_vae_run
+
+    return evaluate_vae_run(*args)
 
 
 def _vae_validate(cfg: Config, path: str) -> None:
@@ -165,16 +184,17 @@ def _vae_validate(cfg: Config, path: str) -> None:
     for key in ("perceptual_vgg", "perceptual_lin"):
         file = getattr(c, key)
         if not file or not Path(file).is_file():
-            raise ValueError(f"{path}: vae_loss.perceptual={c.perceptual} needs vae_loss.{key}, a local weight file "
-                             f"({'not set' if not file else f'{file} not found'}; nothing is downloaded). Set "
-                             "vae_loss.perceptual_vgg (torchvision vgg16 .pth) and vae_loss.perceptual_lin (LPIPS "
+            why = "not set" if not file else f"{file} not found"
+            raise ValueError(f"{path}: vae_loss.perceptual={c.perceptual} needs vae_loss.{key}, a local "
+                             f"weight file ({why}; nothing is downloaded). Set vae_loss.perceptual_vgg "
+                             "(torchvision vgg16 .pth) and vae_loss.perceptual_lin (LPIPS "
                              "vgg.pth), or opt out of the perceptual loss with vae_loss.perceptual=0")
 
 
 TASKS: dict[str, TaskSpec] = {
-    "dit": TaskSpec("dit", lambda cfg: DiT(cfg.dit), _dit_data, _dit_loss, _dit_monitors,
+    "dit": TaskSpec("dit", lambda cfg: DiT(cfg.dit), _dit_data, _dit_loss, _dit_monitors, _dit_evaluate,
                     validate=_dit_validate),
-    "vae": TaskSpec("vae", lambda cfg: ARVAE(cfg.vae), _vae_data, _vae_loss, _vae_monitors,
+    "vae": TaskSpec("vae", lambda cfg: ARVAE(cfg.vae), _vae_data, _vae_loss, _vae_monitors, _vae_evaluate,
                     build_discriminator=_vae_discriminator, validate=_vae_validate),
 }
 

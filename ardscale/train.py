@@ -21,7 +21,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from .config import Config, from_dict, load, to_dict
-from .data.loader import StepSampler
+from .data.loader import StepBatches
 from .engine import checkpoint
 from .engine.checkpoint import CheckpointManager
 from .engine.deepspeed import build_engine, frozen
@@ -114,7 +114,8 @@ class _Stop:
 
 def _throughput(data: TaskData, cfg: Config, dt: float, world: int) -> dict:
     samples = cfg.optim.micro_batch_size * cfg.optim.grad_accum * world
-    out = {"step_time_s": dt, "samples_per_s": samples / dt, "tokens_per_s": samples * data.tokens_per_sample / dt}
+    out = {"step_time_s": dt, "samples_per_s": samples / dt,
+           "tokens_per_s": samples * data.tokens_per_sample / dt}
     if data.flops_per_sample:
         tflops = data.flops_per_sample * samples / world / dt / 1e12
         out["tflops_per_device"] = tflops
@@ -180,7 +181,7 @@ class Trainer:
                              None if self.disc is None else frozen(self.disc.module))
         self.engines = {"model": self.engine, "disc": self.disc}
         self.guards = {"model": NonFiniteGuard(), "disc": NonFiniteGuard()}
-        self.sampler = StepSampler(self.data.num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum,
+        self.sampler = StepBatches(self.data.num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum,
                                    self.rank, self.world, t.seed)
         self.stop, self.bad_run = _Stop(self.run_dir, self.rank), 0
 
@@ -243,8 +244,9 @@ class Trainer:
                    reason="nonfinite loss" if nonfinite else "stop request (SIGTERM or STOP file)")
         self.tracker.end("FAILED" if nonfinite else "KILLED")
         if nonfinite:
-            raise RuntimeError(f"the loss was NaN/inf in {self.bad_run} steps in a row (last: step {step - 1}); the "
-                               f"updates were skipped and {checkpoint.tag(step)} holds the last good weights")
+            raise RuntimeError(f"the loss was NaN/inf in {self.bad_run} steps in a row (last: step "
+                               f"{step - 1}); the updates were skipped and {checkpoint.tag(step)} holds the "
+                               "last good weights")
         if self.stop.own_signal:
             raise SystemExit(143)
         return {**metrics, "stopped": 1.0}   # under Ray: a clean return, so Ray does not retry

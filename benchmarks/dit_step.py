@@ -40,7 +40,8 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
     entry = {"label": args.label, "frames": args.frames, "params": sum(p.numel() for p in model.parameters()),
              "step_s_median": statistics.median(times[1:]), "step_s_all": times[1:],
-             "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
+             "threads": torch.get_num_threads(), "torch": torch.__version__,
+             "cpu": platform.processor() or platform.machine()}
     results = json.loads(OUT.read_text()) if OUT.exists() else []
     results = [r for r in results if r["label"] != args.label] + [entry]
     OUT.parent.mkdir(parents=True, exist_ok=True)

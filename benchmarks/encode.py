@@ -40,7 +40,8 @@ def bare(vae_run: str, root: str, split: str, clips: int) -> dict:
             model.encode(chunk)
         dt = time.perf_counter() - t0
     return {"clips": len(v), "seconds": round(dt, 3), "clips_per_s": round(len(v) / dt, 1),
-            "threads": torch.get_num_threads(), "read_decode_clips_per_s_1_thread": round(len(videos) / decode_s, 1)}
+            "threads": torch.get_num_threads(),
+            "read_decode_clips_per_s_1_thread": round(len(videos) / decode_s, 1)}
 
 
 def job(vae_run: str, root: str, split: str, actors: int) -> dict:

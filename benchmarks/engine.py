@@ -31,7 +31,8 @@ def make_latents(root: Path, clips: int = 512) -> None:
     rows = [{"__key__": f"c{i:05d}", "npy": npy_bytes(z[i]),
              "json": {"label": i % 10}} for i in range(clips)]
     write_shard(str(root / "latents" / "bench" / "train" / "shard-000000.tar"), rows)
-    write_json(str(root / "latents" / "bench" / "train" / "_manifest.json"), {"vae_id": "bench", "num_frames": 8})
+    write_json(str(root / "latents" / "bench" / "train" / "_manifest.json"),
+               {"vae_id": "bench", "num_frames": 8})
 
 
 def run(root: Path, out: Path, workers: int, zero: str, steps: int) -> dict:

@@ -26,7 +26,8 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     rows = [{"scheduler": n, "B": 256, "F": f, "T": 1000, "ms_per_batch": round(bench(n, 256, f), 3)}
             for n in ("fopp", "fopp_dp", "naive") for f in (16, 128)]
-    out = {"device": f"CPU ({platform.processor() or platform.machine()}), 1 thread", "torch": torch.__version__,
+    out = {"device": f"CPU ({platform.processor() or platform.machine()}), 1 thread",
+           "torch": torch.__version__,
            "results": rows}
     path = Path(__file__).parent / "results" / "fopp.json"
     path.write_text(json.dumps(out, indent=2))

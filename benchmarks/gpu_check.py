@@ -84,7 +84,8 @@ def check_attention(device: torch.device, tiny: bool) -> dict:
                             for n, x, r in zip("qkv", xs, ref_in)})
             fq = F // 2   # the KV cache: queries are the last frames, keys all frames
             with torch.no_grad():
-                cached = attn.attention(xs[0][:, :, -fq * L:].detach(), xs[1].detach(), xs[2].detach(), L, name)
+                cached = attn.attention(xs[0][:, :, -fq * L:].detach(), xs[1].detach(), xs[2].detach(), L,
+                                        name)
             row["kv_cache_out"] = (cached.float() - ref[:, :, -fq * L:]).abs().max().item()
             out[name] = row
         except Exception as e:  # noqa: BLE001 - one kernel's failure is a result, not a crash
@@ -100,7 +101,8 @@ def _dist_init() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0")
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
 
 
@@ -128,7 +130,8 @@ def _engine(model: torch.nn.Module, micro: int, bf16: bool):
     def step(loss):
         engine.backward(loss)
         engine.step()
-    return engine, step, f"deepspeed {deepspeed.__version__} ZeRO-2", torch.bfloat16 if bf16 else torch.float32
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    return engine, step, f"deepspeed {deepspeed.__version__} ZeRO-2", dtype
 
 
 def check_train(device: torch.device, tiny: bool, micro: int = 16) -> dict:
@@ -142,7 +145,8 @@ def check_train(device: torch.device, tiny: bool, micro: int = 16) -> dict:
     diffusion, gen = GaussianDiffusion(), torch.Generator().manual_seed(0)
 
     def one_step():
-        x0 = torch.nn.functional.normalize(torch.randn(micro, F, cfg.tokens_per_frame, cfg.latent_dim), dim=-1)
+        x0 = torch.nn.functional.normalize(torch.randn(micro, F, cfg.tokens_per_frame, cfg.latent_dim),
+                                           dim=-1)
         t = sample_timesteps("fopp", micro, F, diffusion.num_timesteps, generator=gen)
         x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=gen))
         y = torch.randint(0, cfg.num_classes + 1, (micro,), generator=gen)
@@ -157,7 +161,8 @@ def check_train(device: torch.device, tiny: bool, micro: int = 16) -> dict:
     peak = peak_tflops(0.0)
     return {"engine": engine_name, "config": asdict(cfg), "frames": F, "micro_batch": micro,
             "dtype": "torch.bfloat16" if bf16 else "torch.float32",
-            "compiled": device.type == "cuda", "step_s_median": per_step, "tokens_per_s": micro * F * 32 / per_step,
+            "compiled": device.type == "cuda", "step_s_median": per_step,
+            "tokens_per_s": micro * F * 32 / per_step,
             "tflops": tflops, "peak_tflops": peak, "mfu": tflops / peak if peak else None,
             "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
 
@@ -166,7 +171,8 @@ def check_sampling(device: torch.device, tiny: bool) -> dict:
     """Generation and decode time per video with the AD scheduler (DDIM-50, CFG 3, batch 1)."""
     dit_cfg = DiTConfig.tiny(attn_backend="sdpa") if tiny else DiTConfig()
     vae_cfg = ARVAEConfig.tiny(temporal=True) if tiny else ARVAEConfig(temporal=True)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32   # autocast: the sampler keeps fp32 latents
+    # autocast: the sampler keeps fp32 latents
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dit, vae = DiT(dit_cfg).to(device).eval(), ARVAE(vae_cfg).to(device).eval()
     window, steps = (4, 6) if tiny else (16, 50)
     cases = [(4, 0), (12, 3)] if tiny else [(16, 0), (128, 5)]
@@ -213,7 +219,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--parts", default="attention,train,sampling,encode", help="comma-separated parts to run")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    report = {"device": name,
               "torch": torch.__version__, "tiny": args.tiny}
     checks = {"attention": check_attention, "train": check_train, "sampling": check_sampling,
               "encode": check_encode}
@@ -221,7 +228,8 @@ def main(argv=None) -> dict:
         check = checks[name]
         start = time.perf_counter()
         try:
-            report[name] = check(device, args.tiny, args.micro) if name == "train" else check(device, args.tiny)
+            extra = (args.micro,) if name == "train" else ()
+            report[name] = check(device, args.tiny, *extra)
         except Exception:  # noqa: BLE001 - record it; the remaining parts still run
             report[name] = {"error": traceback.format_exc(limit=4)}
         report[name]["wall_s"] = round(time.perf_counter() - start, 2)

@@ -35,7 +35,8 @@ def run(model, frames: int, s: int, kv_cache: bool, steps: int = 50) -> tuple[di
     t0 = time.perf_counter()
     z = sample(counter, GaussianDiffusion(1000), torch.tensor([1, 2]), frames, steps, s,
                generator=torch.Generator().manual_seed(0), kv_cache=kv_cache)
-    row = {"F": frames, "s": s, "N": steps, "kv_cache": kv_cache, "seconds": round(time.perf_counter() - t0, 3),
+    row = {"F": frames, "s": s, "N": steps, "kv_cache": kv_cache,
+           "seconds": round(time.perf_counter() - t0, 3),
            "dit_calls": counter.calls, "frame_evals": counter.frames}
     return row, z
 
@@ -55,7 +56,8 @@ if __name__ == "__main__":
         rows += [plain, cached]
         print(json.dumps(plain), json.dumps(cached), sep="\n", flush=True)
     c = model.config
-    out = {"device": f"CPU ({platform.processor() or platform.machine()}), 2 threads", "torch": torch.__version__,
+    out = {"device": f"CPU ({platform.processor() or platform.machine()}), 2 threads",
+           "torch": torch.__version__,
            "model": f"DiTConfig.tiny(): hidden {c.hidden_size}, depth {c.depth}, L={c.tokens_per_frame}",
            "batch": 2, "results": rows}
     path = Path(__file__).parent / "results" / "sampling.json"

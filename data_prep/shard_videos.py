@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ardscale.data.shards import join, read_json, shard_name, write_json, write_shard
+from ardscale.data.shards import join, read_json, shard_name, sidecar_url, write_json, write_shard
 from ardscale.data.sources import VideoItem, class_names, folder_items, ucf101_items
 from ardscale.data.video import VideoReadError, encode_mp4, read_clips
 
@@ -44,7 +44,7 @@ def shard_one(items: list[VideoItem], url: str, num_frames: int, fps: float, siz
                 yield {"__key__": f"{it.key}-{k:03d}", "mp4": encode_mp4(frames, fps), "json": meta}
 
     write_shard(url, samples())
-    write_json(url.removesuffix(".tar") + ".stats.json", stats)
+    write_json(sidecar_url(url), stats)
     return stats
 
 
@@ -80,7 +80,7 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
     t0, pending, done = time.time(), {}, []
     for i, shard_items in enumerate(plan):
         url = join(out_dir, shard_name(i))
-        prev = read_json(url.removesuffix(".tar") + ".stats.json")
+        prev = read_json(sidecar_url(url))
         if prev is not None:
             done.append({**prev, "reused": True})
             continue

@@ -46,7 +46,8 @@ def main(out: Path, seconds: int) -> None:
     local = out / "ucf101_local.json"
     if local.is_file():
         r = json.loads(local.read_text())
-        print(f"     local: ucf101_local test accuracy {r['test_accuracy']:.3f} ({r['test_clips']} held-out clips)")
+        print(f"     local: ucf101_local test accuracy {r['test_accuracy']:.3f} "
+              f"({r['test_clips']} held-out clips)")
     print(f"    curves: {out / 'loss_curves.png'}")
     print(f"    MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlruns.db   (experiment ardscale-demo)")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ardscale.data.loader import StepSampler
+from ardscale.data.loader import StepBatches
 from ardscale.data.shards import list_shards, read_shard, write_shard
 from ardscale.data.sources import VideoItem, folder_items, in_test_split, ucf101_items
 from ardscale.data.video import VideoReadError, decode_mp4, read_clips
@@ -87,12 +87,12 @@ def test_step_sampler_partitions_each_epoch_across_ranks():
     seen = []
     for step in range(4):   # 4 steps × 12 samples = one epoch of 48
         for rank in range(world):
-            batches = StepSampler(n, micro, accum, rank, world, seed=5).micro_batches(step)
+            batches = StepBatches(n, micro, accum, rank, world, seed=5).micro_batches(step)
             assert len(batches) == accum and all(len(b) == micro for b in batches)
             seen += torch.cat(batches).tolist()
     assert sorted(seen) == list(range(n)), "a sample was lost or repeated within the epoch"
-    a = StepSampler(n, micro, accum, 1, world, seed=5).micro_batches(7)
-    b = StepSampler(n, micro, accum, 1, world, seed=5).micro_batches(7)
+    a = StepBatches(n, micro, accum, 1, world, seed=5).micro_batches(7)
+    b = StepBatches(n, micro, accum, 1, world, seed=5).micro_batches(7)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 

@@ -16,7 +16,8 @@ def test_ray_cluster_launcher_yaml():
     assert c["head_node_type"] in c["available_node_types"]
     gpus = {k: v["resources"].get("GPU", 0) for k, v in c["available_node_types"].items()}
     assert gpus["gpu_h100"] == gpus["gpu_a100"] == 8 and gpus[c["head_node_type"]] == 0
-    assert sum(v["max_workers"] for k, v in c["available_node_types"].items() if k != "head") >= c["max_workers"]
+    assert sum(v["max_workers"] for k,
+               v in c["available_node_types"].items() if k != "head") >= c["max_workers"]
 
 
 def test_kuberay_rayjob_launches_a_training_that_loads_and_fits_its_cluster():
@@ -33,7 +34,8 @@ def test_kuberay_rayjob_launches_a_training_that_loads_and_fits_its_cluster():
     assert cfg.task == "dit" and cfg.scale.use_gpu and cfg.data.root.startswith("s3://")
     spec = job["spec"]["rayClusterSpec"]
     groups = spec["workerGroupSpecs"]
-    gpus = [int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) for g in groups]
+    limits = [g["template"]["spec"]["containers"][0]["resources"]["limits"] for g in groups]
+    gpus = [int(lim["nvidia.com/gpu"]) for lim in limits]
     assert sum(g["minReplicas"] * n for g, n in zip(groups, gpus)) <= cfg.scale.num_workers
     assert cfg.scale.num_workers <= sum(g["maxReplicas"] * n for g, n in zip(groups, gpus))
     containers = [spec["headGroupSpec"]["template"]["spec"]["containers"][0]] + [

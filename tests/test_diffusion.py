@@ -53,7 +53,8 @@ def test_fopp_chosen_frame_is_uniform_and_completions_are_uniform(F, T):
     t, f = fopp_with_frame(n, F, T, generator=torch.Generator().manual_seed(1))
     # (a) the chosen frame's timestep is uniform over 0..T-1
     tf = t[torch.arange(n), f]
-    ok, chi2 = chi2_ok(dict(enumerate(torch.bincount(tf, minlength=T).tolist())), {v: 1 / T for v in range(T)}, n)
+    ok, chi2 = chi2_ok(dict(enumerate(torch.bincount(tf, minlength=T).tolist())),
+                       {v: 1 / T for v in range(T)}, n)
     assert ok, f"t_f marginal chi2={chi2:.1f}"
     # (b) given (f, t_f), every non-decreasing completion is equally likely
     for fr, v in [(1, T // 2), (0, 0), (F - 1, T - 1)]:
@@ -244,7 +245,8 @@ def test_posterior_matches_ddpm_and_ddim_eta1(schedule):
     x_t = d.q_sample(x0, t, noise)
     mean, var = d.q_posterior(x0, x_t, t, t - 1)
     a, ap, b = d.alphas_cumprod[t], d.alphas_cumprod[t - 1], d.betas[t]
-    ref_mean = (b * ap.sqrt() / (1 - a))[..., None, None] * x0 + ((1 - b).sqrt() * (1 - ap) / (1 - a))[..., None, None] * x_t
+    c0, ct = b * ap.sqrt() / (1 - a), (1 - b).sqrt() * (1 - ap) / (1 - a)
+    ref_mean = c0[..., None, None] * x0 + ct[..., None, None] * x_t
     assert torch.allclose(mean, ref_mean, atol=1e-12)
     assert torch.allclose(var[..., 0, 0], b * (1 - ap) / (1 - a), atol=1e-15)
     # DDIM with eta = 1 samples that posterior, also over a strided gap (t → t - 7).
@@ -317,9 +319,11 @@ def test_kv_cache_computes_each_clean_frame_once_and_skips_waiting_frames():
     # Auto-regressive (s >= N): each frame is computed in its N steps, plus once as clean context.
     assert frames_computed == F * N + (F - 1)
     uncached = Recorder(random_dit())
-    sample(uncached, d, torch.tensor([0]), F, N, s, kv_cache=False, generator=torch.Generator().manual_seed(0))
+    sample(uncached, d, torch.tensor([0]), F, N, s, kv_cache=False,
+           generator=torch.Generator().manual_seed(0))
     ends = [int((rows[i] != rows[i + 1]).nonzero().max()) + 1 for i in range(len(rows) - 1)]
-    assert sum(len(t) for _, t in uncached.calls) == sum(ends) == N * (1 + 2 + 3 + 4)  # frames 0..last changing, every time
+    # frames 0..last changing, every time
+    assert sum(len(t) for _, t in uncached.calls) == sum(ends) == N * (1 + 2 + 3 + 4)
 
 
 def test_sliding_window_beyond_training_length():
@@ -346,7 +350,8 @@ def test_video_continuation_keeps_the_context_and_uses_it():
     assert torch.equal(out[:, :3], ctx)
     other = sample(model, d, y, 7, N, 2, context=3 * ctx + 2, generator=torch.Generator().manual_seed(2))
     assert (out[:, 3:] - other[:, 3:]).abs().mean() > 1e-3
-    ref = sample(model, d, y, 7, N, 2, context=ctx, kv_cache=False, generator=torch.Generator().manual_seed(2))
+    ref = sample(model, d, y, 7, N, 2, context=ctx, kv_cache=False,
+                 generator=torch.Generator().manual_seed(2))
     assert (out - ref).abs().max() < 1e-5
     with pytest.raises(ValueError, match="leaves none to generate"):
         sample(model, d, y, 3, N, 2, context=ctx)

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     out = tmp_path / "gpu"
     env = {**os.environ, "OUT": str(out)}
-    subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--tiny"], check=True, env=env, timeout=300,
+    subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--tiny"], check=True, env=env,
+                   timeout=300,
                    capture_output=True)
     r = json.loads((out / "gpu_check.json").read_text())
     assert r["tiny"] and not [k for k in ("attention", "train", "sampling", "encode") if "error" in r[k]]

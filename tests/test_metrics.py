@@ -21,12 +21,14 @@ def test_frechet_equals_the_closed_form_on_gaussians():
     mu_a, mu_b = np.array([0.0, 1.0, -2.0]), np.array([0.5, 1.0, 0.0])
     sd_a, sd_b = np.array([1.0, 2.0, 0.5]), np.array([2.0, 2.0, 1.5])
     closed = ((mu_a - mu_b) ** 2).sum() + ((sd_a - sd_b) ** 2).sum()
-    assert frechet_from_stats(mu_a, np.diag(sd_a**2), mu_b, np.diag(sd_b**2)) == pytest.approx(closed, rel=1e-9)
+    got = frechet_from_stats(mu_a, np.diag(sd_a**2), mu_b, np.diag(sd_b**2))
+    assert got == pytest.approx(closed, rel=1e-9)
     # A full covariance: against itself 0; against a scaled copy c²Σ it is (1 − c)² Tr Σ.
     A = rng.normal(size=(4, 4))
     cov = A @ A.T + np.eye(4)
     assert frechet_from_stats(np.zeros(4), cov, np.zeros(4), cov) == pytest.approx(0, abs=1e-8)
-    assert frechet_from_stats(np.zeros(4), cov, np.zeros(4), 9 * cov) == pytest.approx(4 * np.trace(cov), rel=1e-9)
+    scaled = frechet_from_stats(np.zeros(4), cov, np.zeros(4), 9 * cov)
+    assert scaled == pytest.approx(4 * np.trace(cov), rel=1e-9)
     # Samples converge to the closed form.
     a = rng.normal(mu_a, sd_a, size=(200_000, 3))
     b = rng.normal(mu_b, sd_b, size=(200_000, 3))
@@ -88,7 +90,8 @@ def test_standard_feature_networks_load_from_torchscript_files(tmp_path):
 def _real_clips(ucf_root, n=24):
     from ardscale.data.video import read_clips
     paths = sorted((ucf_root / "videos").glob("*/*.avi"))[::7][:n // 2]
-    return torch.from_numpy(np.stack([c for p in paths for _, c in read_clips(str(p), 8, 8, 32, max_clips=2)]))
+    clips = [c for p in paths for _, c in read_clips(str(p), 8, 8, 32, max_clips=2)]
+    return torch.from_numpy(np.stack(clips))
 
 
 def _corrupt(clips, kind, level):
@@ -153,7 +156,8 @@ def test_local_classifier_trains_saves_and_gives_features(tmp_path):
     assert feats.meta["test_accuracy"] == report["test_accuracy"]
     video, frames = feats(clips(6)[0])
     assert video.shape == (6, 16) and frames.shape == (24, 16) and video.dtype == torch.float64
-    up = torch.nn.functional.interpolate(clips(6)[0].permute(0, 1, 4, 2, 3).flatten(0, 1).float(), scale_factor=2)
+    up = torch.nn.functional.interpolate(clips(6)[0].permute(0, 1, 4, 2, 3).flatten(0, 1).float(),
+                                         scale_factor=2)
     assert feats(up.view(6, 4, 3, 32, 32).permute(0, 1, 3, 4, 2).byte())[0].shape == (6, 16)   # resized input
     with pytest.raises(FileNotFoundError, match="python -m ardscale.metrics.local"):
         LocalFeatures(str(tmp_path / "none.pt"))
@@ -183,7 +187,8 @@ def test_drift_references_and_per_frame_psnr():
     g = torch.Generator().manual_seed(0)
     real = torch.randint(0, 256, (3, 6, 8, 8, 3), generator=g, dtype=torch.uint8)
     held = frozen(real, 2)
-    assert torch.equal(held[:, :2], real[:, :2]) and all(torch.equal(held[:, j], real[:, 1]) for j in range(2, 6))
+    assert torch.equal(held[:, :2], real[:, :2])
+    assert all(torch.equal(held[:, j], real[:, 1]) for j in range(2, 6))
     noisy = real.clone()
     noisy[:, 4] = (noisy[:, 4].int() + 25).clamp(0, 255).byte()           # only frame 4 differs
     p = per_frame_psnr(noisy, real)

@@ -31,7 +31,8 @@ def reference_attention(q, k, v, L):
 
 def fake_flash(q, k, v):
     """flash_attn_func's contract ((B, N, H, Dh), no mask) on SDPA, to test the frame split."""
-    return torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
+    out = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)))
+    return out.transpose(1, 2)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex", "flash"])
@@ -152,7 +153,8 @@ def test_arvae_decoder_is_temporally_causal(j):
     assert a.shape == video.shape
     assert torch.equal(a[:, :j], b[:, :j]), "a decoded frame < j changed with frame j's pixels"
     assert torch.equal(a[:, :j], c[:, :j]), "a decoded frame < j read frame j's latents"
-    assert (a[:, j:] - c[:, j:]).abs().amax(dim=(2, 3, 4)).min() > 1e-4, "frames >= j ignore frame j's latents"
+    assert (a[:, j:] - c[:, j:]).abs().amax(dim=(2, 3,
+                                                 4)).min() > 1e-4, "frames >= j ignore frame j's latents"
 
 
 def test_arvae_latent_contract_tokens_on_a_sphere_and_decoding_ignores_their_scale():

@@ -29,8 +29,10 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
         {"__key__": "ok", "mp4": good["mp4"], "json": good["json"]},
         {"__key__": "corrupt", "mp4": b"\x00\x00not an mp4", "json": good["json"]}])
     run = str(tmp_path / "vae")
-    launch(load(str(CONFIGS / "demo_vae_frames.yaml"), [f"data.root={root}", f"train.run_dir={run}", "train.steps=1", "scale.num_workers=0",
-                         "vae.image_size=32", "vae.hidden_size=32", "vae.depth=1", "vae.pixel_channels=8", "optim.micro_batch_size=2",
+    launch(load(str(CONFIGS / "demo_vae_frames.yaml"), [f"data.root={root}", f"train.run_dir={run}",
+                                                        "train.steps=1", "scale.num_workers=0",
+                         "vae.image_size=32", "vae.hidden_size=32", "vae.depth=1", "vae.pixel_channels=8",
+                                                        "optim.micro_batch_size=2",
                          f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
     m = encode_run(run, str(root), "train", num_actors=2)
     assert (m["shards"], m["shards_encoded_now"], m["clips"]) == (2, 2, 4)
@@ -78,8 +80,10 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns.db")
     arts = [a.path for a in mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], "samples")]
-    assert sorted(arts) == ["samples/step-00000002", "samples/step-00000002-s1-cfg2.0"]   # training's, generate's
-    names = {a.path.rsplit("/", 1)[-1] for a in mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], arts[1])}
+    # training's, generate's
+    assert sorted(arts) == ["samples/step-00000002", "samples/step-00000002-s1-cfg2.0"]
+    listed = mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], arts[1])
+    names = {a.path.rsplit("/", 1)[-1] for a in listed}
     assert names == {"samples.mp4", "samples.gif", "samples.json"}
     # the samples the training run logged itself (train.sample_every, from the EMA weights)
     during = mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], "samples/step-00000002")
@@ -97,9 +101,11 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     m = rep["metrics"]
     assert rep["classes"] == [2] and rep["generated"] == 3 and rep["frames"] == 8
     assert m["fvd_local"] > 0 and m["fid_local"] > 0 and len(m["fvd_local_segments"]) == 2
-    assert m["gen_s_per_video"] > 0 and json.loads((Path(rep["out"]) / "report.json").read_text())["metrics"] == m
+    assert m["gen_s_per_video"] > 0
+    assert json.loads((Path(rep["out"]) / "report.json").read_text())["metrics"] == m
     hist = mlflow.MlflowClient().get_metric_history(info["mlflow_run_id"], "eval/fvd_local")
-    assert [h.step for h in hist] == [1, 2, 2] and hist[-1].value == m["fvd_local"]   # training's, then evaluate's
+    # training's, then evaluate's
+    assert [h.step for h in hist] == [1, 2, 2] and hist[-1].value == m["fvd_local"]
     assert all(h.value > 0 for h in hist)
     vrep = evaluate(run, [f"local={local}", "split=train", "mlflow=false"])
     assert vrep["metrics"]["rfvd_local"] >= 0 and 5 < vrep["metrics"]["psnr"] < 40
@@ -113,15 +119,18 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
               f"sqlite:///{tmp_path}/ablate.db", "--out", str(tmp_path / "ablate")]
     t3 = ablate(["table3", "--root", str(root), "--vae-id", again["vae_id"], "--variants", "fopp", "eps",
                  "--seeds", "1", "--steps", "2", *common])
-    assert set(t3["results"]) == {"fopp", "eps"} and all(r[0]["fvd_local"] > 0 for r in t3["results"].values())
+    assert set(t3["results"]) == {"fopp",
+                                  "eps"} and all(r[0]["fvd_local"] > 0 for r in t3["results"].values())
     assert (tmp_path / "ablate" / "table3.md").read_text().count("\n") == 4
-    t2 = ablate(["table2", "--dit-run", str(tmp_path / "ablate" / "fopp-s0"), "--s-values", "0", "4", *common])
+    t2 = ablate(["table2", "--dit-run", str(tmp_path / "ablate" / "fopp-s0"), "--s-values", "0", "4",
+                 *common])
     assert [r["s"] for r in t2["results"]] == [0, 4] and all(r["gen_s_per_video"] > 0 for r in t2["results"])
 
     # Continuation drift: 8-frame clips of the same video (twice the training length), 2 real frames given.
     long_root = tmp_path / "long"
     shard_one([VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01")],
-              str(long_root / "videos" / "train" / "shard-000000.tar"), num_frames=8, fps=8, size=32, max_clips=2,
+              str(long_root / "videos" / "train" / "shard-000000.tar"), num_frames=8, fps=8, size=32,
+              max_clips=2,
               split="train")
     dr = ablate(["drift", "--dit-run", str(tmp_path / "ablate" / "fopp-s0"), "--clips", str(long_root),
                  "--context", "2", "--s-values", "4", "--ddim-steps", "4", *common])
@@ -133,3 +142,6 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
         assert res[name]["psnr"][:2] == pytest.approx(res["recon"]["psnr"][:2], abs=0.05)
     assert (tmp_path / "ablate" / "drift.png").stat().st_size > 10_000
     assert (tmp_path / "ablate" / "drift.mp4").is_file()
+    curve = mlflow.MlflowClient(f"sqlite:///{tmp_path}/ablate.db").get_metric_history(dr["mlflow_run_id"],
+                                                                                       "drift/s4/psnr")
+    assert [h.step for h in curve] == list(range(8)) and [h.value for h in curve] == res["s=4"]["psnr"]

@@ -34,7 +34,8 @@ def s3_endpoint():
     else:
         proc.kill()
         pytest.fail("moto_server did not start within 30 s")
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import fsspec
@@ -57,8 +58,10 @@ def test_shard_job_writes_and_reads_s3(ucf_root, s3_endpoint, tmp_path):
     clip = ucf_root / "videos" / "Archery" / "v_Archery_g01_c01.avi"
     bad = tmp_path / "broken.avi"
     bad.write_bytes(b"RIFF....AVI garbage")
-    items = [VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01"), VideoItem(str(bad), 2, "Archery", "bad")]
-    stats = shard_one(items, f"{root}/shard-000000.tar", num_frames=8, fps=8, size=32, max_clips=2, split="train")
+    items = [VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01"),
+             VideoItem(str(bad), 2, "Archery", "bad")]
+    stats = shard_one(items, f"{root}/shard-000000.tar", num_frames=8, fps=8, size=32, max_clips=2,
+                      split="train")
     assert stats["clips"] == 2 and [f["path"] for f in stats["failed"]] == [str(bad)]
     shards = list_shards(root)
     assert shards == [f"{root}/shard-000000.tar"]
@@ -90,21 +93,26 @@ def test_checkpoints_mirror_to_s3_and_a_fresh_disk_resumes_from_there(s3_endpoin
     z = (2 * z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(np.float16)   # tokens of norm √D
     write_shard(str(root / "latents" / "fake" / "train" / "shard-000000.tar"), [
         {"__key__": f"c{k}", "npy": npy_bytes(z[k]), "json": {"label": k % 3}} for k in range(16)])
-    write_json(str(root / "latents" / "fake" / "train" / "_manifest.json"), {"vae_id": "fake", "num_frames": 4})
+    write_json(str(root / "latents" / "fake" / "train" / "_manifest.json"),
+               {"vae_id": "fake", "num_frames": 4})
     config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
     def run(run_dir, steps, url=""):
-        launch(load(config, [f"data.root={root}", "data.vae_id=fake", f"train.run_dir={run_dir}", f"train.steps={steps}",
-                             "train.ckpt_every=2", "train.keep_last=2", "optim.ema_decay=0.5", f"train.checkpoint_url={url}",
+        launch(load(config, [f"data.root={root}", "data.vae_id=fake", f"train.run_dir={run_dir}",
+                             f"train.steps={steps}",
+                             "train.ckpt_every=2", "train.keep_last=2", "optim.ema_decay=0.5",
+                             f"train.checkpoint_url={url}",
                              f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
-        return {r["step"]: r["loss"] for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())}
+        return {r["step"]: r["loss"] for r in map(json.loads,
+                                                  (Path(run_dir) / "metrics.jsonl").read_text().splitlines())}
 
     url = "s3://ardscale-test/runs/mirror"
     full = run(tmp_path / "full", 6)
     run(tmp_path / "node1", 4, url)
     fs = fsspec.filesystem("s3")
     assert fs.cat(f"{url}/ckpt/latest").decode() == "step-00000004"
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/ckpt")) == ["latest", "step-00000002", "step-00000004"]
+    remote = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/ckpt"))
+    assert remote == ["latest", "step-00000002", "step-00000004"]
     assert {p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/ckpt/step-00000004")} >= {
         "ardscale.json", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"}
     assert fs.exists(f"{url}/ema/step-00000004.pt")
@@ -114,7 +122,8 @@ def test_checkpoints_mirror_to_s3_and_a_fresh_disk_resumes_from_there(s3_endpoin
     for step in (4, 5):
         assert abs(second[step] - full[step]) < 1e-6, (step, second[step], full[step])
     assert fs.cat(f"{url}/ckpt/latest").decode() == "step-00000006"
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/ckpt")) == ["latest", "step-00000004", "step-00000006"]
+    remote = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/ckpt"))
+    assert remote == ["latest", "step-00000004", "step-00000006"]
     ema = checkpoint.load_weights(str(tmp_path / "node2"), ema=True)[0]
     ema_full = checkpoint.load_weights(str(tmp_path / "full"), ema=True)[0]
     assert max((ema[k] - ema_full[k]).abs().max().item() for k in ema) < 1e-6

@@ -30,23 +30,28 @@ def test_task_registry_and_unknown_task(tmp_path):
     with pytest.raises(ValueError, match="bad.yaml: task: unknown task 'text'"):
         load(str(bad))
     cfg = load(str(CONFIGS / "tiny.yaml"), ["data.vae_id=x"])
-    assert isinstance(get_task("dit").build_model(cfg), DiT) and get_task("dit").build_discriminator(cfg) is None
+    assert isinstance(get_task("dit").build_model(cfg),
+                      DiT) and get_task("dit").build_discriminator(cfg) is None
 
 
 def test_renamed_keys_fail_naming_the_new_ones_and_old_runs_still_load(tmp_path):
     with pytest.raises(ValueError, match="model is now dit"):
         load(str(CONFIGS / "demo.yaml"), ["data.vae_id=x", "model.depth=2"])
+    with pytest.raises(ValueError, match="diffusion.timestep_sampler is now diffusion.timestep_scheduler"):
+        load(str(CONFIGS / "demo.yaml"), ["data.vae_id=x", "diffusion.timestep_sampler=naive"])
     with pytest.raises(ValueError, match="vae.latent_tokens is now vae.tokens_per_frame"):
         load(str(CONFIGS / "demo_vae.yaml"), ["vae.latent_tokens=16"])
     old = tmp_path / "old.yaml"
     old.write_text("defaults: [ardscale, _self_]\ntask: dit\ndata: {vae_id: x}\nmodel: {depth: 2}\n"
                    "diffusion: {class_dropout: 0.2}\n")
-    with pytest.raises(ValueError, match="model is now dit, diffusion.class_dropout is now dit.class_dropout"):
+    with pytest.raises(ValueError,
+                       match="model is now dit, diffusion.class_dropout is now dit.class_dropout"):
         load(str(old))
     from ardscale.config import from_dict  # a run dir's config.yaml written before the renames
     cfg = from_dict({"task": "vae", "model": {"depth": 2, "num_timesteps": 1000},
                      "diffusion": {"class_dropout": 0.2}, "vae": {"width": 48, "latent_tokens": 16}})
-    assert (cfg.dit.depth, cfg.dit.class_dropout, cfg.vae.hidden_size, cfg.vae.tokens_per_frame) == (2, 0.2, 48, 16)
+    got = (cfg.dit.depth, cfg.dit.class_dropout, cfg.vae.hidden_size, cfg.vae.tokens_per_frame)
+    assert got == (2, 0.2, 48, 16)
 
 
 def test_label_dropout_lives_in_the_dit():
@@ -71,7 +76,8 @@ def test_dit_loss_is_pure_and_matches_its_definition():
     t, y, drop = torch.tensor([[5, 300, 900], [0, 0, 999]]), torch.tensor([1, 2]), torch.tensor([False, True])
     loss, per_frame = dit_loss(model, diffusion, x0, y, t, noise, drop)
     pred = model(diffusion.q_sample(x0, t, noise), t, torch.tensor([1, 10]))   # label 10: the null class
-    assert per_frame.shape == (2, 3) and torch.allclose(per_frame, (pred - x0).pow(2).mean(dim=(2, 3)), atol=1e-6)
+    assert per_frame.shape == (2, 3) and torch.allclose(per_frame, (pred - x0).pow(2).mean(dim=(2, 3)),
+                                                        atol=1e-6)
     assert torch.isclose(loss, per_frame.mean(), atol=1e-7)
     assert all(p.grad is None for p in model.parameters())            # it computes; backward is the caller's
 
@@ -118,7 +124,8 @@ def test_shipped_stage_configs_chain(tmp_path):
         text = (CONFIGS / f"{name}.yaml").read_text()
         w = tmp_path / "w.pth"
         w.write_bytes(b"")
-        lp = [f"vae_loss.perceptual_vgg={w}", f"vae_loss.perceptual_lin={w}"] if "perceptual: 1" in text else []
+        lp = [f"vae_loss.perceptual_vgg={w}",
+              f"vae_loss.perceptual_lin={w}"] if "perceptual: 1" in text else []
         return load(str(CONFIGS / f"{name}.yaml"), ["data.vae_id=x", *lp]), yaml.safe_load(text)
     for prefix, stages in (("demo_vae", ["demo_vae_frames", "demo_vae_gan", "demo_vae"]),
                            ("ucf101_vae", ["ucf101_vae_s1", "ucf101_vae_s2", "ucf101_vae_s3"])):

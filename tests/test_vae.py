@@ -30,9 +30,11 @@ def lpips_files(tmp_path_factory):
     for m in feats:
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight)
-    torch.save({f"features.{k}": v for k, v in feats.state_dict().items()} | {"classifier.0.weight": torch.zeros(1)},
+    torch.save({f"features.{k}": v for k,
+                v in feats.state_dict().items()} | {"classifier.0.weight": torch.zeros(1)},
                d / "vgg16.pth")
-    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))},
+    widths = (64, 128, 256, 512, 512)
+    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(widths)},
                d / "vgg.pth")
     return str(d / "vgg16.pth"), str(d / "vgg.pth")
 
@@ -61,7 +63,8 @@ def test_perceptual_without_weight_files_is_a_clear_error_unless_opted_out(lpips
     with pytest.raises(ValueError, match="vae_loss.perceptual_lin.*/nope.pth not found"):
         load(paper, [f"vae_loss.perceptual_vgg={lpips_files[0]}", "vae_loss.perceptual_lin=/nope.pth"])
     assert VAELoss.from_config(load(paper, ["vae_loss.perceptual=0"]).vae_loss).lpips is None
-    on = load(paper, [f"vae_loss.perceptual_vgg={lpips_files[0]}", f"vae_loss.perceptual_lin={lpips_files[1]}"])
+    on = load(paper, [f"vae_loss.perceptual_vgg={lpips_files[0]}",
+                      f"vae_loss.perceptual_lin={lpips_files[1]}"])
     assert isinstance(VAELoss.from_config(on.vae_loss).lpips, LPIPS)
 
 
@@ -87,8 +90,10 @@ def test_patch_discriminator_hinge_and_adaptive_weight():
 def test_psnr_and_ssim_real_numbers():
     a = torch.full((1, 3, 16, 16), 0.4, dtype=torch.float64)
     assert math.isclose(psnr(a, a + 0.1).item(), 20.0, rel_tol=1e-9)             # 20·log10(1/0.1)
-    mu_x, mu_y, c1 = 0.4, 0.5, 0.01**2                                           # constant images: luminance term only
-    assert math.isclose(ssim(a, a + 0.1).item(), (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1), rel_tol=1e-9)
+    # constant images: luminance term only
+    mu_x, mu_y, c1 = 0.4, 0.5, 0.01**2
+    assert math.isclose(ssim(a, a + 0.1).item(), (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1),
+                        rel_tol=1e-9)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(ssim(x, x), torch.ones(2, dtype=torch.float64))
     noisy = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
@@ -103,14 +108,16 @@ def video_root(ucf_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("vdata")
     for split, name in (("train", "v_Archery_g01_c01"), ("test", "v_Archery_g02_c01")):
         clip = ucf_root / "videos" / "Archery" / f"{name}.avi"
-        shard_one([VideoItem(str(clip), 2, "Archery", name)], str(root / "videos" / split / "shard-000000.tar"),
+        shard_one([VideoItem(str(clip), 2, "Archery", name)],
+                  str(root / "videos" / split / "shard-000000.tar"),
                   num_frames=4, fps=8, size=32, max_clips=3 if split == "train" else 2, split=split)
     return root
 
 
 def gan_cfg(root, run, lpips_files, **kw):
     over = {"data.root": root, "train.run_dir": run, "scale.num_workers": 0, "vae.image_size": 32,
-            "vae.hidden_size": 32, "vae.depth": 1, "vae.pixel_channels": 8, "optim.micro_batch_size": 2, "data.clip_frames": 2,
+            "vae.hidden_size": 32, "vae.depth": 1, "vae.pixel_channels": 8, "optim.micro_batch_size": 2,
+            "data.clip_frames": 2,
             "vae_loss.adversarial": 0.5, "vae_loss.disc_start": 1, "vae_loss.disc_channels": 8,
             "vae_loss.perceptual": 0.5, "vae_loss.perceptual_vgg": lpips_files[0],
             "vae_loss.perceptual_lin": lpips_files[1], "train.ckpt_every": 2, "train.keep_last": 2,

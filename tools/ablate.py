@@ -2,7 +2,8 @@
 
     python tools/ablate.py table3 --root runs/demo/data --vae-id ID --local runs/demo/ucf101_local.pt
     python tools/ablate.py table2 --dit-run runs/ablate/fopp-s0 --local runs/demo/ucf101_local.pt
-    python tools/ablate.py drift --dit-run runs/demo/dit --clips runs/drift/data --local runs/demo/ucf101_local.pt
+    python tools/ablate.py drift --dit-run runs/demo/dit --clips runs/drift/data \
+        --local runs/demo/ucf101_local.pt
 
 ``table3`` trains one DiT per variant and seed at equal compute (configs/demo.yaml, the same steps
 and batch), evaluates each (``fvd_local``, ``fid_local``: 8 videos per held-out class, AD s=2,
@@ -31,9 +32,9 @@ import torch
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
 VARIANTS = {
     "fopp": [],
-    "independent": ["diffusion.timestep_sampler=independent"],
-    "equal": ["diffusion.timestep_sampler=equal"],
-    "naive": ["diffusion.timestep_sampler=naive"],
+    "independent": ["diffusion.timestep_scheduler=independent"],
+    "equal": ["diffusion.timestep_scheduler=equal"],
+    "naive": ["diffusion.timestep_scheduler=naive"],
     "bidirectional": ["dit.causal=false"],
     "eps": ["diffusion.prediction=eps"],
 }
@@ -70,7 +71,8 @@ def table3(a) -> dict:
     for name in a.variants:
         for seed in range(a.seeds):
             run = _train(a, name, seed, VARIANTS[name])
-            rep = evaluate(run, [f"local={a.local}", f"per_class={a.per_class}", "s=2", f"steps={a.ddim_steps}",
+            rep = evaluate(run, [f"local={a.local}", f"per_class={a.per_class}", "s=2",
+                                 f"steps={a.ddim_steps}",
                                        f"split={a.split}"])
             results.setdefault(name, []).append({"seed": seed, "run": run, **{
                 k: v for k, v in rep["metrics"].items() if isinstance(v, float)}})
@@ -87,12 +89,14 @@ def table2(a) -> dict:
 
     rows = []
     for s in a.s_values:
-        rep = evaluate(a.dit_run, [f"local={a.local}", f"per_class={a.per_class}", f"s={s}", f"steps={a.ddim_steps}", f"split={a.split}",
+        rep = evaluate(a.dit_run, [f"local={a.local}", f"per_class={a.per_class}", f"s={s}",
+                                   f"steps={a.ddim_steps}", f"split={a.split}",
                                    f"seed={a.seed}", f"out={Path(a.out) / f'table2-s{s}'}"])
         rows.append({"s": s, **{k: v for k, v in rep["metrics"].items() if isinstance(v, float)}})
         print(rows[-1], flush=True)
     lines = ["| s | fvd_local | fid_local | s per video |", "|---|---|---|---|"]
-    lines += [f"| {r['s']} | {r['fvd_local']:.3f} | {r['fid_local']:.3f} | {r['gen_s_per_video']:.3f} |" for r in rows]
+    lines += [f"| {r['s']} | {r['fvd_local']:.3f} | {r['fid_local']:.3f} | {r['gen_s_per_video']:.3f} |"
+              for r in rows]
     return {"results": rows, "markdown": "\n".join(lines)}
 
 
@@ -115,12 +119,35 @@ def drift(a) -> dict:
     recon = d.reconstruct_long(vae, real, run_cfg.diffusion.scale_factor, window)
     videos = {"recon": recon, "frozen": d.frozen(recon, a.context)}
     for s in a.s_values:
-        videos[f"s={s}"] = d.continue_clips(dit, vae, run_cfg, real, labels, a.context, s, a.ddim_steps, a.cfg_scale,
+        videos[f"s={s}"] = d.continue_clips(dit, vae, run_cfg, real, labels, a.context, s, a.ddim_steps,
+                                            a.cfg_scale,
                                             window, a.seed)
     results = d.measure(videos, real, local, real_feats, window)
     _drift_outputs(a, results, {"real": real, **videos}, window)
-    return {"run": a.dit_run, "checkpoint": tag, "clips": len(real), "frames": real.shape[1], "context": a.context,
-            "window": window, "cfg_scale": a.cfg_scale, "results": results, "markdown": _drift_table(a, results)}
+    return {"run": a.dit_run, "checkpoint": tag, "clips": len(real), "frames": real.shape[1],
+            "context": a.context, "window": window, "cfg_scale": a.cfg_scale, "results": results,
+            "markdown": _drift_table(a, results), "mlflow_run_id": _drift_mlflow(a, run_cfg, results, window)}
+
+
+def _drift_mlflow(a, run_cfg, results: dict, window: int) -> str | None:
+    """Per-frame curves (``drift/<set>/psnr`` at step = frame index, ``drift/<set>/fvd_local`` at the
+    window's last frame) and the figure, in the DiT run's MLflow run."""
+    from ardscale.engine.tracking import Tracker
+
+    run_id_file = Path(a.dit_run) / "mlflow_run_id"
+    tracker = Tracker(run_cfg.tracking.tracking_uri, run_cfg.tracking.experiment)
+    tracker.start(run_id_file.read_text().strip() if run_id_file.is_file() else None,
+                  f"drift-{Path(a.dit_run).name}", {})
+    for name, r in results.items():
+        key = name.replace("=", "")            # MLflow metric names take no "="
+        for j, v in enumerate(r["psnr"]):
+            tracker.log_metrics({f"drift/{key}/psnr": v}, j)
+        for j, v in enumerate(r["fvd_local"], start=window - 1):
+            tracker.log_metrics({f"drift/{key}/fvd_local": v}, j)
+    for name in ("drift.png", "drift.mp4"):
+        tracker.log_artifact(str(Path(a.out) / name), "drift")
+    tracker.end()
+    return tracker.run_id
 
 
 def _drift_table(a, results: dict) -> str:
@@ -147,7 +174,8 @@ def _drift_outputs(a, results: dict, videos: dict, window: int) -> None:
     for name, r in results.items():
         ax1.plot(range(len(r["psnr"])), r["psnr"], label=name)
         ax2.plot(range(window - 1, window - 1 + len(r["fvd_local"])), r["fvd_local"], label=name)
-    for ax, title in ((ax1, "PSNR to the real frame (dB)"), (ax2, f"fvd_local of the {window} frames ending here")):
+    titles = ("PSNR to the real frame (dB)", f"fvd_local of the {window} frames ending here")
+    for ax, title in zip((ax1, ax2), titles):
         ax.axvline(a.context - 0.5, color="grey", ls=":")
         ax.set(xlabel="frame index", title=title)
     ax1.legend()
@@ -172,7 +200,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="table2: sampling seed")
     p.add_argument("--steps", type=int, default=400, help="table3: training steps per run")
     p.add_argument("--ddim-steps", type=int, default=50, help="sampling steps N of every evaluation")
-    p.add_argument("--per-class", type=int, default=8, help="videos per class (drift: clips per class, 0 = all)")
+    p.add_argument("--per-class", type=int, default=8,
+                   help="videos per class (drift: clips per class, 0 = all)")
     p.add_argument("--split", default="test", help="held-out clips the samples are compared with")
     p.add_argument("--s-values", type=int, nargs="*", default=[0, 1, 2, 5, 10, 25, 50])
     p.add_argument("--tracking-uri", default="sqlite:///runs/ablate/mlruns.db")

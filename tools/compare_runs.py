@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-PARAMS = ("task", "diffusion.timestep_sampler", "diffusion.prediction", "dit.causal",
+PARAMS = ("task", "diffusion.timestep_scheduler", "diffusion.prediction", "dit.causal",
           "dit.hidden_size", "dit.depth", "optim.lr", "optim.micro_batch_size", "train.steps", "train.seed")
 METRICS = ("loss", "eval/fvd_local", "eval/fid_local", "val/psnr", "samples_per_s", "mfu")
 PLOTS = {"loss.png": "loss", "fvd_local.png": "eval/fvd_local", "throughput.png": "samples_per_s"}
 
 
-def select_runs(client, experiment: str | None, tags: list[str], run_ids: list[str], parent: str | None) -> list:
+def select_runs(client, experiment: str | None, tags: list[str], run_ids: list[str],
+                parent: str | None) -> list:
     """MLflow runs by ids, or by experiment + tags (+ parent); newest first.
 
     Raises:
@@ -60,7 +61,8 @@ def table(runs) -> str:
     for key in METRICS:
         vals = [r.data.metrics.get(key) for r in runs]
         if any(v is not None for v in vals):
-            rows.append(f"| {key} (last) | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals) + " |")
+            cells = " | ".join("" if v is None else f"{v:.4g}" for v in vals)
+            rows.append(f"| {key} (last) | {cells} |")
     return "\n".join(rows)
 
 

@@ -25,9 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ardscale.data.shards import join, list_shards, npy_bytes, read_json, read_shard, write_json, write_shard
+from ardscale.data.loader import decoded_samples
+from ardscale.data.shards import (
+    join,
+    list_shards,
+    npy_bytes,
+    read_json,
+    sidecar_url,
+    write_json,
+    write_shard,
+)
 from ardscale.data.transforms import to_model_range
-from ardscale.data.video import VideoReadError, decode_mp4
 from ardscale.models.arvae import ARVAE
 from ardscale.tasks import load_trained
 
@@ -46,12 +54,8 @@ def decode_shard(row: dict) -> dict:
     """Ray Data ``map`` stage: one video shard → its decoded clips ``(N, F, H, W, 3)`` uint8, keys,
     metadata and the samples that failed to decode."""
     keys, clips, metas, failed = [], [], [], []
-    for s in read_shard(row["src"]):
-        try:
-            clips.append(decode_mp4(s["mp4"]))
-        except (VideoReadError, KeyError) as e:
-            failed.append(f"{row['src']}:{s['__key__']}: {e}")
-            continue
+    for s, clip in decoded_samples(row["src"], failed):
+        clips.append(clip)
         keys.append(s["__key__"])
         metas.append(s["json"].decode() if isinstance(s["json"], bytes) else json.dumps(s["json"]))
     return {"src": row["src"], "dst": row["dst"], "keys": json.dumps(keys), "metas": json.dumps(metas),
@@ -89,7 +93,8 @@ class ShardEncoder:
             rows += [{"__key__": k, "npy": npy_bytes(zi), "json": m.encode()}
                      for k, m, zi in zip(keys[i:], metas[i:], z)]
         write_shard(dst, rows)
-        write_json(_stats_url(dst), {"src": batch["src"][0], "clips": len(rows), "failed": json.loads(batch["failed"][0]),
+        write_json(sidecar_url(dst), {"src": batch["src"][0], "clips": len(rows),
+                                      "failed": json.loads(batch["failed"][0]),
                                      "sum": total, "sumsq": total_sq, "count": count, **_norm_stats(norms),
                                      "frames": int(clips.shape[1]) if keys else 0})
         return {"dst": [dst], "clips": [len(rows)]}
@@ -100,10 +105,6 @@ def _norm_stats(norms: list[np.ndarray]) -> dict:
     n = np.concatenate(norms) if norms else np.zeros(0)
     return {"tokens": int(n.size), "norm_sum": float(n.sum()),
             "norm_min": float(n.min()) if n.size else None, "norm_max": float(n.max()) if n.size else None}
-
-
-def _stats_url(shard_url: str) -> str:
-    return shard_url.removesuffix(".tar") + ".stats.json"
 
 
 def _manifest_norms(stats: list[dict], latent_dim: int) -> dict:
@@ -132,7 +133,7 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
     if not srcs:
         raise FileNotFoundError(f"no video shards under {src_dir}: run data_prep/shard_videos.py first")
     dsts = [join(dst_dir, u.rsplit("/", 1)[-1]) for u in srcs]
-    todo = [{"src": s, "dst": d} for s, d in zip(srcs, dsts) if read_json(_stats_url(d)) is None]
+    todo = [{"src": s, "dst": d} for s, d in zip(srcs, dsts) if read_json(sidecar_url(d)) is None]
     t0 = time.time()
     if todo:
         init_ray()
@@ -143,7 +144,7 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
             ShardEncoder, fn_constructor_kwargs={"vae_run": vae_run, "tag": tag}, batch_size=1,
             concurrency=actors, num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 0.5).materialize()
     # The manifest sums every shard's sidecar, so a resumed job reports the whole split.
-    stats = [read_json(_stats_url(d)) for d in dsts]
+    stats = [read_json(sidecar_url(d)) for d in dsts]
     count = sum(r["count"] for r in stats)
     mean = sum(r["sum"] for r in stats) / max(count, 1)
     std = (max(sum(r["sumsq"] for r in stats) / max(count, 1) - mean**2, 0.0)) ** 0.5

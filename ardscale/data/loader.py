@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -14,6 +15,18 @@ from tqdm import tqdm
 
 from .shards import join, list_shards, load_npy, read_json, read_shard
 from .video import VideoReadError, decode_mp4
+
+
+def decoded_samples(url: str, failed: list[str]) -> Iterator[tuple[dict, np.ndarray]]:
+    """``(sample, clip (F, H, W, 3) uint8)`` for each sample of a video shard whose mp4 decodes;
+    the others are appended to ``failed`` as ``"url:key: reason"`` and skipped."""
+    for s in read_shard(url):
+        try:
+            clip = decode_mp4(s["mp4"])
+        except (VideoReadError, KeyError) as e:
+            failed.append(f"{url}:{s['__key__']}: {e}")
+            continue
+        yield s, clip
 
 
 def load_video_clips(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,15 +38,12 @@ def load_video_clips(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]
     """
     shards = list_shards(join(root, "videos", split))
     if not shards:
-        raise FileNotFoundError(f"no video shards under {join(root, 'videos', split)}: run data_prep/shard_videos.py")
+        raise FileNotFoundError(f"no video shards under {join(root, 'videos', split)}: "
+                                "run data_prep/shard_videos.py")
     videos, labels, bad = [], [], []
     for url in tqdm(shards, desc="loading video shards", leave=False):
-        for s in read_shard(url):
-            try:
-                videos.append(decode_mp4(s["mp4"]))
-            except (VideoReadError, KeyError) as e:
-                bad.append(f"{url}:{s['__key__']}: {e}")
-                continue
+        for s, clip in decoded_samples(url, bad):
+            videos.append(clip)
             labels.append(json.loads(s["json"])["label"])
     if bad:
         print(f"skipped {len(bad)} undecodable samples: {bad[:5]}", file=sys.stderr)
@@ -47,7 +57,8 @@ def latent_dir(root: str, vae_id: str, split: str) -> str:
 
 
 def load_latents(root: str, vae_id: str, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """All latents of ``{root}/latents/{vae_id}/{split}`` → (``(N, F, L, D)`` float32, labels ``(N,)``, manifest).
+    """All latents of ``{root}/latents/{vae_id}/{split}`` → (``(N, F, L, D)`` float32, labels ``(N,)``,
+    manifest).
 
     Raises:
         FileNotFoundError: no latent shards or manifest (run tools/encode_latents.py first).
@@ -78,10 +89,11 @@ def check_token_norms(latents: torch.Tensor, where: str, rtol: float = 0.01) -> 
     dev = (latents.norm(dim=-1) - expected).abs().max().item()
     if dev > rtol * expected:
         raise ValueError(f"latents under {where} have tokens of norm off √D={expected:g} by up to {dev:.3g}: "
-                         "they predate the AR-VAE's normalised latents; re-encode with tools/encode_latents.py")
+                         "they predate the AR-VAE's normalised latents; re-encode with "
+                         "tools/encode_latents.py")
 
 
-class StepSampler:
+class StepBatches:
     """Indices of the micro batches of one rank at a global step, from a seeded epoch permutation.
 
     The global batch of step ``s`` is positions ``[s·G, (s+1)·G)`` of an endless stream made of

@@ -21,6 +21,11 @@ def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
 
+def sidecar_url(shard_url: str) -> str:
+    """The ``.stats.json`` beside a shard: written last, it marks the shard complete."""
+    return shard_url.removesuffix(".tar") + ".stats.json"
+
+
 def join(root: str, *parts: str) -> str:
     """Join URL/path parts with '/' (fsspec URLs never use os.sep)."""
     return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])

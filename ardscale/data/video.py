@@ -58,7 +58,8 @@ def read_clips(path: str, num_frames: int, fps: float, size: int,
     starts = list(range(n))
     if max_clips is not None and n > max_clips:
         starts = [round(k * (n - 1) / max(max_clips - 1, 1)) for k in range(max_clips)]
-    return [(src_index[k * num_frames], np.stack(picked[k * num_frames:(k + 1) * num_frames])) for k in starts]
+    return [(src_index[k * num_frames],
+             np.stack(picked[k * num_frames:(k + 1) * num_frames])) for k in starts]
 
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:

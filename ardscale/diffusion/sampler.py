@@ -66,25 +66,27 @@ def sample(model, diffusion: GaussianDiffusion, labels: torch.Tensor, num_frames
     c = model.config
     if not c.causal:   # bidirectional (ablation): every frame reads every frame, at every step
         if window is not None and num_frames > window:
-            raise ValueError(f"a bidirectional DiT generates at most window={window} frames, not {num_frames}")
+            raise ValueError(f"a bidirectional DiT generates at most window={window} frames, "
+                             f"not {num_frames}")
         kv_cache = False
     device = next(model.parameters()).device
     B = labels.shape[0]
     k = 0 if context is None else context.shape[1]
     if k >= num_frames:
         raise ValueError(f"context has {k} frames; num_frames={num_frames} leaves none to generate")
+    # (B, F, L, D)
     x = torch.randn(B, num_frames, c.tokens_per_frame, c.latent_dim, generator=generator).to(device)
     if k:
         x[:, :k] = context.to(device, x.dtype)
     grid = ddim_grid(num_steps, diffusion.num_timesteps)   # index bookkeeping stays on the CPU
-    rows = composition_rows(num_frames, num_steps, s, k)
+    rows = composition_rows(num_frames, num_steps, s, k)   # (R, F) DDIM indices per frame; 0 = clean
     guided = cfg_scale != 1.0
-    y = torch.cat([labels, torch.full_like(labels, c.num_classes)]) if guided else labels
+    y = torch.cat([labels, torch.full_like(labels, c.num_classes)]) if guided else labels   # (B or 2B,)
     y = y.to(device)
     start, cache = 0, KVCache()
     for i in tqdm(range(len(rows) - 1), desc="sampling", disable=not progress):
         cur, nxt = rows[i], rows[i + 1]
-        changing = (cur != nxt).nonzero().flatten()
+        changing = (cur != nxt).nonzero().flatten()                  # frames this iteration moves
         noise = torch.randn(x.shape, generator=generator).to(device) if eta > 0 else None
         end = int(changing[-1]) + 1 if c.causal else num_frames
         new_start = _window_start(start, int(changing[0]), end, window)
@@ -92,11 +94,12 @@ def sample(model, diffusion: GaussianDiffusion, labels: torch.Tensor, num_frames
             start, cache = new_start, KVCache()   # positions shift with the window: cache is stale
         lo = start + (cache.num_frames if kv_cache else 0)
         clean = int((cur[lo:end] == 0).cumprod(0).sum())  # clean frames lead the input (rows non-decreasing)
-        t = grid[cur[lo:end]].to(device).expand(B, -1)
+        t = grid[cur[lo:end]].to(device).expand(B, -1)                 # (B, n) with n = end - lo
         t_next = grid[nxt[lo:end]].to(device).expand(B, -1)
         x_in, t_in = x[:, lo:end], t.clamp(min=0)   # clean frames enter at the least-noisy index
         if guided:
             x_in, t_in = torch.cat([x_in, x_in]), torch.cat([t_in, t_in])
+        # (B or 2B, n, L, D)
         out = model(x_in, t_in, y, cache if kv_cache else None, clean if kv_cache else 0)
         if guided:
             cond, uncond = out.chunk(2)

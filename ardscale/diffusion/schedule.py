@@ -148,7 +148,8 @@ class GaussianDiffusion:
         """
         abar_t, abar_n = self._abar(t, x_t), self._abar(t_next, x_t)
         eps = self.eps_from_x0(x_t, t, x0)
-        sigma = eta * ((1 - abar_n) / (1 - abar_t).clamp(min=1e-12) * (1 - abar_t / abar_n)).clamp(min=0).sqrt()
+        var = (1 - abar_n) / (1 - abar_t).clamp(min=1e-12) * (1 - abar_t / abar_n)
+        sigma = eta * var.clamp(min=0).sqrt()
         out = abar_n.sqrt() * x0 + (1 - abar_n - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0:
             out = out + sigma * (torch.randn_like(x_t) if noise is None else noise)

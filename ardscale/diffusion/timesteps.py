@@ -171,9 +171,11 @@ def sample_timesteps(name: str, batch_size: int, num_frames: int, num_timesteps:
     if name == "fopp_dp":
         return _fopp_dp(batch_size, num_frames, num_timesteps, generator)
     if name == "equal":
-        return torch.randint(num_timesteps, (batch_size, 1), generator=generator).expand(-1, num_frames).clone()
+        first = torch.randint(num_timesteps, (batch_size, 1), generator=generator)
+        return first.expand(-1, num_frames).clone()
     if name == "independent":
         return torch.randint(num_timesteps, (batch_size, num_frames), generator=generator)
     if name == "naive":
         return _naive(batch_size, num_frames, num_timesteps, generator)
-    raise ValueError(f"unknown timestep scheduler {name!r}: expected fopp, fopp_dp, equal, independent or naive")
+    raise ValueError(f"unknown timestep scheduler {name!r}: "
+                     "expected fopp, fopp_dp, equal, independent or naive")

@@ -3,7 +3,7 @@
 DeepSpeed writes a tag's files first and the ``latest`` pointer last; ``ardscale.json`` in the
 tag marks it complete after that. A crash mid-save therefore leaves the previous complete tag
 as the one :func:`latest_tag` returns. ``client_state`` carries the global step (which fixes
-the data position, see :class:`ardscale.data.loader.StepSampler`) and the MLflow run id.
+the data position, see :class:`ardscale.data.loader.StepBatches`) and the MLflow run id.
 """
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import socket
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
+
+from . import ranks
+from .ranks import barrier, is_rank0, world_size
 
 
 def ckpt_dir(run_dir: str, sub: str = "ckpt") -> str:
@@ -50,10 +52,6 @@ def latest_tag(run_dir: str, sub: str = "ckpt") -> str | None:
     return latest if latest and (d / latest).is_dir() else None   # tags from before the marker existed
 
 
-def _rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, sub: str = "ckpt") -> None:
     """Save a tag for ``step`` (all ranks call this), then drop all but the newest ``keep_last`` tags.
 
@@ -68,17 +66,16 @@ def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, su
         UNIVERSAL_CHECKPOINT_VERSION_VALUE,
     )
 
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    state = {**client_state, "step": step, "world_size": world,
-             UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    world = world_size()
+    universal = {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
+    state = {**client_state, "step": step, "world_size": world, UNIVERSAL_CHECKPOINT_INFO: universal}
     engine.save_checkpoint(ckpt_dir(run_dir, sub), tag=tag(step), client_state=state)  # ends with a barrier
-    if _rank0():  # the completion marker, written atomically once every rank's files exist
+    if is_rank0():  # the completion marker, written atomically once every rank's files exist
         meta = Path(ckpt_dir(run_dir, sub)) / tag(step) / "ardscale.json"
         meta.with_suffix(".tmp").write_text(json.dumps({"step": step, "world_size": world}))
         meta.with_suffix(".tmp").replace(meta)
-    if dist.is_initialized():
-        dist.barrier()
-    if (not dist.is_initialized() or dist.get_rank() == 0) and keep_last > 0:
+    barrier()
+    if is_rank0() and keep_last > 0:
         tags = sorted(p for p in Path(ckpt_dir(run_dir, sub)).glob("step-*") if p.is_dir())
         for old in tags[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -97,7 +94,7 @@ def to_universal(run_dir: str, tag_: str, sub: str = "ckpt") -> None:
     """Convert a tag to DeepSpeed's universal format under ``{sub}_universal/{tag}`` (rank 0, once;
     written to a temporary folder and renamed, so a crash leaves no half conversion); all ranks wait."""
     out = Path(run_dir) / f"{sub}_universal" / tag_
-    if _rank0() and not out.is_dir():
+    if is_rank0() and not out.is_dir():
         import types
 
         from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
@@ -105,15 +102,17 @@ def to_universal(run_dir: str, tag_: str, sub: str = "ckpt") -> None:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         ds_to_universal(types.SimpleNamespace(
-            input_folder=str(Path(ckpt_dir(run_dir, sub)) / tag_), output_folder=str(tmp), num_extract_workers=1,
-            num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False))
+            input_folder=str(Path(ckpt_dir(run_dir, sub)) / tag_), output_folder=str(tmp),
+            num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+            inject_missing_state=False))
         tmp.rename(out)
-        (out.parent / "latest_universal").unlink(missing_ok=True)  # names the temp folder; tags are explicit here
-    if dist.is_initialized():
-        dist.barrier()
+        # names the temp folder; tags are explicit here
+        (out.parent / "latest_universal").unlink(missing_ok=True)
+    barrier()
 
 
-def resume(engine, run_dir: str, sub: str = "ckpt", which: str | None = None, universal: bool = False) -> dict | None:
+def resume(engine, run_dir: str, sub: str = "ckpt", which: str | None = None,
+           universal: bool = False) -> dict | None:
     """Load tag ``which`` (default: the newest complete one) into ``engine`` (model, optimizer,
     LR scheduler); its client state, or None when there is nothing to resume.
 
@@ -132,7 +131,8 @@ def resume(engine, run_dir: str, sub: str = "ckpt", which: str | None = None, un
     return client
 
 
-def load_weights(run_dir: str, which: str | None = None, sub: str = "ckpt", ema: bool = False) -> tuple[dict, str]:
+def load_weights(run_dir: str, which: str | None = None, sub: str = "ckpt",
+                 ema: bool = False) -> tuple[dict, str]:
     """Consolidated fp32 model ``state_dict`` of a run's newest (or ``which``) tag, without a process group.
 
     ``ema=True`` returns the tag's EMA weights when the run kept an EMA (``optim.ema_decay``).
@@ -179,18 +179,17 @@ def push(run_dir: str, url: str, step: int, keep_last: int, subs=("ckpt_disc", "
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url)
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = ranks.rank()
     t = tag(step)
     for sub in subs:
         tag_dir = Path(ckpt_dir(run_dir, sub)) / t
         if tag_dir.is_dir():
             for f in _rank_files(tag_dir, rank):
                 fs.put_file(str(f), f"{root}/{sub}/{t}/{f.name}")
-    if _rank0() and Path(ema_path(run_dir, t)).is_file():
+    if is_rank0() and Path(ema_path(run_dir, t)).is_file():
         fs.put_file(ema_path(run_dir, t), f"{root}/ema/{t}.pt")
-    if dist.is_initialized():
-        dist.barrier()
-    if _rank0():
+    barrier()
+    if is_rank0():
         for sub in subs:
             marker = Path(ckpt_dir(run_dir, sub)) / t / "ardscale.json"
             if marker.is_file():
@@ -201,8 +200,7 @@ def push(run_dir: str, url: str, step: int, keep_last: int, subs=("ckpt_disc", "
                 tags = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{sub}/step-*"))
                 for old in tags[:-keep_last]:
                     fs.rm(f"{root}/{sub}/{old}", recursive=True)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
 
 
 def pull(run_dir: str, url: str, subs=("ckpt", "ckpt_disc")) -> str | None:
@@ -233,8 +231,7 @@ def pull(run_dir: str, url: str, subs=("ckpt", "ckpt_disc")) -> str | None:
         if fs.exists(f"{root}/ema/{t}.pt"):
             Path(ema_path(run_dir, t)).parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(f"{root}/ema/{t}.pt", ema_path(run_dir, t))
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     return t
 
 
@@ -257,7 +254,8 @@ class CheckpointManager:
         self.tag, self.universal = tag_, universal
 
     @staticmethod
-    def prepare(run_dir: str, world: int, mirror_url: str = "", has_disc: bool = False) -> tuple[str | None, bool]:
+    def prepare(run_dir: str, world: int, mirror_url: str = "",
+                has_disc: bool = False) -> tuple[str | None, bool]:
         """Pull the mirror's newest complete tag when newer than the local one; when another world
         size wrote the newest tag, convert it (and the discriminator's) to a universal checkpoint.
         Returns ``(tag or None, universal)``. All ranks call this."""
@@ -277,7 +275,8 @@ class CheckpointManager:
     def restore(self) -> dict:
         """Load the prepared tag into the engines and the EMA; its client state with ``tag``
         added, or ``{}`` when the run starts fresh."""
-        client = resume(self.model, self.run_dir, which=self.tag, universal=self.universal) if self.tag else None
+        client = resume(self.model, self.run_dir, which=self.tag,
+                        universal=self.universal) if self.tag else None
         if not client:
             return {}
         if self.ema is not None and Path(ema_path(self.run_dir, self.tag)).is_file():
@@ -287,7 +286,7 @@ class CheckpointManager:
         return {**client, "tag": self.tag}
 
     def should_save(self, step: int, last: bool) -> bool:
-        """After global step ``step`` (1-based count of finished steps): every ``every`` steps and at the end."""
+        """After ``step`` finished global steps: every ``every`` steps and at the end."""
         return last or step % self.every == 0
 
     def save(self, step: int, client_state: dict) -> None:

@@ -18,8 +18,9 @@ def deepspeed_fragment(name: str) -> dict:
     """
     path = Path(name) if name.endswith((".yaml", ".yml", ".json")) else DEEPSPEED_CONFIGS / f"{name}.yaml"
     if not path.is_file():
+        known = sorted(p.stem for p in DEEPSPEED_CONFIGS.glob("*.yaml"))
         raise FileNotFoundError(f"optim.deepspeed={name!r}: {path} not found "
-                                f"(expected one of {sorted(p.stem for p in DEEPSPEED_CONFIGS.glob('*.yaml'))} or a path)")
+                                f"(expected one of {known} or a path)")
     frag = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if frag.get("zero_optimization", {}).get("stage") not in (0, 1, 2, 3):
         raise ValueError(f"{path}: needs zero_optimization.stage 0-3")
@@ -43,7 +44,8 @@ def ds_config(o, world_size: int, use_bf16: bool, load_universal: bool = False) 
     }
 
 
-def lr_factor(step: int, base_lr: float, warmup_steps: int, lr_steps: list[int], lr_values: list[float]) -> float:
+def lr_factor(step: int, base_lr: float, warmup_steps: int, lr_steps: list[int],
+              lr_values: list[float]) -> float:
     """LR multiplier at optimizer ``step``: linear warm-up over ``warmup_steps``, then ``base_lr``
     until ``lr_steps[0]``, then ``lr_values[i]`` from ``lr_steps[i]`` on (the paper: 2e-4, and
     1e-5 for the fine-tune phase after 100k steps)."""
@@ -70,10 +72,12 @@ def build_engine(model: torch.nn.Module, o, world_size: int, use_gpu: bool, lr: 
     import deepspeed
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr or o.lr, betas=tuple(betas or o.betas), weight_decay=o.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr or o.lr, betas=tuple(betas or o.betas),
+                                  weight_decay=o.weight_decay)
     base = lr or o.lr
     steps, values = ([], []) if lr else (o.lr_steps, o.lr_values)   # the LR phases are the model's
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, base, o.warmup_steps, steps, values))
+    factor = lambda s: lr_factor(s, base, o.warmup_steps, steps, values)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
                                            config=ds_config(o, world_size, use_cuda, load_universal))
     return engine

@@ -12,8 +12,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
+
+from .ranks import is_rank0
 
 
 def _param_groups(module: nn.Module) -> list[list[tuple[str, nn.Parameter]]]:
@@ -38,7 +39,7 @@ class EMA:
 
     def __init__(self, module: nn.Module, decay: float, zero3: bool):
         self.decay, self.zero3 = decay, zero3
-        self.rank0 = not dist.is_initialized() or dist.get_rank() == 0
+        self.rank0 = is_rank0()
         self.shadow: dict[str, torch.Tensor] = {}
         self._visit(module, lambda name, p: self.shadow.__setitem__(name, p.detach().float().cpu().clone()))
 

@@ -27,7 +27,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
         ValueError: images smaller than the window.
     """
     if min(x.shape[-2:]) < window:
-        raise ValueError(f"images of {tuple(x.shape[-2:])} are smaller than the {window}×{window} SSIM window")
+        raise ValueError(f"images of {tuple(x.shape[-2:])} are smaller than the "
+                         f"{window}×{window} SSIM window")
     x, y = x.double(), y.double()
     c = x.shape[1]
     w = _gaussian_window(window, sigma, c).to(x.device)

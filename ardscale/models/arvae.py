@@ -119,8 +119,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(_group_norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-                                  _group_norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
+        conv = lambda: nn.Conv2d(channels, channels, 3, padding=1)
+        self.body = nn.Sequential(_group_norm(channels), nn.SiLU(), conv(),
+                                  _group_norm(channels), nn.SiLU(), conv())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -147,7 +148,8 @@ class PixelHead(nn.Module):
         self.up = nn.Sequential(*(nn.Sequential(ResBlock(a), nn.Upsample(scale_factor=2, mode="nearest"),
                                                 nn.Conv2d(a, b, 3, padding=1)) for a, b in pairwise(chans)))
         self.out = nn.Sequential(_group_norm(base), nn.SiLU())
-        self.conv_out = nn.Conv2d(base, out_channels, 3, padding=1)   # the "last layer" of VQGAN's adaptive weight
+        # the "last layer" of VQGAN's adaptive weight
+        self.conv_out = nn.Conv2d(base, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_out(self.out(self.up(self.conv_in(x))))

@@ -157,7 +157,8 @@ class CrossAttention(torch.nn.Module):
         self.num_heads = num_heads
         self.q, self.kv, self.proj = (torch.nn.Linear(dim, n * dim) for n in (1, 2, 1))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         B, Nq, C = x.shape
         Dh = C // self.num_heads
         q = self.q(x).view(B, Nq, self.num_heads, Dh).transpose(1, 2)

@@ -42,7 +42,8 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 
 
 def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, out: torch.Tensor,
-                    weight_grad: Callable[[torch.Tensor], torch.Tensor], max_weight: float = 1e4) -> torch.Tensor:
+                    weight_grad: Callable[[torch.Tensor], torch.Tensor],
+                    max_weight: float = 1e4) -> torch.Tensor:
     """VQGAN's balance ``‖∇_W nll‖ / (‖∇_W g_loss‖ + 1e-4)`` at the decoder's last layer W.
 
     ``∇_W L`` is formed from activations (``weight_grad`` maps ``∂L/∂out`` to ``∂L/∂W``, e.g.

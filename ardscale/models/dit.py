@@ -52,7 +52,8 @@ class DiTConfig:
 def sinusoidal(pos: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of positions/timesteps ``(...)`` → ``(..., dim)`` float32."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=pos.device,
+                                                           dtype=torch.float32) / half)
     args = pos.float()[..., None] * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -114,7 +115,8 @@ class DiTBlock(nn.Module):
     model does: at paper size the adaLN matmul per token would be 12·C² of ~37·C² FLOPs per block.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attn_backend: str = "auto", causal: bool = True):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attn_backend: str = "auto",
+                 causal: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = BlockCausalSelfAttention(dim, num_heads, attn_backend, causal)
@@ -200,7 +202,8 @@ class DiT(nn.Module):
         first = cache.num_frames if cache is not None else 0
         frame_pos = sinusoidal(torch.arange(first, first + F, device=x.device), H)  # (F, H): any length
         h = self.x_embedder(x) + self.token_pos + frame_pos[:, None].to(x.dtype)
-        cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + self.y_embedder(y, drop)[:, None]  # (B, F, H)
+        # (B, F, H)
+        cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + self.y_embedder(y, drop)[:, None]
         h = h.reshape(B, F * L, H)
         ckpt = c.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):

@@ -79,7 +79,8 @@ class VAELoss:
         g_adv = -disc_frozen(leaf.flatten(0, 1)).float().mean()
         inp = last_input.detach().float()
         shape = getattr(last_conv.weight, "ds_shape", last_conv.weight.shape)   # ZeRO-3 partitions W
-        weight_grad = lambda g: torch.nn.grad.conv2d_weight(inp, shape, g.flatten(0, 1), padding=last_conv.padding)
+        weight_grad = lambda g: torch.nn.grad.conv2d_weight(inp, shape, g.flatten(0, 1),
+                                                            padding=last_conv.padding)
         return adaptive_weight(nll, g_adv, leaf, weight_grad)
 
     @staticmethod
