@@ -99,6 +99,8 @@ class ScaleConfig:
     storage_path: str = ""           # Ray Train run state (local or s3://…); default {run_dir}/ray
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    check_resources: bool = True     # refuse to start when the cluster lacks the workers' CPUs/GPUs
+                                     # (turn off on an autoscaling cluster that adds nodes on demand)
     max_failures: int = 0
 
 

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .config import Config, from_dict
-from .data.loader import check_vae, load_latents, load_video_clips
+from .data.loader import available_vae_ids, check_vae, latent_dir, load_latents, load_video_clips
+from .data.shards import join, list_shards, read_json
 from .data.transforms import temporal_crop, to_model_range
 from .diffusion.losses import bucket_losses, dit_loss
 from .diffusion.schedule import make_diffusion
@@ -72,6 +73,7 @@ class TaskSpec:
     evaluate: Callable
     build_discriminator: Callable[[Config], nn.Module | None] = lambda cfg: None
     validate: Callable[[Config, str], None] = lambda cfg, path: None
+    check_data: Callable[[Config], None] = lambda cfg: None   # before any worker starts; raises if absent
 
 
 # -- dit -------------------------------------------------------------------------------------------
@@ -111,6 +113,20 @@ def _dit_monitors(cfg: Config, tracker, ema, zero3: bool) -> list:
 
     hooks = [DiTEvaluator(cfg, tracker, ema, zero3)] if cfg.train.eval_every else []
     return hooks + ([SampleGrid(cfg, tracker, ema, zero3)] if cfg.train.sample_every else [])
+
+
+def _dit_check_data(cfg: Config) -> None:
+    """The latents ``data.vae_id`` exist under ``data.root`` (their manifest is written last).
+
+    Raises:
+        FileNotFoundError: naming the vae_id, where it was looked for and the vae_ids that exist.
+    """
+    where = latent_dir(cfg.data.root, cfg.data.vae_id, cfg.data.split)
+    if read_json(join(where, "_manifest.json")) is None:
+        found = available_vae_ids(cfg.data.root)
+        raise FileNotFoundError(f"no latents data.vae_id={cfg.data.vae_id!r} for split {cfg.data.split!r}: "
+                                f"{where}/_manifest.json does not exist (latents under {cfg.data.root}: "
+                                f"{found or 'none'}); encode them with tools/encode_latents.py")
 
 
 def _dit_evaluate(*args) -> tuple:
@@ -171,6 +187,17 @@ def _vae_monitors(cfg: Config, tracker, ema, zero3: bool) -> list:
     return [VAEEvaluator(cfg, tracker)]
 
 
+def _vae_check_data(cfg: Config) -> None:
+    """Video shards exist under ``{data.root}/videos/{data.split}``.
+
+    Raises:
+        FileNotFoundError: none there (naming the folder and the shard job).
+    """
+    where = join(cfg.data.root, "videos", cfg.data.split)
+    if not list_shards(where):
+        raise FileNotFoundError(f"no video shards under {where}: make them with data_prep/shard_videos.py")
+
+
 def _vae_evaluate(*args) -> tuple:
     from .evaluate import evaluate_vae_run
 
@@ -193,9 +220,10 @@ def _vae_validate(cfg: Config, path: str) -> None:
 
 TASKS: dict[str, TaskSpec] = {
     "dit": TaskSpec("dit", lambda cfg: DiT(cfg.dit), _dit_data, _dit_loss, _dit_monitors, _dit_evaluate,
-                    validate=_dit_validate),
+                    validate=_dit_validate, check_data=_dit_check_data),
     "vae": TaskSpec("vae", lambda cfg: ARVAE(cfg.vae), _vae_data, _vae_loss, _vae_monitors, _vae_evaluate,
-                    build_discriminator=_vae_discriminator, validate=_vae_validate),
+                    build_discriminator=_vae_discriminator, validate=_vae_validate,
+                    check_data=_vae_check_data),
 }
 
 

@@ -276,10 +276,32 @@ def _run_in_process(cfg: Config) -> dict:
     return train_worker(to_dict(cfg))
 
 
+def check_resources(have: dict, s) -> None:
+    """The Ray cluster ``have`` (``ray.cluster_resources()``) can place the fewest workers the
+    ``scale`` section ``s`` accepts (``min_workers`` when elastic, else ``num_workers``).
+
+    Raises:
+        RuntimeError: it cannot (naming what is missing and the keys that change it); Ray would
+            otherwise wait for resources forever.
+    """
+    need = s.min_workers if 0 < s.min_workers < s.num_workers else s.num_workers
+    gpus, cpus = have.get("GPU", 0), have.get("CPU", 0)
+    if s.use_gpu and gpus < need:
+        raise RuntimeError(f"scale.use_gpu=true with {need} workers needs {need} GPUs; the Ray cluster has "
+                           f"{gpus:g}. Set scale.use_gpu=false to train on CPUs, lower scale.num_workers (or "
+                           "scale.min_workers), or scale.check_resources=false on an autoscaling cluster")
+    if cpus < need * s.cpus_per_worker:
+        raise RuntimeError(f"{need} workers × scale.cpus_per_worker={s.cpus_per_worker} need "
+                           f"{need * s.cpus_per_worker} CPUs; the Ray cluster has {cpus:g}. Lower "
+                           "scale.num_workers or scale.cpus_per_worker, or scale.check_resources=false on an "
+                           "autoscaling cluster")
+
+
 def launch(cfg: Config):
     """Run training per ``cfg.scale``: Ray Train ``TorchTrainer`` with N workers (elastic between
     ``min_workers`` and ``num_workers`` when set; a restart resumes from the newest checkpoint,
     through a universal checkpoint when the worker count changed), or in-process."""
+    get_task(cfg.task).check_data(cfg)   # before any worker: a typo in vae_id fails here, not in Ray
     if cfg.scale.num_workers == 0:
         return _run_in_process(cfg)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -287,9 +309,11 @@ def launch(cfg: Config):
 
     from .engine.launch import init_ray
 
-    init_ray()
+    ray = init_ray()
     s = cfg.scale
     workers = (s.min_workers, s.num_workers) if 0 < s.min_workers < s.num_workers else s.num_workers
+    if s.check_resources:
+        check_resources(ray.cluster_resources(), s)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=to_dict(cfg),

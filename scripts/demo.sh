@@ -14,11 +14,16 @@ OUT=$(realpath -m "${2:-runs/demo}")
 DASH=http://127.0.0.1:8265
 T0=$(date +%s)
 mkdir -p "$OUT"
-export RAY_ADDRESS=127.0.0.1:6379 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1
+export RAY_ADDRESS=127.0.0.1:6379 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+# Ray token authentication: every client of the cluster (ray job submit, drivers, workers) must
+# present this token. It is made once per demo folder, readable by this user only, and never
+# printed; runs/ is outside git, and no config or MLflow param carries it.
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="${RAY_AUTH_TOKEN_PATH:-$OUT/.ray_auth_token}"
+[ -s "$RAY_AUTH_TOKEN_PATH" ] || (umask 077 && python -c 'import secrets; print(secrets.token_hex(32))' >"$RAY_AUTH_TOKEN_PATH")
 log() { echo "[demo $(( $(date +%s) - T0 ))s] $*"; }
 
 if (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then   # a GCS already listens: reuse that cluster
-  log "using the Ray cluster already running at $RAY_ADDRESS (left running)"
+  log "using the Ray cluster already running at $RAY_ADDRESS (left running; its token must be in $RAY_AUTH_TOKEN_PATH)"
 else
   log "starting a local Ray cluster on loopback"
   ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --port=6379 \

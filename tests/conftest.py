@@ -17,11 +17,21 @@ def ucf_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A new local Ray instance (loopback, 2 CPUs; never a cluster already running here) for the tests."""
-    import ray
+def ray_local(tmp_path_factory):
+    """A new local Ray instance (loopback, 2 CPUs; never a cluster already running here) for the
+    tests, with token authentication: a token made for this session, in a file only we can read."""
+    import secrets
 
+    token = tmp_path_factory.mktemp("ray_auth") / "token"
+    token.touch(mode=0o600)
+    token.write_text(secrets.token_hex(32))
     os.environ.pop("RAY_ADDRESS", None)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    import ray
+    from ray._raylet import Config  # Ray caches its auth mode; re-read it from the environment
+
+    Config.initialize("")
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}})
     yield ray

@@ -3,6 +3,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,12 @@ def test_ray_cluster_launcher_yaml():
     assert c["head_node_type"] in c["available_node_types"]
     gpus = {k: v["resources"].get("GPU", 0) for k, v in c["available_node_types"].items()}
     assert gpus["gpu_h100"] == gpus["gpu_a100"] == 8 and gpus[c["head_node_type"]] == 0
-    assert sum(v["max_workers"] for k,
-               v in c["available_node_types"].items() if k != "head") >= c["max_workers"]
+    workers = [v for k, v in c["available_node_types"].items() if k != "head"]
+    assert sum(v["max_workers"] for v in workers) >= c["max_workers"]
+    starts = c["head_start_ray_commands"][1:] + c["worker_start_ray_commands"][1:]
+    assert starts and all(cmd.startswith("RAY_AUTH_MODE=token ray start") for cmd in starts)
+    assert "--dashboard-host=127.0.0.1" in c["head_start_ray_commands"][1]
+    assert list(c["file_mounts"]) == ["~/.ray/auth_token"]
 
 
 def test_kuberay_rayjob_launches_a_training_that_loads_and_fits_its_cluster():
@@ -43,6 +48,10 @@ def test_kuberay_rayjob_launches_a_training_that_loads_and_fits_its_cluster():
     launcher = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
     assert {c["image"] for c in containers} == {launcher["docker"]["image"]}
     assert spec["rayVersion"] == ray.__version__   # the Ray the project is tested with
+    for c in containers:   # token authentication, the token from a Secret (never in the file)
+        env = {e["name"]: e for e in c["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "ardscale-ray-token"
 
 
 @pytest.mark.parametrize("name", ["Dockerfile.cuda", "Dockerfile.cpu"])
@@ -58,3 +67,25 @@ def test_dockerfiles(name):
     if shutil.which("hadolint"):
         result = subprocess.run(["hadolint", str(path)], check=False, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
+
+
+def _connect(gcs: str, env: dict) -> subprocess.CompletedProcess:
+    code = f"import ray; ray.init(address={gcs!r}, log_to_driver=False); print('connected')"
+    return subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_ray_cluster_refuses_a_client_without_its_token(ray_local, tmp_path):
+    import os
+
+    gcs = ray_local.get_runtime_context().gcs_address
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    base["HOME"] = str(tmp_path)            # no ~/.ray/auth_token to fall back on
+    wrong = tmp_path / "wrong_token"   # a client with another token (a client with none is refused alike)
+    wrong.write_text("0" * 64)
+    out = _connect(gcs, {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)})
+    assert out.returncode != 0 and "connected" not in out.stdout, out.stdout[-500:]
+    assert "Authentication token is missing or incorrect" in out.stderr, out.stderr[-2000:]
+    token = os.environ["RAY_AUTH_TOKEN_PATH"]
+    ok = _connect(gcs, {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token})
+    assert ok.returncode == 0 and "connected" in ok.stdout, ok.stderr[-2000:]

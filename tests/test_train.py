@@ -435,3 +435,21 @@ def test_mlflow_params_never_carry_secrets():
     flat = flatten({"train": {"checkpoint_url": "s3://AKIA:abc%2Fdef@bucket/run", "run_dir": "/r"},
                     "s3": {"secret_access_key": "x", "aws_session_token": "y", "region": "eu"}})
     assert flat == {"train.checkpoint_url": "s3://***@bucket/run", "train.run_dir": "/r", "s3.region": "eu"}
+
+
+def test_fail_fast_on_missing_latents_and_missing_gpus(latent_root, tmp_path):
+    """Before any Ray worker is asked for: a vae_id that does not exist, and a cluster without the
+    GPUs (or CPUs) the workers need, are clear errors instead of an endless wait."""
+    from ardscale.config import ScaleConfig
+    from ardscale.train import check_resources
+
+    with pytest.raises(FileNotFoundError, match=r"data.vae_id='abc'.*latents under .*: \['fake'\]"):
+        launch(load(CONFIG, overrides(latent_root, str(tmp_path / "r"), **{"data.vae_id": "abc",
+                                                                            "scale.num_workers": 2})))
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(RuntimeError, match="8 workers needs 8 GPUs; the Ray cluster has 0"):
+        check_resources({"CPU": 2.0}, ScaleConfig(num_workers=8, use_gpu=True))
+    with pytest.raises(RuntimeError, match="2 workers × scale.cpus_per_worker=2 need 4 CPUs; .* has 2"):
+        check_resources({"CPU": 2.0}, ScaleConfig(num_workers=2, cpus_per_worker=2))
+    check_resources({"CPU": 2.0}, ScaleConfig(num_workers=4, min_workers=2))          # elastic: 2 fit
+    check_resources({"CPU": 16.0, "GPU": 8.0}, ScaleConfig(num_workers=8, use_gpu=True))

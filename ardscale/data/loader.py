@@ -56,6 +56,16 @@ def latent_dir(root: str, vae_id: str, split: str) -> str:
     return join(root, "latents", vae_id, split)
 
 
+def available_vae_ids(root: str) -> list[str]:
+    """The vae_ids that have a latents folder under ``{root}/latents`` (any fsspec URL)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(join(root, "latents"))
+    if not fs.isdir(path):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+
+
 def load_latents(root: str, vae_id: str, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """All latents of ``{root}/latents/{vae_id}/{split}`` → (``(N, F, L, D)`` float32, labels ``(N,)``,
     manifest).
