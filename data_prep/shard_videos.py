@@ -5,6 +5,10 @@ source file, frame range). One Ray task per output shard; a shard whose ``.stats
 complete and skipped on re-run. Unreadable files are skipped and listed in ``_report.json``.
 
     python data_prep/shard_videos.py --src ../shared/data/ucf101-subset --out runs/demo/data --split train
+    python data_prep/shard_videos.py --src sky_timelapse --source frames --frames-fps 25 \
+        --out runs/sky/data --split train --num-frames 16 --size 256          # sky_train/…/*.jpg
+    python data_prep/shard_videos.py --src taichi --out runs/taichi/data --split test \
+        --num-frames 16 --size 256                                            # taichi/test/*.mp4
 """
 from __future__ import annotations
 
@@ -18,12 +22,13 @@ from tqdm import tqdm
 
 from ardscale.data.shards import join, read_json, shard_name, sidecar_url, write_json, write_shard
 from ardscale.data.sources import VideoItem, class_names, folder_items, ucf101_items
-from ardscale.data.video import VideoReadError, encode_mp4, read_clips
+from ardscale.data.video import VideoReadError, encode_mp4, read_clips, read_frame_clips
 
 
 def shard_one(items: list[VideoItem], url: str, num_frames: int, fps: float, size: int,
-              max_clips: int | None, split: str) -> dict:
+              max_clips: int | None, split: str, frames_fps: float | None = None) -> dict:
     """Cut, encode and write the clips of ``items`` into the shard at ``url``; return its stats.
+    An item whose path is a folder is a video stored as image frames shown at ``frames_fps``.
 
     Never raises for a bad video: it is counted in ``failed`` with the reason.
     """
@@ -32,7 +37,12 @@ def shard_one(items: list[VideoItem], url: str, num_frames: int, fps: float, siz
     def samples():
         for it in items:
             try:
-                clips = read_clips(it.path, num_frames, fps, size, max_clips)
+                if Path(it.path).is_dir():
+                    if not frames_fps:
+                        raise VideoReadError(f"{it.path}: a folder of frames needs --frames-fps")
+                    clips = read_frame_clips(it.path, num_frames, fps, size, frames_fps, max_clips)
+                else:
+                    clips = read_clips(it.path, num_frames, fps, size, max_clips)
             except VideoReadError as e:
                 stats["failed"].append({"path": it.path, "error": str(e)})
                 continue
@@ -56,17 +66,25 @@ def plan_shards(items: list[VideoItem], videos_per_shard: int) -> list[list[Vide
 
 def run(src: str, out: str, split: str = "train", source: str = "auto", split_id: int = 1,
         num_frames: int = 8, fps: float = 8.0, size: int = 64, max_clips: int | None = 4,
-        videos_per_shard: int = 16, limit: int | None = None, allow_empty: bool = False) -> dict | None:
+        videos_per_shard: int = 16, limit: int | None = None, allow_empty: bool = False,
+        frames_fps: float | None = None) -> dict | None:
     """Shard one split with Ray; returns the report (also written to ``{split dir}/_report.json``).
 
+    ``source``: ``ucf101`` (official lists), ``folder`` (videos; a split subfolder or a 90/10
+    division), ``frames`` (folders of image frames at ``frames_fps``, e.g. Sky-Timelapse), or
+    ``auto`` (ucf101 when a classInd.txt is under ``src``, else folder).
     Raises:
         FileNotFoundError: no video for this split (unless ``allow_empty``: then None is returned).
+        ValueError: ``frames`` without ``frames_fps``.
     """
     from ardscale.engine.launch import init_ray
 
     if source == "auto":
         source = "ucf101" if any(Path(src).rglob("classInd.txt")) else "folder"
-    items = ucf101_items(src, split, split_id) if source == "ucf101" else folder_items(src, split)
+    if source == "frames" and not frames_fps:
+        raise ValueError("--source frames needs --frames-fps, the frame rate the frames were taken at")
+    items = (ucf101_items(src, split, split_id) if source == "ucf101"
+             else folder_items(src, split, frames=source == "frames"))
     if not items:
         if allow_empty:
             print(f"{src}: no videos for split={split}; nothing to shard")
@@ -84,7 +102,7 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
         if prev is not None:
             done.append({**prev, "reused": True})
             continue
-        pending[task.remote(shard_items, url, num_frames, fps, size, max_clips, split)] = url
+        pending[task.remote(shard_items, url, num_frames, fps, size, max_clips, split, frames_fps)] = url
     with tqdm(total=len(plan), initial=len(done), desc=f"shards {split}", unit="shard") as bar:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -97,7 +115,8 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
               "clips": sum(s["clips"] for s in done), "shards": len(plan),
               "shards_reused": sum(1 for s in done if s.get("reused")),
               "classes": {str(k): v for k, v in sorted(class_names(items).items())},
-              "params": {"num_frames": num_frames, "fps": fps, "size": size, "max_clips": max_clips},
+              "params": {"num_frames": num_frames, "fps": fps, "size": size, "max_clips": max_clips,
+                         "frames_fps": frames_fps},
               "seconds": round(time.time() - t0, 2)}
     write_json(join(out_dir, "_report.json"), report)
     return report
@@ -107,8 +126,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help="folder of raw videos (UCF-101 layout or any folder)")
     p.add_argument("--out", required=True, help="output root: local folder or fsspec URL (s3://...)")
-    p.add_argument("--source", choices=["auto", "ucf101", "folder"], default="auto",
-                   help="auto: ucf101 when a classInd.txt is under --src, else a plain folder")
+    p.add_argument("--source", choices=["auto", "ucf101", "folder", "frames"], default="auto",
+                   help="auto: ucf101 when a classInd.txt is under --src, else a plain folder; frames: "
+                   "folders of image frames (Sky-Timelapse), with --frames-fps")
+    p.add_argument("--frames-fps", type=float, default=None, help="frame rate of --source frames")
     p.add_argument("--split", default="train", help="train | test | all (official lists for ucf101; "
                    "a fixed 90/10 split by file name for folders)")
     p.add_argument("--split-id", type=int, default=1)
@@ -121,7 +142,7 @@ def main(argv=None):
     p.add_argument("--allow-empty", action="store_true", help="an empty split is not an error")
     a = p.parse_args(argv)
     report = run(a.src, a.out, a.split, a.source, a.split_id, a.num_frames, a.fps, a.size,
-                 a.max_clips or None, a.videos_per_shard, a.limit, a.allow_empty)
+                 a.max_clips or None, a.videos_per_shard, a.limit, a.allow_empty, a.frames_fps)
     if report is not None:
         print(json.dumps({k: v for k, v in report.items() if k not in ("failed", "classes")}))
 

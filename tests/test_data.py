@@ -128,3 +128,56 @@ def test_latents_off_the_sphere_are_refused_with_the_fix():
     check_token_norms((2 * z / z.norm(dim=-1, keepdim=True)).half().float(), "x")   # float16-rounded √D: fine
     with pytest.raises(ValueError, match="under latents/v1/train.*re-encode"):
         check_token_norms(z, "latents/v1/train")
+
+
+def _as_jpeg_frames(video, folder) -> int:
+    """Every frame of a real clip saved as JPEG files (a Sky-Timelapse style frame folder)."""
+    import av
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    with av.open(str(video)) as c:
+        for i, frame in enumerate(c.decode(c.streams.video[0])):
+            Image.fromarray(frame.to_ndarray(format="rgb24")).save(folder / f"{i:05d}.jpg", quality=95)
+    return i + 1
+
+
+def test_frame_folder_source_matches_the_video_it_came_from(ucf_root, tmp_path):
+    """Sky-Timelapse layout (sky_train/ and sky_test/, videos as folders of JPEG frames), made from
+    two real clips: the split comes from the folders, and the clips equal the video's own."""
+    from ardscale.data.video import read_frame_clips
+
+    src = ucf_root / "videos" / "Archery"
+    n = _as_jpeg_frames(src / "v_Archery_g01_c01.avi", tmp_path / "sky" / "sky_train" / "v01" / "c01")
+    _as_jpeg_frames(src / "v_Archery_g02_c01.avi", tmp_path / "sky" / "sky_test" / "v02" / "c01")
+    train = folder_items(str(tmp_path / "sky"), "train", frames=True)
+    assert [(it.key, it.label, it.class_name) for it in train] == [("sky_train_v01_c01", 0, "video")]
+    assert [it.key for it in folder_items(str(tmp_path / "sky"), "test", frames=True)] == ["sky_test_v02_c01"]
+    ref = read_clips(str(src / "v_Archery_g01_c01.avi"), 8, 8, 32, max_clips=2)
+    got = read_frame_clips(train[0].path, 8, 8, 32, src_fps=25, max_clips=2)
+    assert [s for s, _ in got] == [s for s, _ in ref] and n > 16
+    mse = np.mean([(a.astype(float) - b.astype(float)) ** 2 for (_, a), (_, b) in zip(got, ref)])
+    assert 10 * np.log10(255**2 / mse) > 30          # the same frames, up to JPEG
+    stats = shard_one(train, str(tmp_path / "out" / "shard-000000.tar"), 8, 8, 32, 2, "train", frames_fps=25)
+    assert (stats["clips"], stats["failed"]) == (2, [])
+    no_fps = shard_one(train, str(tmp_path / "out" / "shard-000001.tar"), 8, 8, 32, 2, "train")
+    assert no_fps["clips"] == 0 and "--frames-fps" in no_fps["failed"][0]["error"]
+    with pytest.raises(ValueError, match="--frames-fps"):
+        shard_run(str(tmp_path / "sky"), str(tmp_path / "out2"), "train", source="frames")
+
+
+def test_split_folders_of_videos(ucf_root, tmp_path):
+    """Taichi-HD / FaceForensics layout: train/ and test/ folders of short videos."""
+    import shutil
+
+    src = ucf_root / "videos" / "Archery"
+    layout = (("train", "v_Archery_g01_c01"), ("train", "v_Archery_g03_c01"), ("test", "v_Archery_g02_c01"))
+    for split, name in layout:
+        (tmp_path / "taichi" / split).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / f"{name}.avi", tmp_path / "taichi" / split / f"{name}.avi")
+    train = folder_items(str(tmp_path / "taichi"), "train")
+    assert [(it.key, it.class_name) for it in train] == [("train_v_Archery_g01_c01", "video"),
+                                                         ("train_v_Archery_g03_c01", "video")]
+    assert [it.key for it in folder_items(str(tmp_path / "taichi"), "test")] == ["test_v_Archery_g02_c01"]
+    stats = shard_one(train, str(tmp_path / "out" / "shard-000000.tar"), 8, 8, 32, 1, "train")
+    assert (stats["clips"], stats["failed"]) == (2, [])

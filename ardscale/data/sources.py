@@ -1,4 +1,9 @@
-"""Raw video sources: UCF-101 (official split lists) and plain folders of videos."""
+"""Raw video sources: UCF-101 (official split lists), folders of videos (Taichi-HD, FaceForensics,
+any folder) and folders of frame folders (Sky-Timelapse).
+
+A folder source with a subfolder named after the split (``train``, ``test``, or ending in
+``_train`` / ``_test`` as Sky-Timelapse's ``sky_train``) takes that split's videos from it, as
+the datasets ship; otherwise a fixed 90/10 division by file name holds out the test split."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VIDEO_EXTS = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
 UCF_NAME = re.compile(r"^v_(?P<cls>[A-Za-z]+)_g\d+_c\d+$")
 
 
@@ -69,20 +75,43 @@ def in_test_split(key: str, test_fraction: float = 0.1) -> bool:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < test_fraction
 
 
-def folder_items(root: str, split: str = "all") -> list[VideoItem]:
-    """Videos under ``root``; the class is the parent folder's name relative to root
-    (``video`` for files directly in root), labels are sorted class names' indices.
-    ``split`` train/test keeps a fixed 90/10 division by file name (:func:`in_test_split`)."""
+def split_dir(root: Path, split: str) -> Path | None:
+    """The subfolder of ``root`` that holds ``split`` as the dataset ships it (``train``,
+    ``sky_train``, …), or None."""
+    hits = sorted(d for d in root.iterdir()
+                  if d.is_dir() and (d.name == split or d.name.endswith(f"_{split}")))
+    return hits[0] if hits else None
+
+
+def _frame_folders_under(root: Path) -> list[Path]:
+    """Folders that directly hold image frames: one video each."""
+    return sorted({p.parent for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()})
+
+
+def folder_items(root: str, split: str = "all", frames: bool = False) -> list[VideoItem]:
+    """Videos under ``root`` (``frames``: folders of image frames, each one video).
+
+    The split comes from a split subfolder when there is one (:func:`split_dir`), else from a
+    fixed 90/10 division by file name (:func:`in_test_split`). The class is the parent folder's
+    name relative to that base (``video`` for files directly in it); frame folders are one class,
+    ``video`` (the frame datasets are unconditional). Labels are sorted class names' indices.
+
+    Raises:
+        ValueError: split not train/test/all.
+    """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be train, test or all, got {split!r}")
     base = Path(root)
-    paths = _videos_under(base)
-    names = [str(p.parent.relative_to(base)) if p.parent != base else "video" for p in paths]
+    own = split_dir(base, split) if split != "all" else None
+    top = own or base
+    paths = _frame_folders_under(top) if frames else _videos_under(top)
+    names = ["video" if frames or p.parent == top else str(p.parent.relative_to(top)) for p in paths]
     classes = {c: i for i, c in enumerate(sorted(set(names)))}
     items = []
     for p, c in zip(paths, names):
-        key = re.sub(r"[^A-Za-z0-9_-]", "_", str(p.relative_to(base).with_suffix("")))
-        if split != "all" and in_test_split(key) != (split == "test"):
+        rel = p.relative_to(base) if frames else p.relative_to(base).with_suffix("")
+        key = re.sub(r"[^A-Za-z0-9_-]", "_", str(rel))
+        if own is None and split != "all" and in_test_split(key) != (split == "test"):
             continue
         items.append(VideoItem(str(p), classes[c], c, key))
     return items

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -52,6 +53,11 @@ def read_clips(path: str, num_frames: int, fps: float, size: int,
                     next_time += 1.0 / fps
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise VideoReadError(f"{path}: cannot decode video: {e}") from e
+    return _cut_clips(picked, src_index, num_frames, fps, max_clips, path)
+
+
+def _cut_clips(picked: list[np.ndarray], src_index: list[int], num_frames: int, fps: float,
+               max_clips: int | None, path: str) -> list[tuple[int, np.ndarray]]:
     n = len(picked) // num_frames
     if n == 0:
         raise VideoReadError(f"{path}: {len(picked)} frames at {fps} fps, need {num_frames} for one clip")
@@ -60,6 +66,35 @@ def read_clips(path: str, num_frames: int, fps: float, size: int,
         starts = [round(k * (n - 1) / max(max_clips - 1, 1)) for k in range(max_clips)]
     return [(src_index[k * num_frames],
              np.stack(picked[k * num_frames:(k + 1) * num_frames])) for k in starts]
+
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+def read_frame_clips(folder: str, num_frames: int, fps: float, size: int, src_fps: float,
+                     max_clips: int | None = None) -> list[tuple[int, np.ndarray]]:
+    """:func:`read_clips` for a video stored as a folder of image files (Sky-Timelapse), frame i
+    of the sorted file names shown at ``i / src_fps`` seconds.
+
+    Raises:
+        VideoReadError: no images, an unreadable image, or too few frames for one clip.
+    """
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise VideoReadError(f"{folder}: no {'/'.join(IMAGE_EXTS)} frames")
+    picked, src_index, next_time = [], [], 0.0
+    for i, f in enumerate(files):
+        if i / src_fps + 1e-6 < next_time:
+            continue
+        try:
+            with Image.open(f) as img:
+                frame = av.VideoFrame.from_ndarray(np.asarray(img.convert("RGB")), format="rgb24")
+        except OSError as e:
+            raise VideoReadError(f"{f}: cannot read frame: {e}") from e
+        picked.append(_resize_crop(frame, size))
+        src_index.append(i)
+        next_time += 1.0 / fps
+    return _cut_clips(picked, src_index, num_frames, fps, max_clips, folder)
 
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
