@@ -58,16 +58,32 @@ def shard_one(items: list[VideoItem], url: str, num_frames: int, fps: float, siz
     return stats
 
 
-def plan_shards(items: list[VideoItem], videos_per_shard: int) -> list[list[VideoItem]]:
-    """Deterministic split of items (sorted by key) into shards, so re-runs map videos to the same shard."""
-    items = sorted(items, key=lambda it: it.key)
-    return [items[i:i + videos_per_shard] for i in range(0, len(items), videos_per_shard)]
+def source_bytes(path: str) -> int:
+    """Size of a raw video on disk: the file, or the frames of a frame folder."""
+    p = Path(path)
+    return sum(f.stat().st_size for f in p.iterdir() if f.is_file()) if p.is_dir() else p.stat().st_size
+
+
+def plan_shards(items: list[VideoItem], videos_per_shard: int, shard_mb: float = 0) -> list[list[VideoItem]]:
+    """Deterministic split of items (sorted by key) into shards, so re-runs map videos to the same
+    shard: at most ``videos_per_shard`` videos, and with ``shard_mb > 0`` at most that many MB of
+    source video per shard (a single larger video gets a shard of its own)."""
+    limit = shard_mb * 2**20
+    plan, current, size = [], [], 0
+    for it in sorted(items, key=lambda it: it.key):
+        n = source_bytes(it.path) if limit else 0
+        if current and (len(current) == videos_per_shard or (limit and size + n > limit)):
+            plan.append(current)
+            current, size = [], 0
+        current.append(it)
+        size += n
+    return plan + ([current] if current else [])
 
 
 def run(src: str, out: str, split: str = "train", source: str = "auto", split_id: int = 1,
         num_frames: int = 8, fps: float = 8.0, size: int = 64, max_clips: int | None = 4,
         videos_per_shard: int = 16, limit: int | None = None, allow_empty: bool = False,
-        frames_fps: float | None = None) -> dict | None:
+        frames_fps: float | None = None, shard_mb: float = 0) -> dict | None:
     """Shard one split with Ray; returns the report (also written to ``{split dir}/_report.json``).
 
     ``source``: ``ucf101`` (official lists), ``folder`` (videos; a split subfolder or a 90/10
@@ -92,7 +108,7 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
         raise FileNotFoundError(f"{src}: no videos found for source={source} split={split}")
     items = items[:limit] if limit else items
     out_dir = join(out, "videos", split)
-    plan = plan_shards(items, videos_per_shard)
+    plan = plan_shards(items, videos_per_shard, shard_mb)
     ray = init_ray()
     task = ray.remote(num_cpus=1)(shard_one)
     t0, pending, done = time.time(), {}, []
@@ -116,7 +132,8 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
               "shards_reused": sum(1 for s in done if s.get("reused")),
               "classes": {str(k): v for k, v in sorted(class_names(items).items())},
               "params": {"num_frames": num_frames, "fps": fps, "size": size, "max_clips": max_clips,
-                         "frames_fps": frames_fps},
+                         "frames_fps": frames_fps, "videos_per_shard": videos_per_shard,
+                         "shard_mb": shard_mb},
               "seconds": round(time.time() - t0, 2)}
     write_json(join(out_dir, "_report.json"), report)
     return report
@@ -138,11 +155,13 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--max-clips", type=int, default=4, help="clips per video (0 = all)")
     p.add_argument("--videos-per-shard", type=int, default=16)
+    p.add_argument("--shard-size", type=float, default=0,
+                   help="MB of source video per shard at most (0 = by --videos-per-shard only)")
     p.add_argument("--limit", type=int, default=None, help="only the first N videos (debugging)")
     p.add_argument("--allow-empty", action="store_true", help="an empty split is not an error")
     a = p.parse_args(argv)
     report = run(a.src, a.out, a.split, a.source, a.split_id, a.num_frames, a.fps, a.size,
-                 a.max_clips or None, a.videos_per_shard, a.limit, a.allow_empty, a.frames_fps)
+                 a.max_clips or None, a.videos_per_shard, a.limit, a.allow_empty, a.frames_fps, a.shard_size)
     if report is not None:
         print(json.dumps({k: v for k, v in report.items() if k not in ("failed", "classes")}))
 

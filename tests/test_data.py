@@ -1,4 +1,5 @@
 """Video decoding, shards (local and round trip), sources and split lists, the resumable sampler."""
+import itertools
 import json
 import os
 
@@ -181,3 +182,19 @@ def test_split_folders_of_videos(ucf_root, tmp_path):
     assert [it.key for it in folder_items(str(tmp_path / "taichi"), "test")] == ["test_v_Archery_g02_c01"]
     stats = shard_one(train, str(tmp_path / "out" / "shard-000000.tar"), 8, 8, 32, 1, "train")
     assert (stats["clips"], stats["failed"]) == (2, [])
+
+
+def test_plan_shards_by_count_and_by_source_megabytes(ucf_root):
+    from data_prep.shard_videos import plan_shards, source_bytes
+
+    items = ucf101_items(str(ucf_root), "train")[:12]
+    sizes = {it.key: source_bytes(it.path) for it in items}
+    by_count = plan_shards(items, 5)
+    assert [len(s) for s in by_count] == [5, 5, 2]
+    mb = 2 * max(sizes.values()) / 2**20                        # room for two of the largest
+    by_size = plan_shards(items, 100, shard_mb=mb)
+    assert [it.key for s in by_size for it in s] == sorted(sizes)   # every video once, in key order
+    assert all(sum(sizes[it.key] for it in s) <= mb * 2**20 for s in by_size)
+    full = [sum(sizes[it.key] for it in a + b[:1]) > mb * 2**20 for a, b in itertools.pairwise(by_size)]
+    assert all(full)            # a shard closes only when the next video would not fit
+    assert [len(s) for s in plan_shards(items, 100, shard_mb=1e-6)] == [1] * 12   # each alone, none dropped
