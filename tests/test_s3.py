@@ -10,7 +10,7 @@ import pytest
 
 from ardscale.data.shards import list_shards, read_json, read_shard, write_json
 from ardscale.data.sources import VideoItem
-from ardscale.data.video import decode_mp4
+from ardscale.data.video import decode_mp4, read_clips
 from data_prep.shard_videos import shard_one
 
 
@@ -127,3 +127,36 @@ def test_checkpoints_mirror_to_s3_and_a_fresh_disk_resumes_from_there(s3_endpoin
     ema = checkpoint.load_weights(str(tmp_path / "node2"), ema=True)[0]
     ema_full = checkpoint.load_weights(str(tmp_path / "full"), ema=True)[0]
     assert max((ema[k] - ema_full[k]).abs().max().item() for k in ema) < 1e-6
+
+
+def test_shard_job_reads_its_source_videos_from_s3(ucf_root, s3_endpoint, tmp_path):
+    """Raw videos on S3 (UCF-101 layout with the official lists): listed and decoded through fsspec,
+    giving the same items and clips as the local copy."""
+    import fsspec
+
+    from ardscale.data.sources import folder_items, ucf101_items
+
+    fs = fsspec.filesystem("s3")
+    lists = ucf_root / "splits" / "official_ucfTrainTestlist"
+    for name in ("classInd.txt", "trainlist01.txt"):
+        fs.put_file(str(lists / name), f"ardscale-test/raw/splits/{name}")
+    names = ["v_Archery_g08_c01", "v_Archery_g09_c02"]
+    for n in names:
+        fs.put_file(str(ucf_root / "videos" / "Archery" / f"{n}.avi"),
+                    f"ardscale-test/raw/videos/Archery/{n}.avi")
+    items = ucf101_items("s3://ardscale-test/raw", "train")
+    assert [(it.key, it.label, it.path) for it in items] == [
+        (n, 2, f"s3://ardscale-test/raw/videos/Archery/{n}.avi") for n in names]
+    params = {"num_frames": 4, "fps": 8, "size": 32, "max_clips": 2, "split": "train"}
+    stats = shard_one(items, str(tmp_path / "s3src.tar"), **params)
+    local = [VideoItem(str(ucf_root / "videos" / "Archery" / f"{n}.avi"), 2, "Archery", n) for n in names]
+    ref = shard_one(local, str(tmp_path / "local.tar"), **params)
+    assert stats["failed"] == [] and stats["clips"] == ref["clips"] == 4
+    assert [s["__key__"] for s in read_shard(str(tmp_path / "s3src.tar"))] == [
+        s["__key__"] for s in read_shard(str(tmp_path / "local.tar"))]
+    for remote, here in zip(items, local, strict=True):   # the decoded frames, before H.264 re-encoding
+        got, want = (read_clips(p, 4, 8, 32, 2) for p in (remote.path, here.path))
+        assert [s for s, _ in got] == [s for s, _ in want]
+        assert all((a == b).all() for (_, a), (_, b) in zip(got, want))
+    assert [it.key for it in folder_items("s3://ardscale-test/raw/videos", "all")] == [
+        f"Archery_{n}" for n in names]

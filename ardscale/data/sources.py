@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 
 VIDEO_EXTS = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
@@ -26,14 +26,33 @@ class VideoItem:
     key: str
 
 
-def _videos_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+class Tree:
+    """The files under a root folder, local or any fsspec URL (``s3://bucket/prefix``), listed once."""
+
+    def __init__(self, root: str):
+        import fsspec
+
+        self.fs, base = fsspec.core.url_to_fs(root)
+        self.remote = "://" in root
+        self.files = sorted(PurePosixPath(p) for p in self.fs.find(base)) if self.fs.isdir(base) else []
+        self.base = PurePosixPath(base)
+
+    def url(self, p: PurePosixPath) -> str:
+        """What the readers open: a URL for remote files, a plain path for local ones."""
+        return self.fs.unstrip_protocol(str(p)) if self.remote else str(p)
+
+    def read_text(self, p: PurePosixPath) -> str:
+        return self.fs.cat_file(str(p)).decode()
 
 
-def _find(root: Path, name: str) -> Path:
-    hits = sorted(root.rglob(name))
+def _videos_under(tree: Tree, top: PurePosixPath) -> list[PurePosixPath]:
+    return [p for p in tree.files if p.suffix.lower() in VIDEO_EXTS and top in p.parents]
+
+
+def _find(tree: Tree, name: str) -> PurePosixPath:
+    hits = [p for p in tree.files if p.name == name]
     if not hits:
-        raise FileNotFoundError(f"{root}: no {name} found (UCF-101 official split lists)")
+        raise FileNotFoundError(f"{tree.base}: no {name} found (UCF-101 official split lists)")
     return hits[0]
 
 
@@ -48,25 +67,25 @@ def ucf101_items(root: str, split: str = "train", split_id: int = 1) -> list[Vid
     Raises:
         ValueError: split not train/test/all. FileNotFoundError: no split list / classInd.
     """
-    base = Path(root)
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be train, test or all, got {split!r}")
+    tree = Tree(root)
     class_ind = {}
-    for line in _find(base, "classInd.txt").read_text().split("\n"):
+    for line in tree.read_text(_find(tree, "classInd.txt")).split("\n"):
         if line.strip():
             idx, name = line.split()
             class_ind[name] = int(idx) - 1
     wanted = None
     if split != "all":
-        lines = _find(base, f"{split}list{split_id:02d}.txt").read_text().split("\n")
-        wanted = {Path(ln.split()[0]).stem for ln in lines if ln.strip()}
+        lines = tree.read_text(_find(tree, f"{split}list{split_id:02d}.txt")).split("\n")
+        wanted = {PurePosixPath(ln.split()[0]).stem for ln in lines if ln.strip()}
     items = []
-    for p in _videos_under(base):
+    for p in _videos_under(tree, tree.base):
         m = UCF_NAME.match(p.stem)
         if m is None or (wanted is not None and p.stem not in wanted):
             continue
         cls = m["cls"]
-        items.append(VideoItem(str(p), class_ind[cls], cls, p.stem))
+        items.append(VideoItem(tree.url(p), class_ind[cls], cls, p.stem))
     return items
 
 
@@ -75,17 +94,17 @@ def in_test_split(key: str, test_fraction: float = 0.1) -> bool:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < test_fraction
 
 
-def split_dir(root: Path, split: str) -> Path | None:
-    """The subfolder of ``root`` that holds ``split`` as the dataset ships it (``train``,
+def split_dir(tree: Tree, split: str) -> PurePosixPath | None:
+    """The top-level folder of ``tree`` that holds ``split`` as the dataset ships it (``train``,
     ``sky_train``, …), or None."""
-    hits = sorted(d for d in root.iterdir()
-                  if d.is_dir() and (d.name == split or d.name.endswith(f"_{split}")))
-    return hits[0] if hits else None
+    tops = {p.relative_to(tree.base).parts[0] for p in tree.files if len(p.relative_to(tree.base).parts) > 1}
+    hits = sorted(d for d in tops if d == split or d.endswith(f"_{split}"))
+    return tree.base / hits[0] if hits else None
 
 
-def _frame_folders_under(root: Path) -> list[Path]:
+def _frame_folders_under(tree: Tree, top: PurePosixPath) -> list[PurePosixPath]:
     """Folders that directly hold image frames: one video each."""
-    return sorted({p.parent for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()})
+    return sorted({p.parent for p in tree.files if p.suffix.lower() in IMAGE_EXTS and top in p.parents})
 
 
 def folder_items(root: str, split: str = "all", frames: bool = False) -> list[VideoItem]:
@@ -101,10 +120,11 @@ def folder_items(root: str, split: str = "all", frames: bool = False) -> list[Vi
     """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be train, test or all, got {split!r}")
-    base = Path(root)
-    own = split_dir(base, split) if split != "all" else None
+    tree = Tree(root)
+    base = tree.base
+    own = split_dir(tree, split) if split != "all" else None
     top = own or base
-    paths = _frame_folders_under(top) if frames else _videos_under(top)
+    paths = _frame_folders_under(tree, top) if frames else _videos_under(tree, top)
     names = ["video" if frames or p.parent == top else str(p.parent.relative_to(top)) for p in paths]
     classes = {c: i for i, c in enumerate(sorted(set(names)))}
     items = []
@@ -113,7 +133,7 @@ def folder_items(root: str, split: str = "all", frames: bool = False) -> list[Vi
         key = re.sub(r"[^A-Za-z0-9_-]", "_", str(rel))
         if own is None and split != "all" and in_test_split(key) != (split == "test"):
             continue
-        items.append(VideoItem(str(p), classes[c], c, key))
+        items.append(VideoItem(tree.url(p), classes[c], c, key))
     return items
 
 

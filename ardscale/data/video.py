@@ -29,7 +29,7 @@ def read_clips(path: str, num_frames: int, fps: float, size: int,
     """Cut a video into non-overlapping clips of ``num_frames`` frames resampled to ``fps``.
 
     Args:
-        path: local path or file-like object readable by PyAV.
+        path: local path, fsspec URL (``s3://…``, read through fsspec) or file-like object.
         fps: output frame rate (frames are picked by presentation time, nearest earlier frame).
         size: output height = width in pixels (resize short side + center crop).
         max_clips: keep at most this many clips, spread evenly over the video.
@@ -38,8 +38,22 @@ def read_clips(path: str, num_frames: int, fps: float, size: int,
     Raises:
         VideoReadError: undecodable/empty file, or fewer than ``num_frames`` frames at ``fps``.
     """
+    if isinstance(path, str) and "://" in path:
+        import fsspec
+
+        try:
+            with fsspec.open(path, "rb") as f:
+                return _decode_clips(f, path, num_frames, fps, size, max_clips)
+        except (FileNotFoundError, PermissionError) as e:
+            raise VideoReadError(f"{path}: cannot open: {e}") from e
+    return _decode_clips(path, path, num_frames, fps, size, max_clips)
+
+
+def _decode_clips(source, path: str, num_frames: int, fps: float, size: int,
+                  max_clips: int | None) -> list[tuple[int, np.ndarray]]:
+    """:func:`read_clips` of ``source`` (a path or a file object); ``path`` names it in errors."""
     try:
-        with av.open(path) as container:
+        with av.open(source) as container:
             if not container.streams.video:
                 raise VideoReadError(f"{path}: no video stream")
             stream = container.streams.video[0]
