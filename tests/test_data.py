@@ -182,6 +182,9 @@ def test_split_folders_of_videos(ucf_root, tmp_path):
     assert [it.key for it in folder_items(str(tmp_path / "taichi"), "test")] == ["test_v_Archery_g02_c01"]
     stats = shard_one(train, str(tmp_path / "out" / "shard-000000.tar"), 8, 8, 32, 1, "train")
     assert (stats["clips"], stats["failed"]) == (2, [])
+    shutil.rmtree(tmp_path / "taichi" / "train")   # a lone "test" folder is a class, not a split
+    both = folder_items(str(tmp_path / "taichi"), "train") + folder_items(str(tmp_path / "taichi"), "test")
+    assert [(it.key, it.class_name) for it in both] == [("test_v_Archery_g02_c01", "test")]
 
 
 def test_plan_shards_by_count_and_by_source_megabytes(ucf_root):

@@ -96,10 +96,11 @@ def in_test_split(key: str, test_fraction: float = 0.1) -> bool:
 
 def split_dir(tree: Tree, split: str) -> PurePosixPath | None:
     """The top-level folder of ``tree`` that holds ``split`` as the dataset ships it (``train``,
-    ``sky_train``, …), or None."""
+    ``sky_train``, …), or None. Only a tree with both a train and a test folder is split this way
+    (a lone class folder called ``speed_test`` stays a class)."""
     tops = {p.relative_to(tree.base).parts[0] for p in tree.files if len(p.relative_to(tree.base).parts) > 1}
-    hits = sorted(d for d in tops if d == split or d.endswith(f"_{split}"))
-    return tree.base / hits[0] if hits else None
+    match = {s: sorted(d for d in tops if d == s or d.endswith(f"_{s}")) for s in ("train", "test")}
+    return tree.base / match[split][0] if match["train"] and match["test"] else None
 
 
 def _frame_folders_under(tree: Tree, top: PurePosixPath) -> list[PurePosixPath]:
