@@ -76,16 +76,13 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 1000
     log_every: int = 10
-    # VAE: held-out PSNR/SSIM + recon video; DiT: fvd_local (`eval`) every N steps
-    eval_every: int = 0
+    eval_every: int = 0              # VAE: held-out PSNR/SSIM, recon video; DiT: fvd_local (`eval`)
     sample_every: int = 0            # DiT: sample videos to MLflow every N steps and at the end (0 = never)
     ckpt_every: int = 500
     keep_last: int = 3
     seed: int = 0
-    # checkpoints, resolved config and Ray Train state (local or mounted disk)
-    run_dir: str = "runs/default"
-    # mirror of the checkpoints on any fsspec URL (s3://…); resumed from there
-    checkpoint_url: str = ""
+    run_dir: str = "runs/default"    # checkpoints, config, Ray Train state (local or mounted disk)
+    checkpoint_url: str = ""         # a mirror of the checkpoints on any fsspec URL (s3://…)
     init_from: str = ""              # run dir whose newest weights start this run (a previous stage)
     max_nonfinite_steps: int = 5     # this many steps in a row with a NaN/inf loss: save and stop
     peak_tflops: float = 0.0         # per device, for MFU (0: 989 on an H100-class GPU, none on CPU)
@@ -94,8 +91,7 @@ class TrainConfig:
 @dataclass
 class ScaleConfig:
     num_workers: int = 1             # Ray Train workers; 0 = run in this process (debugging)
-    # > 0: elastic, between min_workers and num_workers (resumes re-partition)
-    min_workers: int = 0
+    min_workers: int = 0             # > 0: elastic between min_workers and num_workers
     storage_path: str = ""           # Ray Train run state (local or s3://…); default {run_dir}/ray
     use_gpu: bool = False
     cpus_per_worker: int = 1
@@ -164,8 +160,7 @@ def _old_keys(tree: dict, overrides: list[str]) -> list[str]:
         node = tree.get(section)
         if (not key and node is not None) or (key and isinstance(node, dict) and key in node):
             used.add(old)
-    found = [old for old in RENAMED if old in used or any(u.startswith(old + ".") for u in used)]
-    return found
+    return [old for old in RENAMED if old in used or any(u.startswith(old + ".") for u in used)]
 
 
 def _migrate(d: dict) -> dict:
@@ -173,7 +168,9 @@ def _migrate(d: dict) -> dict:
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     if "model" in d:
         d["dit"] = {**d.pop("model"), **d.get("dit", {})}
-    for old, new in list(RENAMED.items())[1:]:
+    for old, new in RENAMED.items():
+        if "." not in old:   # a whole section: moved above
+            continue
         (s_old, k_old), (s_new, k_new) = old.split("."), new.split(".")
         if k_old in d.get(s_old, {}):
             d.setdefault(s_new, {})[k_new] = d[s_old].pop(k_old)

@@ -21,7 +21,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from .data.transforms import to_model_range
+from .data.transforms import to_model_range, to_unit
 from .diffusion.sampler import sample
 from .diffusion.schedule import make_diffusion
 from .metrics import frechet_distance, psnr
@@ -71,8 +71,7 @@ def frozen(videos: torch.Tensor, context: int) -> torch.Tensor:
 def per_frame_psnr(fake: torch.Tensor, real: torch.Tensor) -> list[float]:
     """PSNR (dB, peak 1) of uint8 ``fake`` against ``real`` ``(N, F, H, W, 3)`` at each frame index,
     mean over the N clips: a list of F floats."""
-    to01 = lambda v: to_model_range(v).add(1).div(2)          # (N, F, 3, H, W) in [0, 1]
-    a, b = to01(fake), to01(real)
+    a, b = to_unit(fake), to_unit(real)                           # (N, F, 3, H, W)
     return [psnr(a[:, j], b[:, j]).mean().item() for j in range(fake.shape[1])]
 
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .config import EvalConfig
 from .data.loader import load_video_clips
-from .data.transforms import to_model_range, to_uint8
+from .data.transforms import to_model_range, to_uint8, to_unit
 from .diffusion.sampler import sample
 from .diffusion.schedule import make_diffusion
 from .engine.tracking import Tracker
@@ -154,8 +154,7 @@ def evaluate_vae_run(run_cfg, vae, real: torch.Tensor, labels: torch.Tensor, e: 
     """Reconstructions of the real clips: (uint8 videos, ``rfvd_local`` … PSNR, SSIM, {})."""
     fake = reconstruct(vae, real, e.batch_size)
     metrics = {("r" + k if "fvd" in k else k): v for k, v in Reference(real, e).compare(fake).items()}
-    flat = lambda v: to_model_range(v).add(1).div(2).flatten(0, 1)   # (N·F, 3, H, W) in [0, 1]
-    fake01, real01 = flat(fake), flat(real)
+    fake01, real01 = to_unit(fake).flatten(0, 1), to_unit(real).flatten(0, 1)   # (N·F, 3, H, W)
     metrics.update(psnr=psnr(fake01, real01).mean().item(), ssim=ssim(fake01, real01).mean().item())
     return fake, metrics, {}
 

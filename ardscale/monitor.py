@@ -19,7 +19,7 @@ import torch
 
 from .config import Config
 from .data.loader import load_video_clips
-from .data.transforms import to_model_range
+from .data.transforms import to_model_range, to_unit
 from .data.video import encode_mp4, video_grid, write_gif
 from .diffusion.sampler import sample
 from .diffusion.schedule import make_diffusion
@@ -48,7 +48,7 @@ class Hook:
 
 
 @torch.no_grad()
-def evaluate_vae(model: ARVAE, videos: torch.Tensor, out_dir, fps: float = 8.0) -> dict:
+def reconstruction_report(model: ARVAE, videos: torch.Tensor, out_dir, fps: float = 8.0) -> dict:
     """PSNR/SSIM of reconstructions of held-out clips ``(N, F, H, W, 3)`` uint8, and a
     side-by-side video (real | reconstruction, 4 clips) written to ``out_dir/recon.{mp4,gif}``.
 
@@ -59,7 +59,7 @@ def evaluate_vae(model: ARVAE, videos: torch.Tensor, out_dir, fps: float = 8.0) 
     device = next(model.parameters()).device
     recs = [model(to_model_range(v).to(device)).float().cpu() for v in videos.split(8)]
     rec = ((torch.cat(recs).clamp(-1, 1) + 1) / 2).flatten(0, 1)             # (N*F, 3, H, W) in [0, 1]
-    real = to_model_range(videos).add(1).div(2).flatten(0, 1)
+    real = to_unit(videos).flatten(0, 1)
     p, s = psnr(rec, real), ssim(rec, real)
     N, Fr = videos.shape[:2]
     rec_u8 = (rec * 255).round().byte().view(N, Fr, *rec.shape[1:]).permute(0, 1, 3, 4, 2).numpy()
@@ -98,7 +98,7 @@ class VAEEvaluator(Hook):
         if self.videos is None:
             return {}
         out = Path(self.cfg.train.run_dir) / "eval" / checkpoint.tag(step)
-        metrics = evaluate_vae(model, self.videos, out, self.fps)
+        metrics = reconstruction_report(model, self.videos, out, self.fps)
         self.tracker.log_metrics(metrics, step)
         for name in ("recon.mp4", "recon.gif"):
             self.tracker.log_artifact(str(out / name), f"eval/{out.name}")

@@ -64,6 +64,12 @@ name (``model``, ``disc``) to the scalar it minimises; ``metrics`` are detached 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """What a task builds and computes; every callable takes the run's :class:`Config`.
+
+    ``check_data`` runs in the launcher before any worker starts and raises FileNotFoundError
+    when the task's data are absent; ``validate`` runs in ``config.load`` (ValueError /
+    FileNotFoundError naming the key)."""
+
     name: str
     build_model: Callable[[Config], nn.Module]
     load_data: Callable[[Config], TaskData]

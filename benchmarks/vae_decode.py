@@ -17,16 +17,11 @@ import numpy as np
 import torch
 
 from ardscale.data.loader import load_video_clips
-from ardscale.data.transforms import to_model_range, to_uint8
+from ardscale.data.transforms import to_model_range, to_uint8, to_unit
 from ardscale.metrics import psnr, ssim
 from ardscale.tasks import load_trained
 
 OUT = Path(__file__).resolve().parent / "results" / "vae_decode.json"
-
-
-def to_unit(v: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(N, F, H, W, 3)`` → float ``(N·F, 3, H, W)`` in [0, 1]."""
-    return v.permute(0, 1, 4, 2, 3).flatten(0, 1).double() / 255
 
 
 @torch.no_grad()
@@ -37,7 +32,8 @@ def measure(run_dir: str) -> tuple[dict, np.ndarray]:
     z = vae.encode(to_model_range(clips))
     joint = vae.decode(z)
     alone = torch.cat([vae.decode(z[:, i:i + 1]) for i in range(z.shape[1])], dim=1)
-    real, j, a = to_unit(clips), to_unit(to_uint8(joint)), to_unit(to_uint8(alone))
+    frames = lambda v: to_unit(v).flatten(0, 1)                             # (N·F, 3, H, W) in [0, 1]
+    real, j, a = frames(clips), frames(to_uint8(joint)), frames(to_uint8(alone))
     row = {"run": run_dir, "tag": tag, "clips": len(clips),
            "psnr_joint": psnr(j, real).mean().item(), "ssim_joint": ssim(j, real).mean().item(),
            "psnr_per_frame": psnr(a, real).mean().item(), "ssim_per_frame": ssim(a, real).mean().item(),

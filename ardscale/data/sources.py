@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from .video import IMAGE_EXTS
+
 VIDEO_EXTS = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v"}
-IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
 UCF_NAME = re.compile(r"^v_(?P<cls>[A-Za-z]+)_g\d+_c\d+$")
 
 

@@ -82,7 +82,7 @@ def _cut_clips(picked: list[np.ndarray], src_index: list[int], num_frames: int, 
              np.stack(picked[k * num_frames:(k + 1) * num_frames])) for k in starts]
 
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")   # frames of a frame-folder video (Sky-Timelapse)
 
 
 def read_frame_clips(folder: str, num_frames: int, fps: float, size: int, src_fps: float,
