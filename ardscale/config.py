@@ -27,6 +27,10 @@ class DataConfig:
     eval_split: str = "test"     # VAE only: held-out clips for PSNR/SSIM and reconstruction videos
     eval_clips: int = 16
     clip_frames: int = 0         # VAE only: random run of this many frames per sample (0 = whole clip)
+    loader_workers: int = 1      # DataLoader workers per training worker streaming the shards (0 = inline)
+    shuffle_shards: int = 8      # samples are shuffled within windows of this many shards (held in memory)
+    read_tries: int = 5          # a shard read that fails is retried with backoff, then skipped and counted
+    read_backoff_s: float = 1.0  # first retry's wait; doubles per try
 
 
 @dataclass

@@ -12,17 +12,27 @@ evaluate a trained run (``python -m ardscale.evaluate``).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .config import Config, from_dict
-from .data.loader import available_vae_ids, check_vae, latent_dir, load_latents, load_video_clips
-from .data.shards import join, list_shards, read_json
-from .data.transforms import temporal_crop, to_model_range
+from .data.loader import (
+    available_vae_ids,
+    check_token_norms,
+    check_vae,
+    latent_dir,
+    latent_sample,
+    video_sample,
+)
+from .data.shards import join, list_shards, read_json, read_shard
+from .data.stream import ShardSet
+from .data.transforms import to_model_range
 from .diffusion.losses import bucket_losses, dit_loss
 from .diffusion.schedule import make_diffusion
 from .diffusion.timesteps import sample_timesteps
@@ -36,12 +46,15 @@ from .models.vae_loss import VAELoss, capture_input
 
 @dataclass
 class TaskData:
-    """A task's training set: ``batch(idx (n,) long, gen) -> dict`` of CPU tensors for one micro
-    batch (randomness drawn from ``gen`` only, so a resumed step redraws the same batch)."""
+    """A task's training set: ``shards`` streamed by loader workers, each sample turned into arrays
+    by ``decode(sample, seed)`` there (:class:`~ardscale.data.stream.ShardStream`), then
+    ``batch(micro batch, gen) -> dict`` of CPU tensors on the rank (randomness drawn from ``gen``
+    only, so a resumed step redraws the same batch)."""
 
-    num_samples: int
+    shards: ShardSet
+    decode: Callable[[dict, int], dict]
+    batch: Callable[[dict, torch.Generator], dict]
     tokens_per_sample: int                 # for tokens/s
-    batch: Callable[[torch.Tensor, torch.Generator], dict]
     flops_per_sample: float | None = None  # training FLOPs, for MFU
 
 
@@ -85,22 +98,25 @@ class TaskSpec:
 # -- dit -------------------------------------------------------------------------------------------
 
 def _dit_data(cfg: Config) -> TaskData:
-    latents, labels, manifest = load_latents(cfg.data.root, cfg.data.vae_id, cfg.data.split)
+    where = latent_dir(cfg.data.root, cfg.data.vae_id, cfg.data.split)
+    manifest = read_json(join(where, "_manifest.json"))
     check_vae(cfg.data.vae_id, cfg.data.vae_run, manifest)
-    if labels.max() >= cfg.dit.num_classes:
-        raise ValueError(f"label {int(labels.max())} ≥ dit.num_classes={cfg.dit.num_classes}")
-    d = cfg.diffusion
+    d, frames = cfg.diffusion, manifest["num_frames"]
 
-    def batch(idx: torch.Tensor, gen: torch.Generator) -> dict:
-        x0 = latents[idx] * d.scale_factor
+    def batch(raw: dict, gen: torch.Generator) -> dict:
+        check_token_norms(raw["x0"], where)
+        if raw["y"].max() >= cfg.dit.num_classes:
+            raise ValueError(f"label {int(raw['y'].max())} in {where} ≥ "
+                             f"dit.num_classes={cfg.dit.num_classes}")
+        x0 = raw["x0"] * d.scale_factor
         B, F = x0.shape[:2]
         t = sample_timesteps(d.timestep_scheduler, B, F, d.num_timesteps, generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         drop = torch.rand(B, generator=gen) < cfg.dit.class_dropout
-        return {"x0": x0, "y": labels[idx], "t": t, "noise": noise, "drop": drop}
+        return {"x0": x0, "y": raw["y"].long(), "t": t, "noise": noise, "drop": drop}
 
-    return TaskData(len(latents), latents.shape[1] * latents.shape[2], batch,
-                    dit_train_flops(cfg.dit, latents.shape[1]))
+    return TaskData(ShardSet.from_dir(where), latent_sample, batch, frames * cfg.dit.tokens_per_frame,
+                    dit_train_flops(cfg.dit, frames))
 
 
 def _dit_loss(cfg: Config) -> LossFn:
@@ -155,10 +171,11 @@ def _dit_validate(cfg: Config, path: str) -> None:
 # -- vae -------------------------------------------------------------------------------------------
 
 def _vae_data(cfg: Config) -> TaskData:
-    videos, _ = load_video_clips(cfg.data.root, cfg.data.split)
-    k = cfg.data.clip_frames or videos.shape[1]
-    return TaskData(len(videos), k * cfg.vae.num_patches,
-                    lambda idx, gen: {"clips": to_model_range(temporal_crop(videos[idx], k, gen))})
+    shards = ShardSet.from_dir(join(cfg.data.root, "videos", cfg.data.split))
+    first = next(read_shard(shards.urls[0]))
+    k = cfg.data.clip_frames or json.loads(first["json"])["num_frames"]
+    return TaskData(shards, partial(video_sample, frames=cfg.data.clip_frames),
+                    lambda raw, gen: {"clips": to_model_range(raw["clips"])}, k * cfg.vae.num_patches)
 
 
 def _vae_loss(cfg: Config) -> LossFn:

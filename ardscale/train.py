@@ -21,7 +21,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from .config import Config, from_dict, load, to_dict
-from .data.loader import StepBatches
+from .data.stream import Layout, Plan, ShardStream, StreamLoader
 from .engine import checkpoint
 from .engine.checkpoint import CheckpointManager
 from .engine.deepspeed import build_engine, frozen
@@ -63,19 +63,22 @@ def _event(run_dir: Path, kind: str, **fields) -> None:
         f.write(json.dumps({"time": time.time(), "event": kind, **fields}) + "\n")
 
 
-def _reduce(parts: list[dict], world: int) -> dict:
+def _reduce(parts: list[dict], world: int, sums: dict[str, float]) -> dict:
     """Scalars: mean over micro batches and ranks. ``bucket_sum``/``bucket_count``: summed, then
-    reported as ``loss_t/LO-HI`` (mean loss of the frames whose timestep falls in that range)."""
+    reported as ``loss_t/LO-HI`` (mean loss of the frames whose timestep falls in that range).
+    ``sums``: per-rank counts, summed over ranks."""
     scalars = sorted(k for k, v in parts[0].items() if v.ndim == 0)
-    vec = torch.cat([torch.stack([torch.stack([p[k] for p in parts]).mean() for k in scalars])]
-                    + [torch.stack([p[k] for p in parts]).sum(0) for k in ("bucket_sum", "bucket_count")
-                       if k in parts[0]])
+    buckets = [torch.stack([p[k] for p in parts]).sum(0) for k in ("bucket_sum", "bucket_count")
+               if k in parts[0]]
+    vec = torch.cat([torch.stack([torch.stack([p[k] for p in parts]).mean() for k in scalars]),
+                     torch.tensor(list(sums.values()), dtype=torch.float32)] + buckets)
     dist.all_reduce(vec)
     out = {k: v / world for k, v in zip(scalars, vec[:len(scalars)].tolist())}
-    if "bucket_sum" in parts[0]:
-        sums, counts = vec[len(scalars):].view(2, -1)
-        width = 1.0 / len(sums)
-        for i, (s_, c_) in enumerate(zip(sums.tolist(), counts.tolist())):
+    out.update(zip(sums, vec[len(scalars):len(scalars) + len(sums)].tolist()))
+    if buckets:
+        sums_, counts = vec[len(scalars) + len(sums):].view(2, -1)
+        width = 1.0 / len(sums_)
+        for i, (s_, c_) in enumerate(zip(sums_.tolist(), counts.tolist())):
             if c_:
                 out[f"loss_t/{i * width:.1f}-{(i + 1) * width:.1f}"] = s_ / c_
     return out
@@ -125,6 +128,18 @@ def _throughput(data: TaskData, cfg: Config, dt: float, world: int) -> dict:
     if torch.cuda.is_available():
         out["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
+
+
+def _stream(cfg: Config, data: TaskData, rank: int, world: int, state: dict | None) -> StreamLoader:
+    """This rank's micro batches, from the checkpoint's data position ``state`` on."""
+    d, o = cfg.data, cfg.optim
+    layout = Layout(world, max(1, d.loader_workers), o.micro_batch_size, o.grad_accum)
+    plan = Plan(data.shards, layout, cfg.train.seed, d.shuffle_shards, state)
+    if rank == 0:
+        log.info("%d samples in %d shards: %d steps per epoch; starting at epoch %d", data.shards.num_samples,
+                 len(data.shards.sizes), plan.steps_per_epoch, plan.epoch)
+    stream = ShardStream(plan, rank, data.decode, d.read_tries, d.read_backoff_s)
+    return StreamLoader(stream, d.loader_workers)
 
 
 def _open_run(cfg_dict: dict, cfg: Config, client: dict, rank: int, world: int) -> tuple[Tracker, str]:
@@ -181,8 +196,7 @@ class Trainer:
                              None if self.disc is None else frozen(self.disc.module))
         self.engines = {"model": self.engine, "disc": self.disc}
         self.guards = {"model": NonFiniteGuard(), "disc": NonFiniteGuard()}
-        self.sampler = StepBatches(self.data.num_samples, cfg.optim.micro_batch_size, cfg.optim.grad_accum,
-                                   self.rank, self.world, t.seed)
+        self.loader = _stream(cfg, self.data, self.rank, self.world, client.get("data"))
         self.stop, self.bad_run = _Stop(self.run_dir, self.rank), 0
 
     def train_step(self, step: int) -> dict:
@@ -192,8 +206,8 @@ class Trainer:
         gen = torch.Generator().manual_seed(hash((self.cfg.train.seed, step, self.rank)) & 0x7FFF_FFFF)
         skipped_before = sum(g.skipped for g in self.guards.values())
         parts = []
-        for idx in self.sampler.micro_batches(step):
-            batch = {k: v.to(self.engine.device) for k, v in self.data.batch(idx, gen).items()}
+        for _ in range(self.cfg.optim.grad_accum):
+            batch = {k: v.to(self.engine.device) for k, v in self.data.batch(self.loader.next(), gen).items()}
             losses, metrics = self.loss(self.models, batch, step)
             for name, loss in losses.items():
                 self.guards[name].backward_step(self.engines[name], loss)
@@ -202,7 +216,10 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.engine.module)
         self.bad_run = self.bad_run + 1 if skipped else 0
-        metrics = {**_reduce(parts, self.world), "lr": self.engine.get_lr()[0],
+        faults = {"data/skipped_shards": len(self.loader.faults["shards"]),
+                  "data/skipped_samples": self.loader.faults["samples"]}
+        metrics = {**_reduce(parts, self.world, faults), "epoch": self.loader.epoch,
+                   "lr": self.engine.get_lr()[0],
                    "grad_norm": self.engine.get_global_grad_norm(), "nonfinite_skipped": skipped,
                    **_throughput(self.data, self.cfg, time.perf_counter() - t0, self.world)}
         return {k: float(v) for k, v in metrics.items() if v is not None}
@@ -220,9 +237,10 @@ class Trainer:
                 if hook.should_run(done, last):
                     metrics.update(hook(self.engine.module, done))
             if self.ckpt.should_save(done, last):
-                self.ckpt.save(done, {"mlflow_run_id": self.run_id})
+                self.ckpt.save(done, {"mlflow_run_id": self.run_id, "data": self.loader.state()})
             if halt:
                 return self._halt(halt, done, metrics)
+        self.loader.close()
         self.tracker.end()
         return metrics
 
@@ -239,6 +257,7 @@ class Trainer:
         """Every early stop ends here, after its checkpoint: a non-finite loss fails the run; a stop
         request (SIGTERM, STOP file) exits with 143 in-process and returns cleanly under Ray."""
         nonfinite = reason == "nonfinite"
+        self.loader.close()
         if self.rank == 0:
             _event(self.run_dir, "stop", step=step,
                    reason="nonfinite loss" if nonfinite else "stop request (SIGTERM or STOP file)")

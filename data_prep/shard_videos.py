@@ -13,6 +13,7 @@ complete and skipped on re-run. Unreadable files are skipped and listed in ``_re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -64,13 +65,20 @@ def source_bytes(path: str) -> int:
     return sum(f.stat().st_size for f in p.iterdir() if f.is_file()) if p.is_dir() else p.stat().st_size
 
 
+def mixed_order(key: str) -> bytes:
+    """Sort key that scatters videos over shards independently of their names (a hash of the key):
+    sorted by name, a UCF-101 shard would hold one class, and the training stream only shuffles
+    within a few shards at a time (WebDataset's advice: shuffle before sharding)."""
+    return hashlib.blake2b(key.encode(), digest_size=8).digest()
+
+
 def plan_shards(items: list[VideoItem], videos_per_shard: int, shard_mb: float = 0) -> list[list[VideoItem]]:
-    """Deterministic split of items (sorted by key) into shards, so re-runs map videos to the same
-    shard: at most ``videos_per_shard`` videos, and with ``shard_mb > 0`` at most that many MB of
+    """Deterministic split of items (in :func:`mixed_order`) into shards, so re-runs map videos to the
+    same shard: at most ``videos_per_shard`` videos, and with ``shard_mb > 0`` at most that many MB of
     source video per shard (a single larger video gets a shard of its own)."""
     limit = shard_mb * 2**20
     plan, current, size = [], [], 0
-    for it in sorted(items, key=lambda it: it.key):
+    for it in sorted(items, key=lambda it: mixed_order(it.key)):
         n = source_bytes(it.path) if limit else 0
         if current and (len(current) == videos_per_shard or (limit and size + n > limit)):
             plan.append(current)

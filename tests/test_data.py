@@ -1,4 +1,4 @@
-"""Video decoding, shards (local and round trip), sources and split lists, the resumable sampler."""
+"""Video decoding, shards (local and round trip), sources and split lists, shard plans."""
 import itertools
 import json
 import os
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from ardscale.data.loader import StepBatches
 from ardscale.data.shards import list_shards, read_shard, write_shard
 from ardscale.data.sources import VideoItem, folder_items, in_test_split, ucf101_items
 from ardscale.data.video import VideoReadError, decode_mp4, read_clips
@@ -81,20 +80,6 @@ def test_folder_source(tmp_path):
     train, test = folder_items(str(tmp_path), "train"), folder_items(str(tmp_path), "test")
     assert len(everything) == 40 == len(train) + len(test) and len(test) > 0
     assert {i.label for i in everything} == {0, 1} and all("." not in i.key for i in everything)
-
-
-def test_step_sampler_partitions_each_epoch_across_ranks():
-    n, micro, accum, world = 48, 3, 2, 2
-    seen = []
-    for step in range(4):   # 4 steps × 12 samples = one epoch of 48
-        for rank in range(world):
-            batches = StepBatches(n, micro, accum, rank, world, seed=5).micro_batches(step)
-            assert len(batches) == accum and all(len(b) == micro for b in batches)
-            seen += torch.cat(batches).tolist()
-    assert sorted(seen) == list(range(n)), "a sample was lost or repeated within the epoch"
-    a = StepBatches(n, micro, accum, 1, world, seed=5).micro_batches(7)
-    b = StepBatches(n, micro, accum, 1, world, seed=5).micro_batches(7)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 @pytest.mark.slow
@@ -188,7 +173,7 @@ def test_split_folders_of_videos(ucf_root, tmp_path):
 
 
 def test_plan_shards_by_count_and_by_source_megabytes(ucf_root):
-    from data_prep.shard_videos import plan_shards, source_bytes
+    from data_prep.shard_videos import mixed_order, plan_shards, source_bytes
 
     items = ucf101_items(str(ucf_root), "train")[:12]
     sizes = {it.key: source_bytes(it.path) for it in items}
@@ -196,7 +181,10 @@ def test_plan_shards_by_count_and_by_source_megabytes(ucf_root):
     assert [len(s) for s in by_count] == [5, 5, 2]
     mb = 2 * max(sizes.values()) / 2**20                        # room for two of the largest
     by_size = plan_shards(items, 100, shard_mb=mb)
-    assert [it.key for s in by_size for it in s] == sorted(sizes)   # every video once, in key order
+    order = [it.key for s in by_size for it in s]
+    assert order == sorted(sizes, key=mixed_order) and order != sorted(sizes)   # every video once, mixed
+    first = plan_shards(ucf101_items(str(ucf_root), "train"), 16)[0]
+    assert len({it.label for it in first}) > 4, "shards by class: the stream's shuffle window would not mix"
     assert all(sum(sizes[it.key] for it in s) <= mb * 2**20 for s in by_size)
     full = [sum(sizes[it.key] for it in a + b[:1]) > mb * 2**20 for a, b in itertools.pairwise(by_size)]
     assert all(full)            # a shard closes only when the next video would not fit

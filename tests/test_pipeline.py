@@ -118,7 +118,7 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     common = ["--local", local, "--per-class", "2", "--split", "train", "--tracking-uri",
               f"sqlite:///{tmp_path}/ablate.db", "--out", str(tmp_path / "ablate")]
     t3 = ablate(["table3", "--root", str(root), "--vae-id", again["vae_id"], "--variants", "fopp", "eps",
-                 "--seeds", "1", "--steps", "2", *common])
+                 "--seeds", "1", "--steps", "2", "--set", "optim.micro_batch_size=2", *common])
     assert set(t3["results"]) == {"fopp",
                                   "eps"} and all(r[0]["fvd_local"] > 0 for r in t3["results"].values())
     assert (tmp_path / "ablate" / "table3.md").read_text().count("\n") == 4

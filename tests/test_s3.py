@@ -160,3 +160,82 @@ def test_shard_job_reads_its_source_videos_from_s3(ucf_root, s3_endpoint, tmp_pa
         assert all((a == b).all() for (_, a), (_, b) in zip(got, want))
     assert [it.key for it in folder_items("s3://ardscale-test/raw/videos", "all")] == [
         f"Archery_{n}" for n in names]
+
+
+@pytest.fixture
+def restartable_s3(monkeypatch):
+    """An S3 endpoint in this process (moto's threaded server on loopback) that a test can stop and
+    start again with its buckets intact, as a real endpoint's outage would leave them."""
+    pytest.importorskip("s3fs")
+    import fsspec
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(k, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # one botocore attempt per read: the stream's own retries are what is tested
+    monkeypatch.setitem(fsspec.config.conf, "s3", {
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2, "read_timeout": 10}})
+    s3fs.S3FileSystem.clear_instance_cache()
+    fsspec.filesystem("s3").mkdir("stream-test")
+    yield server
+    server.stop()
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_stream_rides_out_an_s3_outage_and_skips_a_lost_shard(restartable_s3, tmp_path):
+    """Shards on S3; the endpoint goes down mid-epoch and comes back while the stream backs off: the
+    samples are those of a run without the outage. A shard deleted for good is skipped and counted."""
+    import fsspec
+
+    from ardscale.data.loader import latent_sample
+    from ardscale.data.stream import Layout, Plan, ShardSet, ShardStream, StreamLoader
+    from tests.test_stream import make_shards
+
+    make_shards(tmp_path)
+    fs = fsspec.filesystem("s3")
+    fs.put(str(tmp_path) + "/", "stream-test/lat/", recursive=True)
+    shards = ShardSet.from_dir("s3://stream-test/lat")
+    assert shards.sizes == (9, 5, 13, 7, 11, 6, 10)
+    layout = Layout(1, 1, 4, 1)
+
+    def keys(steps, sleep, after_first=None):
+        loader = StreamLoader(ShardStream(Plan(shards, layout, 1, 2), 0, latent_sample, tries=4, backoff_s=0,
+                                          sleep=sleep), 0)
+        out = [loader.next()["keys"]]
+        if after_first:
+            after_first()
+        out += [loader.next()["keys"] for _ in range(steps - 1)]
+        loader.close()
+        return out, loader.faults
+
+    ref, faults = keys(15, sleep=lambda s: pytest.fail("retried without a fault"))
+    assert faults == {"shards": [], "samples": 0}
+    down = {"stopped": False, "retries": 0}
+
+    def stop():
+        restartable_s3.stop()
+        down["stopped"] = True
+
+    def back_up(seconds):   # the stream's backoff: the endpoint returns while it waits
+        down["retries"] += 1
+        if down["stopped"]:
+            restartable_s3.start()
+            down["stopped"] = False
+
+    got, faults = keys(15, back_up, after_first=stop)
+    assert down["retries"] >= 1 and not down["stopped"], "the outage was never hit"
+    assert got == ref and faults == {"shards": [], "samples": 0}
+    fs.rm("stream-test/lat/shard-000003.tar")
+    got, faults = keys(15, lambda s: None)
+    lost = [k for b in ref for k in b if k.startswith("s3_")]
+    assert faults["shards"] == ["s3://stream-test/lat/shard-000003.tar"]
+    assert faults["samples"] == len(lost) > 0
+    assert {k for b in got for k in b} == {k for b in ref for k in b if not k.startswith("s3_")}

@@ -9,7 +9,6 @@ import torch
 
 from ardscale.config import load
 from ardscale.data.shards import npy_bytes, write_json, write_shard
-from ardscale.data.transforms import temporal_crop
 from ardscale.engine import checkpoint
 from ardscale.tasks import load_trained
 from ardscale.train import launch
@@ -106,16 +105,6 @@ def test_two_worker_ray_deepspeed_zero2_step(latent_root, tmp_path, ray_local):
     assert len(optim_shards) == 2, optim_shards   # ZeRO-2: one optimizer partition per rank
     state, tag = checkpoint.load_weights(run)
     assert tag == "step-00000002" and "blocks.0.attn.qkv.weight" in state
-
-
-def test_temporal_crop_takes_consecutive_frames_of_each_clip():
-    videos = torch.arange(4 * 8).view(4, 8, 1)   # value = clip * 8 + frame
-    out = temporal_crop(videos, 3, torch.Generator().manual_seed(0))
-    assert out.shape == (4, 3, 1)
-    for b in range(4):
-        frames = out[b, :, 0] - b * 8
-        assert frames.min() >= 0 and frames.max() <= 7 and frames.diff().eq(1).all()
-    assert temporal_crop(videos, 0, torch.Generator()) is videos
 
 
 def test_init_from_starts_a_new_run_from_previous_stage_weights(latent_root, tmp_path):

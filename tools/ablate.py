@@ -50,7 +50,8 @@ def _train(a, name: str, seed: int, extra: list[str]) -> str:
     cfg = load(CONFIG, [f"data.root={a.root}", f"data.vae_id={a.vae_id}", f"train.run_dir={run_dir}",
                         f"train.seed={seed}", f"train.steps={a.steps}", "scale.num_workers=0",
                         "train.sample_every=0", f"tracking.tracking_uri={a.tracking_uri}",
-                        "tracking.experiment=ardscale-ablate", f"tracking.run_name={name}-s{seed}", *extra])
+                        "tracking.experiment=ardscale-ablate", f"tracking.run_name={name}-s{seed}", *extra,
+                        *a.set])
     launch(cfg)
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
     run_id = (Path(run_dir) / "mlflow_run_id").read_text().strip()
@@ -199,6 +200,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="table2: sampling seed")
     p.add_argument("--steps", type=int, default=400, help="table3: training steps per run")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="table3: config overrides for every run (e.g. optim.micro_batch_size=4)")
     p.add_argument("--ddim-steps", type=int, default=50, help="sampling steps N of every evaluation")
     p.add_argument("--per-class", type=int, default=8,
                    help="videos per class (drift: clips per class, 0 = all)")

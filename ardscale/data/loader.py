@@ -1,8 +1,6 @@
-"""In-memory training datasets read from shards, and a step-indexed (hence resumable) batch order.
-
-The batch a rank sees at step ``s`` is a pure function of (seed, s, rank, world size): a resumed
-job that restarts at step ``s`` neither loses nor repeats samples.
-"""
+"""What the shards hold, for training and evaluation: per-sample decoders for the training stream
+(:mod:`ardscale.data.stream`), whole held-out splits in memory (evaluation, sampling contexts: small
+by construction), and the checks that latents fit the VAE and the DiT."""
 from __future__ import annotations
 
 import json
@@ -103,40 +101,23 @@ def check_token_norms(latents: torch.Tensor, where: str, rtol: float = 0.01) -> 
                          "tools/encode_latents.py")
 
 
-class StepBatches:
-    """Indices of the micro batches of one rank at a global step, from a seeded epoch permutation.
+def latent_sample(sample: dict, seed: int) -> dict:
+    """A latent shard's sample → ``{"x0": (F, L, D) float32, "y": label}`` (in loader workers)."""
+    return {"x0": load_npy(sample["npy"]).astype(np.float32), "y": json.loads(sample["json"])["label"]}
 
-    The global batch of step ``s`` is positions ``[s·G, (s+1)·G)`` of an endless stream made of
-    per-epoch permutations (epoch e seeded by ``seed + e``), ``G = micro · accum · world``. Rank r
-    takes the r-th contiguous block, split into ``accum`` micro batches.
+
+def video_sample(sample: dict, seed: int, frames: int = 0) -> dict:
+    """A video shard's sample → ``{"clips": (frames, H, W, 3) uint8}``: decoded, then a run of
+    ``frames`` consecutive frames starting where ``seed`` says (``frames <= 0``: the whole clip).
+
+    Raises:
+        VideoReadError: the mp4 does not decode.
     """
-
-    def __init__(self, num_samples: int, micro_batch_size: int, grad_accum: int, rank: int, world: int,
-                 seed: int):
-        if num_samples < 1:
-            raise ValueError("dataset is empty")
-        self.n, self.micro, self.accum = num_samples, micro_batch_size, grad_accum
-        self.rank, self.world, self.seed = rank, world, seed
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            gen = torch.Generator().manual_seed(self.seed + epoch)
-            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}  # a step spans ≤ 2 epochs
-            self._perms[epoch] = torch.randperm(self.n, generator=gen)
-        return self._perms[epoch]
-
-    def micro_batches(self, step: int) -> list[torch.Tensor]:
-        """``accum`` index tensors ``(micro,)`` for this rank at ``step``."""
-        per_rank = self.micro * self.accum
-        start = step * per_rank * self.world + self.rank * per_rank
-        pos = torch.arange(start, start + per_rank)
-        epoch, offset = pos // self.n, pos % self.n
-        idx = torch.empty_like(pos)
-        for e in epoch.unique().tolist():
-            here = epoch == e
-            idx[here] = self._perm(e)[offset[here]]
-        return list(idx.split(self.micro))
+    clip = decode_mp4(sample["mp4"])
+    if 0 < frames < len(clip):
+        start = int(np.random.default_rng(seed).integers(len(clip) - frames + 1))
+        clip = clip[start:start + frames]
+    return {"clips": clip}
 
 
 def check_vae(vae_id: str, vae_run: str, manifest: dict) -> None:

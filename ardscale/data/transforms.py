@@ -1,5 +1,5 @@
 """Clip tensors between storage and the models: uint8 ``(B, F, H, W, 3)`` ↔ float ``(B, F, 3, H, W)``
-in [-1, 1], and random temporal crops."""
+in [-1, 1]."""
 from __future__ import annotations
 
 import torch
@@ -18,13 +18,3 @@ def to_unit(videos: torch.Tensor) -> torch.Tensor:
 def to_uint8(videos: torch.Tensor) -> torch.Tensor:
     """Float clips ``(B, F, 3, H, W)`` in [-1, 1] (clamped) → uint8 ``(B, F, H, W, 3)`` on the CPU."""
     return ((videos.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).cpu()
-
-
-def temporal_crop(videos: torch.Tensor, frames: int, gen: torch.Generator) -> torch.Tensor:
-    """A random run of ``frames`` consecutive frames per clip: ``(B, F, ...)`` → ``(B, frames, ...)``;
-    ``frames <= 0`` or ``>= F`` returns the clips whole."""
-    B, F = videos.shape[:2]
-    if frames <= 0 or frames >= F:
-        return videos
-    start = torch.randint(F - frames + 1, (B, 1), generator=gen)
-    return videos[torch.arange(B)[:, None], start + torch.arange(frames)]
