@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 
@@ -43,7 +44,9 @@ def write_shard(url: str, samples: Iterable[dict]) -> int:
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     n = 0
     try:
-        with fs.open(tmp, "wb") as f, wds.TarWriter(f) as writer:
+        # A whole-second mtime: WebDataset's default (time.time(), a float) puts a pax header before
+        # every member, which costs readers a third of their parse time.
+        with fs.open(tmp, "wb") as f, wds.TarWriter(f, mtime=int(time.time())) as writer:
             for sample in samples:
                 if "." in sample["__key__"]:
                     raise ValueError(f"sample key {sample['__key__']!r} contains '.'")

@@ -278,8 +278,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                 continue
             key = s["__key__"]
             try:
-                good.append((key, self.decode(s, _rng(self.plan.seed, epoch, zlib.crc32(key.encode()))
-                                              .integers(2**31))))
+                seed = zlib.crc32(f"{self.plan.seed}/{epoch}/{key}".encode())   # per (seed, epoch, key)
+                good.append((key, self.decode(s, seed)))
             except Exception as e:  # noqa: BLE001 — a corrupt sample must not stop training
                 print(f"ardscale: skipping sample {key}: {e}", file=sys.stderr, flush=True)
                 self._faults["samples"] += 1

@@ -162,8 +162,8 @@ def weights_digest(state: dict) -> str:
 # -- remote mirror (train.checkpoint_url: s3://… or any fsspec URL) ------------------------------
 # DeepSpeed writes to local (node) disk under run_dir. After a tag is complete there, every rank
 # uploads its own files, then rank 0 uploads the tag's marker and `latest`: on the remote side,
-# too, a tag is visible only when complete. A job that finds no local checkpoint (a new node, a
-# wiped disk) downloads the newest complete remote tag first.
+# too, a tag is visible only when complete. Every job first completes its local copy of the newest
+# complete remote tag (a new node, a wiped disk, another node's shards), see `pull`.
 
 def _rank_files(tag_dir: Path, rank: int) -> list[Path]:
     """The files of a tag that ``rank`` wrote: its ZeRO shards; rank 0 also the unranked ones."""
@@ -204,35 +204,52 @@ def push(run_dir: str, url: str, step: int, keep_last: int, subs=("ckpt_disc", "
 
 
 def pull(run_dir: str, url: str, subs=("ckpt", "ckpt_disc")) -> str | None:
-    """Download the newest complete remote tag if it is newer than the newest local one.
+    """Make the mirror's newest complete tag whole on this node's disk; returns it (None: no remote tag).
 
-    One process per node (``LOCAL_RANK`` 0) downloads into a temporary folder and renames it into
-    place; on a shared filesystem the first rename wins and the others are discarded. All ranks
-    then wait. Returns the tag pulled, or None.
+    The mirror decides which tag every rank resumes from: without a shared disk, the local copy of
+    a tag holds only the files this node wrote (its ranks' ZeRO shards), and a node may be new. So
+    whatever files of that tag are missing here are downloaded, each to a temporary name renamed
+    into place (on a shared disk, nodes that fetch the same file both end with a whole copy). One
+    process per node (``LOCAL_RANK`` 0) downloads; all ranks then wait. ``latest`` is written last.
     """
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url)
     complete = sorted(p.rsplit("/", 2)[-2] for p in fs.glob(f"{root}/ckpt/step-*/ardscale.json"))
-    local = latest_tag(run_dir)
-    t = complete[-1] if complete and (local is None or complete[-1] > local) else None
+    t = complete[-1] if complete else None
     if t is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         for sub in subs:
-            if not fs.exists(f"{root}/{sub}/{t}/ardscale.json"):
-                continue
-            dest = Path(ckpt_dir(run_dir, sub)) / t
-            tmp = dest.with_name(f"{t}.pull-{socket.gethostname()}-{os.getpid()}")
-            fs.get(f"{root}/{sub}/{t}/", str(tmp) + "/", recursive=True)
-            shutil.rmtree(dest, ignore_errors=True)   # an incomplete local copy of the same tag
-            try:
-                tmp.rename(dest)
-            except OSError:                          # another node on a shared disk was first
-                shutil.rmtree(tmp, ignore_errors=True)
-        if fs.exists(f"{root}/ema/{t}.pt"):
+            if fs.exists(f"{root}/{sub}/{t}/ardscale.json"):
+                _fetch_missing(fs, f"{root}/{sub}/{t}", Path(ckpt_dir(run_dir, sub)) / t)
+                _replace_text(Path(ckpt_dir(run_dir, sub)) / "latest", t)
+        if fs.exists(f"{root}/ema/{t}.pt") and not Path(ema_path(run_dir, t)).is_file():
             Path(ema_path(run_dir, t)).parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f"{root}/ema/{t}.pt", ema_path(run_dir, t))
+            _fetch(fs, f"{root}/ema/{t}.pt", Path(ema_path(run_dir, t)))
     barrier()
     return t
+
+
+def _fetch_missing(fs, remote_dir: str, dest: Path) -> None:
+    """Download the files of ``remote_dir`` that ``dest`` lacks or holds at another size (a write
+    cut short); the marker last."""
+    dest.mkdir(parents=True, exist_ok=True)
+    sizes = {e["name"].rsplit("/", 1)[-1]: e["size"] for e in fs.ls(remote_dir, detail=True)}
+    for name in sorted(sizes, key=lambda n: (n == "ardscale.json", n)):
+        here = dest / name
+        if not here.is_file() or here.stat().st_size != sizes[name]:
+            _fetch(fs, f"{remote_dir}/{name}", here)
+
+
+def _fetch(fs, remote: str, dest: Path) -> None:
+    tmp = dest.with_name(f"{dest.name}.pull-{socket.gethostname()}-{os.getpid()}")
+    fs.get_file(remote, str(tmp))
+    tmp.replace(dest)
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 class CheckpointManager:
