@@ -85,7 +85,8 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_last: int = 3
     seed: int = 0
-    run_dir: str = "runs/default"    # checkpoints, config, Ray Train state (local or mounted disk)
+    run_dir: str = "runs/default"    # checkpoints, config, Ray Train state (local or mounted disk);
+                                     # $VARS expand on each worker (node-local disks, with checkpoint_url)
     checkpoint_url: str = ""         # a mirror of the checkpoints on any fsspec URL (s3://…)
     init_from: str = ""              # run dir whose newest weights start this run (a previous stage)
     max_nonfinite_steps: int = 5     # this many steps in a row with a NaN/inf loss: save and stop

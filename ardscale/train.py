@@ -272,8 +272,13 @@ class Trainer:
 
 
 def train_worker(cfg_dict: dict) -> dict:
-    """Per-worker entry point (Ray Train ``train_loop_per_worker``, or in-process); the last metrics."""
+    """Per-worker entry point (Ray Train ``train_loop_per_worker``, or in-process); the last metrics.
+
+    ``$VARS`` in ``train.run_dir`` expand here, on the worker's node (a node-local disk such as
+    ``$TMPDIR``: with ``train.checkpoint_url`` set, nodes need no shared disk)."""
     setup_logging(dist.get_rank())
+    t = cfg_dict["train"]
+    cfg_dict = {**cfg_dict, "train": {**t, "run_dir": os.path.expandvars(t["run_dir"])}}
     return Trainer(from_dict(cfg_dict), cfg_dict).train()
 
 

@@ -203,41 +203,63 @@ def push(run_dir: str, url: str, step: int, keep_last: int, subs=("ckpt_disc", "
     barrier()
 
 
-def pull(run_dir: str, url: str, subs=("ckpt", "ckpt_disc")) -> str | None:
-    """Make the mirror's newest complete tag whole on this node's disk; returns it (None: no remote tag).
+def pull(run_dir: str, url: str, subs=("ckpt", "ckpt_disc"), every_shard: bool = False) -> str | None:
+    """Complete this node's copy of the mirror's newest complete tag; returns it (None: no remote tag).
 
-    The mirror decides which tag every rank resumes from: without a shared disk, the local copy of
-    a tag holds only the files this node wrote (its ranks' ZeRO shards), and a node may be new. So
-    whatever files of that tag are missing here are downloaded, each to a temporary name renamed
-    into place (on a shared disk, nodes that fetch the same file both end with a whole copy). One
-    process per node (``LOCAL_RANK`` 0) downloads; all ranks then wait. ``latest`` is written last.
+    The mirror decides which tag every rank resumes from: without a shared disk, a node's copy of
+    a tag holds only the files its ranks wrote, and a node may be new. First one process per node
+    (``LOCAL_RANK`` 0) downloads the tag's unranked files (model states, marker) and writes
+    ``latest``; then every rank downloads its own ZeRO shard if it is not there (and whatever
+    unranked file is still missing: ranks on hosts that share an address). ``every_shard``: rank 0
+    also downloads every rank's shards (a universal conversion reads them all). A file is
+    downloaded when missing or of another size than the remote one (a write cut short), to a
+    temporary name renamed into place. All ranks call this.
     """
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url)
     complete = sorted(p.rsplit("/", 2)[-2] for p in fs.glob(f"{root}/ckpt/step-*/ardscale.json"))
     t = complete[-1] if complete else None
-    if t is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        for sub in subs:
-            if fs.exists(f"{root}/{sub}/{t}/ardscale.json"):
-                _fetch_missing(fs, f"{root}/{sub}/{t}", Path(ckpt_dir(run_dir, sub)) / t)
-                _replace_text(Path(ckpt_dir(run_dir, sub)) / "latest", t)
+    if t is None:
+        return None
+    rank = ranks.rank()
+    remote = {sub: _listing(fs, f"{root}/{sub}/{t}") for sub in subs}
+    unranked = {sub: {n: size for n, size in files.items() if "zero_pp_rank_" not in n}
+                for sub, files in remote.items()}
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        _fetch_missing(fs, root, run_dir, t, unranked)
         if fs.exists(f"{root}/ema/{t}.pt") and not Path(ema_path(run_dir, t)).is_file():
             Path(ema_path(run_dir, t)).parent.mkdir(parents=True, exist_ok=True)
             _fetch(fs, f"{root}/ema/{t}.pt", Path(ema_path(run_dir, t)))
     barrier()
+    mine = {sub: {n: size for n, size in files.items() if f"zero_pp_rank_{rank}_" in n or n in unranked[sub]
+                  or (every_shard and rank == 0)} for sub, files in remote.items()}
+    _fetch_missing(fs, root, run_dir, t, mine)
+    barrier()
     return t
 
 
-def _fetch_missing(fs, remote_dir: str, dest: Path) -> None:
-    """Download the files of ``remote_dir`` that ``dest`` lacks or holds at another size (a write
-    cut short); the marker last."""
-    dest.mkdir(parents=True, exist_ok=True)
-    sizes = {e["name"].rsplit("/", 1)[-1]: e["size"] for e in fs.ls(remote_dir, detail=True)}
-    for name in sorted(sizes, key=lambda n: (n == "ardscale.json", n)):
-        here = dest / name
-        if not here.is_file() or here.stat().st_size != sizes[name]:
-            _fetch(fs, f"{remote_dir}/{name}", here)
+def _listing(fs, remote_dir: str) -> dict[str, int]:
+    """``{file name: size}`` of a remote tag folder (empty when it does not exist)."""
+    if not fs.exists(remote_dir):
+        return {}
+    return {e["name"].rsplit("/", 1)[-1]: e["size"] for e in fs.ls(remote_dir, detail=True)}
+
+
+def _fetch_missing(fs, root: str, run_dir: str, t: str, files: dict[str, dict[str, int]]) -> None:
+    """Download ``files`` (``{sub: {name: size}}``) of tag ``t`` that this disk lacks or holds at
+    another size; each tag's marker last, then ``latest``."""
+    for sub, sizes in files.items():
+        if not sizes:
+            continue
+        dest = Path(ckpt_dir(run_dir, sub)) / t
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in sorted(sizes, key=lambda n: (n == "ardscale.json", n)):
+            here = dest / name
+            if not here.is_file() or here.stat().st_size != sizes[name]:
+                _fetch(fs, f"{root}/{sub}/{t}/{name}", here)
+        if "ardscale.json" in sizes:
+            _replace_text(Path(ckpt_dir(run_dir, sub)) / "latest", t)
 
 
 def _fetch(fs, remote: str, dest: Path) -> None:
@@ -276,8 +298,10 @@ class CheckpointManager:
         """Pull the mirror's newest complete tag when newer than the local one; when another world
         size wrote the newest tag, convert it (and the discriminator's) to a universal checkpoint.
         Returns ``(tag or None, universal)``. All ranks call this."""
-        if mirror_url:   # a fresh node or a wiped disk starts from the remote mirror
-            pull(run_dir, mirror_url)
+        if mirror_url:   # a fresh node, a wiped disk, no shared disk: the mirror decides
+            t = pull(run_dir, mirror_url)
+            if t is not None and saved_world_size(run_dir, t) not in (None, world):
+                pull(run_dir, mirror_url, every_shard=True)   # the conversion reads every shard
         t = latest_tag(run_dir)
         saved = saved_world_size(run_dir, t)
         universal = saved is not None and saved != world

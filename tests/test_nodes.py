@@ -1,0 +1,156 @@
+"""Two Ray nodes without a shared disk: data and checkpoints on S3 (moto_server on loopback), a run
+dir per node; a node dies mid-run, a fresh node joins, and the job finishes with the losses of an
+uninterrupted run. The cluster lives in a subprocess: its Ray instance is not this session's."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = r'''
+import json, os, secrets, socket, subprocess, sys, threading, time
+from pathlib import Path
+
+import numpy as np
+
+out = Path(sys.argv[1])
+config = sys.argv[2]
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+moto_port = free_port()
+moto = subprocess.Popen([sys.argv[3], "-H", "127.0.0.1", "-p", str(moto_port)], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+token = out / "token"
+token.write_text(secrets.token_hex(32))
+token.chmod(0o600)
+# Inherited by every node started below, and so by their workers.
+os.environ.update(AWS_ACCESS_KEY_ID="t", AWS_SECRET_ACCESS_KEY="t", AWS_DEFAULT_REGION="us-east-1",
+                  FSSPEC_S3_ENDPOINT_URL=f"http://127.0.0.1:{moto_port}", DS_ACCELERATOR="cpu",
+                  RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0")
+for _ in range(150):
+    try:
+        socket.create_connection(("127.0.0.1", moto_port), timeout=1).close()
+        break
+    except OSError:
+        time.sleep(0.2)
+
+import fsspec  # reads FSSPEC_S3_ENDPOINT_URL
+from ardscale.data.shards import npy_bytes, sidecar_url, write_json, write_shard
+
+fs = fsspec.filesystem("s3")
+fs.mkdir("nodes")
+rng = np.random.default_rng(0)
+for s in range(3):
+    rows = []
+    for k in range(16):
+        label = (s * 16 + k) % 3
+        z = rng.normal(label - 1.0, 1.0, size=(4, 32, 4))
+        z = (2 * z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(np.float16)
+        rows.append({"__key__": f"c{s}_{k:02d}", "npy": npy_bytes(z), "json": {"label": label}})
+    url = f"s3://nodes/data/latents/fake/train/shard-{s:06d}.tar"
+    write_shard(url, rows)
+    write_json(sidecar_url(url), {"clips": 16})
+write_json("s3://nodes/data/latents/fake/train/_manifest.json", {"vae_id": "fake", "num_frames": 4})
+
+import ray
+from ray.cluster_utils import Cluster
+
+cluster = Cluster()
+os.environ["ARDSCALE_NODE"] = "head"
+# (ray.cluster_utils nodes advertise the machine's address; Ray listens on all interfaces either way,
+# and the token guards it)
+cluster.add_node(num_cpus=0, gcs_server_port=free_port(), dashboard_agent_listen_port=free_port(),
+                 include_dashboard=False)
+nodes = {}
+for name in ("a", "b"):
+    os.environ["ARDSCALE_NODE"] = name      # this node's "disk": {run}/{name}
+    nodes[name] = cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address)
+
+from ardscale.config import load
+from ardscale.train import launch
+
+def cfg(run):
+    return load(config, [
+        "data.root=s3://nodes/data", "data.vae_id=fake", f"train.run_dir={out}/{run}/$ARDSCALE_NODE",
+        f"train.checkpoint_url=s3://nodes/ckpt/{run}", "train.steps=10", "train.ckpt_every=3",
+        "scale.num_workers=2", "scale.max_failures=3", "train.log_every=1",
+        f"scale.storage_path={out}/{run}/ray", f"tracking.tracking_uri=sqlite:///{out}/mlruns.db",
+        f"tracking.run_name={run}"])
+
+def losses(run):
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{out}/mlruns.db")
+    [r] = mlflow.search_runs(experiment_names=["ardscale"], filter_string=f"tags.mlflow.runName = '{run}'",
+                             output_format="list")
+    hist = mlflow.MlflowClient().get_metric_history(r.info.run_id, "loss")
+    last = {}
+    for h in sorted(hist, key=lambda h: h.timestamp):
+        last[h.step] = h.value
+    return last
+
+launch(cfg("ref"))
+done = {}
+t = threading.Thread(target=lambda: done.update(r=launch(cfg("killed"))))
+t.start()
+deadline = time.time() + 300
+while time.time() < deadline and not any(
+        len(fs.glob(f"nodes/ckpt/killed/ckpt/step-00000006/ardscale.json")) for _ in [0]):
+    time.sleep(0.2)
+# A node with a worker dies (not the one running Ray Train's controller: its loss fails the fit)
+from ray._private.state import actors   # the GCS's actor table (the state API needs a dashboard)
+controller = {a["Address"]["NodeID"] for a in actors().values()
+              if "TrainController" in a["ActorClassName"] and a["State"] == "ALIVE"}
+victim = next(n for n in ("a", "b") if nodes[n].node_id not in controller)
+cluster.remove_node(nodes[victim])          # the node and its disk are gone
+os.environ["ARDSCALE_NODE"] = "c"           # a fresh node with an empty disk
+cluster.add_node(num_cpus=1)
+t.join(timeout=400)
+events = [json.loads(l) for n in ("a", "b", "c") if (out / "killed" / n / "events.jsonl").is_file()
+          for l in (out / "killed" / n / "events.jsonl").read_text().splitlines()]
+c_dir = out / "killed" / "c"
+result = {"finished": not t.is_alive() and done.get("r") is not None and done["r"].error is None,
+          "victim": victim,
+          "ref": losses("ref"), "killed": losses("killed"),
+          "starts": [e for e in events if e["event"] == "start"],
+          "dirs": sorted(p.name for p in (out / "killed").iterdir()),
+          "c_files": sorted(str(p.relative_to(c_dir)) for p in c_dir.rglob("*") if p.is_file())}
+(out / "result.json").write_text(json.dumps(result))
+ray.shutdown()
+cluster.shutdown()
+moto.terminate()
+address_file = ray._private.utils.get_ray_address_file(None)
+if os.path.isfile(address_file) and open(address_file).read().strip() == cluster.address:
+    os.remove(address_file)   # ray.init("auto") elsewhere must not find this dead cluster
+'''
+
+
+@pytest.mark.slow
+def test_node_loss_without_shared_disk_resumes_from_the_s3_mirror(tmp_path):
+    pytest.importorskip("s3fs")
+    exe = shutil.which("moto_server") or pytest.skip("moto_server not installed")
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    script = tmp_path / "nodes.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), config, exe], env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert (tmp_path / "result.json").is_file(), proc.stderr[-4000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["finished"], proc.stderr[-4000:]
+    assert {"a", "b", "c"} <= set(r["dirs"]), r["dirs"]   # each node wrote its own run dir
+    assert len(r["starts"]) >= 2 and r["starts"][-1]["resumed_from"] in ("step-00000006", "step-00000009")
+    assert any(f.startswith("ckpt/step-0000000") and "optim_states" in f for f in r["c_files"]), r["c_files"]
+    ref, killed = ({int(k): v for k, v in d.items()} for d in (r["ref"], r["killed"]))
+    assert sorted(ref) == sorted(killed) == list(range(10))
+    for step in range(10):
+        assert abs(ref[step] - killed[step]) < 1e-6, (step, ref[step], killed[step])
