@@ -47,7 +47,8 @@ def sample(model, diffusion: GaussianDiffusion, labels: torch.Tensor, num_frames
 
     Args:
         model: a DiT; ``model.config`` gives L, D and the null class for CFG.
-        labels: ``(B,)`` long class labels.
+        labels: ``(B,)`` long class labels, or a :class:`~ardscale.models.dit.TextCondition`
+            (text DiT: encoded prompts; CFG then guides against the null caption).
         num_frames: F, total frames including ``context``.
         num_steps: DDIM steps N. s: AD timestep difference (0 = synchronous, ≥ N = auto-regressive).
         cfg_scale: classifier-free guidance weight w; 1 disables CFG (one model call per step).
@@ -70,7 +71,7 @@ def sample(model, diffusion: GaussianDiffusion, labels: torch.Tensor, num_frames
                              f"not {num_frames}")
         kv_cache = False
     device = next(model.parameters()).device
-    B = labels.shape[0]
+    B = len(labels)
     k = 0 if context is None else context.shape[1]
     if k >= num_frames:
         raise ValueError(f"context has {k} frames; num_frames={num_frames} leaves none to generate")
@@ -81,8 +82,7 @@ def sample(model, diffusion: GaussianDiffusion, labels: torch.Tensor, num_frames
     grid = ddim_grid(num_steps, diffusion.num_timesteps)   # index bookkeeping stays on the CPU
     rows = composition_rows(num_frames, num_steps, s, k)   # (R, F) DDIM indices per frame; 0 = clean
     guided = cfg_scale != 1.0
-    y = torch.cat([labels, torch.full_like(labels, c.num_classes)]) if guided else labels   # (B or 2B,)
-    y = y.to(device)
+    y = (model.with_null(labels) if guided else labels).to(device)   # B or 2B conditions
     start, cache = 0, KVCache()
     for i in tqdm(range(len(rows) - 1), desc="sampling", disable=not progress):
         cur, nxt = rows[i], rows[i + 1]

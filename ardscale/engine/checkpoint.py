@@ -90,9 +90,12 @@ def saved_world_size(run_dir: str, tag_: str | None, sub: str = "ckpt") -> int |
     return json.loads(meta.read_text())["world_size"] if tag_ and meta.is_file() else None
 
 
-def to_universal(run_dir: str, tag_: str, sub: str = "ckpt") -> None:
+def to_universal(run_dir: str, tag_: str, sub: str = "ckpt", mirror_url: str = "") -> None:
     """Convert a tag to DeepSpeed's universal format under ``{sub}_universal/{tag}`` (rank 0, once;
-    written to a temporary folder and renamed, so a crash leaves no half conversion); all ranks wait."""
+    written to a temporary folder and renamed, so a crash leaves no half conversion); all ranks wait.
+
+    With ``mirror_url`` (nodes without a shared disk) rank 0 also uploads the conversion, and every
+    node that lacks it downloads it (each rank loads it from its own disk)."""
     out = Path(run_dir) / f"{sub}_universal" / tag_
     if is_rank0() and not out.is_dir():
         import types
@@ -108,6 +111,22 @@ def to_universal(run_dir: str, tag_: str, sub: str = "ckpt") -> None:
         tmp.rename(out)
         # names the temp folder; tags are explicit here
         (out.parent / "latest_universal").unlink(missing_ok=True)
+    if mirror_url:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(mirror_url)
+        remote = f"{root}/{sub}_universal/{tag_}"
+        if is_rank0() and not fs.exists(f"{remote}/.complete"):
+            fs.put(str(out) + "/", remote + "/", recursive=True)
+            fs.pipe_file(f"{remote}/.complete", b"")   # last: marks the upload whole
+        barrier()
+        if not out.is_dir():
+            tmp = out.with_name(f"{out.name}.pull-{socket.gethostname()}-{os.getpid()}")
+            fs.get(remote + "/", str(tmp) + "/", recursive=True)
+            try:
+                tmp.rename(out)
+            except OSError:   # another rank on this disk was first
+                shutil.rmtree(tmp, ignore_errors=True)
     barrier()
 
 
@@ -200,6 +219,8 @@ def push(run_dir: str, url: str, step: int, keep_last: int, subs=("ckpt_disc", "
                 tags = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{sub}/step-*"))
                 for old in tags[:-keep_last]:
                     fs.rm(f"{root}/{sub}/{old}", recursive=True)
+                    if fs.exists(f"{root}/{sub}_universal/{old}"):
+                        fs.rm(f"{root}/{sub}_universal/{old}", recursive=True)
     barrier()
 
 
@@ -308,9 +329,9 @@ class CheckpointManager:
         if universal:
             logging.getLogger("ardscale.checkpoint").info(
                 "resuming %s written by %d workers on %d: via a universal checkpoint", t, saved, world)
-            to_universal(run_dir, t)
+            to_universal(run_dir, t, mirror_url=mirror_url)
             if has_disc and saved_world_size(run_dir, t, "ckpt_disc"):
-                to_universal(run_dir, t, "ckpt_disc")
+                to_universal(run_dir, t, "ckpt_disc", mirror_url)
         return t, universal
 
     def restore(self) -> dict:

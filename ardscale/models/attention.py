@@ -147,8 +147,10 @@ class SelfAttention(torch.nn.Module):
 
 
 class CrossAttention(torch.nn.Module):
-    """Queries ``(B, Nq, C)`` attend to a context ``(B, Nk, C)`` under an optional boolean
-    ``(Nq, Nk)`` mask (True = may attend); output ``(B, Nq, C)``."""
+    """Queries ``(B, Nq, C)`` attend to a context ``(B, Nk, C)`` under an optional boolean mask that
+    broadcasts to ``(B, heads, Nq, Nk)`` (True = may attend: ``(Nq, Nk)`` for a structure, ``(B, 1,
+    1, Nk)`` for key padding); output ``(B, Nq, C)``. ``kv``: the context's keys/values from
+    :meth:`context_kv`, when the same context serves several calls (the DiT's text in sampling)."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -157,12 +159,17 @@ class CrossAttention(torch.nn.Module):
         self.num_heads = num_heads
         self.q, self.kv, self.proj = (torch.nn.Linear(dim, n * dim) for n in (1, 2, 1))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``(B, heads, Nk, C/heads)`` of ``context`` ``(B, Nk, C)``."""
+        B, Nk, C = context.shape
+        k, v = self.kv(context).view(B, Nk, 2, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, Nq, C = x.shape
-        Dh = C // self.num_heads
-        q = self.q(x).view(B, Nq, self.num_heads, Dh).transpose(1, 2)
-        k, v = self.kv(context).view(B, -1, 2, self.num_heads, Dh).permute(2, 0, 3, 1, 4)
+        k, v = kv if kv is not None else self.context_kv(context)
+        q = self.q(x).view(B, Nq, self.num_heads, C // self.num_heads).transpose(1, 2)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(o.transpose(1, 2).reshape(B, Nq, C))
 
@@ -205,3 +212,4 @@ class Mlp(torch.nn.Sequential):
         hidden = int(dim * ratio)
         super().__init__(torch.nn.Linear(dim, hidden), torch.nn.GELU(approximate="tanh"),
                          torch.nn.Linear(hidden, dim))
+

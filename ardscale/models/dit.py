@@ -11,6 +11,11 @@ and every frame to them, so a later frame reaches an earlier one through those t
 later. The paper's temporal causal attention (Sec. 3.2) is strict; here the class enters through
 adaLN only and no token sees a later frame (tested).
 
+With ``condition: text`` (not in the paper, which is class-conditional): each block also
+cross-attends from the video tokens to the caption tokens, as PixArt-α and Open-Sora do, and the
+pooled caption joins the timestep in the per-frame adaLN conditioning; the captions carry no frame
+order, so causality is unchanged.
+
 Because frame i only reads frames <= i, a frame whose input no longer changes (a finished,
 clean frame during sampling) has fixed keys/values in every layer: :class:`KVCache` keeps them
 so that later calls compute only the frames after it.
@@ -24,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import BlockCausalSelfAttention, Mlp
+from .attention import BlockCausalSelfAttention, CrossAttention, Mlp
 
 
 @dataclass
@@ -42,6 +47,14 @@ class DiTConfig:
     attn_backend: str = "auto"   # auto (flex on CUDA, sdpa elsewhere) | sdpa | flex | flash
     grad_checkpointing: bool = False  # recompute each block in backward: activations O(depth) → O(1) blocks
     causal: bool = True          # temporal causal attention (paper); False = bidirectional (Table 3 ablation)
+    condition: str = "class"     # class: labels in adaLN | text: captions, cross-attention + pooled in adaLN
+    text_dim: int = 384          # text: C of the text encoder's tokens (all-MiniLM-L6-v2: 384)
+    text_tokens: int = 32        # text: S, captions padded/truncated to this many tokens
+    caption_dropout: float = 0.1  # text: captions replaced by the null (empty) caption, for CFG
+
+    def __post_init__(self):
+        if self.condition not in ("class", "text"):
+            raise ValueError(f"dit.condition={self.condition!r}: expected 'class' or 'text'")
 
     @classmethod
     def tiny(cls, **overrides) -> DiTConfig:
@@ -62,8 +75,29 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+@dataclass
+class TextCondition:
+    """Encoded captions (:mod:`ardscale.models.text`): ``tokens`` ``(B, S, C)`` float, ``mask``
+    ``(B, S)`` bool (True = a real token), ``pooled`` ``(B, C)`` float."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device) -> TextCondition:
+        return TextCondition(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
+
+    def cat(self, other: TextCondition) -> TextCondition:
+        return TextCondition(*(torch.cat([a, b]) for a, b in zip(
+            (self.tokens, self.mask, self.pooled), (other.tokens, other.mask, other.pooled), strict=True)))
+
+
 class KVCache:
-    """Per-layer keys/values ``(B, H, Fc*L, Dh)`` of the first ``num_frames`` frames of a video.
+    """Per-layer keys/values ``(B, H, Fc*L, Dh)`` of the first ``num_frames`` frames of a video, and
+    (text DiT) each layer's text keys/values, computed by the first call and reused after it.
 
     Only frames whose input is final may enter (during sampling: clean frames, whose earlier
     frames are clean too). The next :meth:`DiT.forward` then takes the frames after them.
@@ -73,6 +107,7 @@ class KVCache:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.num_frames = 0
+        self.text: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def past(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         return (self.keys[layer], self.values[layer]) if self.num_frames else None
@@ -107,6 +142,55 @@ class LabelEmbedder(nn.Embedding):
         return super().forward(labels)
 
 
+class TextEmbedder(nn.Module):
+    """Captions → (tokens ``(B, S, H)``, key mask ``(B, 1, 1, S)``, pooled ``(B, H)``), with caption
+    dropout for classifier-free guidance: a dropped caption becomes the null caption (the text
+    encoder's encoding of ``""``, set with :meth:`set_null`; kept in the state dict).
+
+    The tokens pass PixArt-α's caption projection (Linear-GELU-Linear); the pooled vector an MLP
+    like the timestep's, and joins the per-frame adaLN conditioning.
+    ``forward(text, drop)``: as :class:`LabelEmbedder` (``drop (B,)`` bool, or drawn with
+    probability ``dropout`` in training mode when None).
+    """
+
+    def __init__(self, text_dim: int, text_tokens: int, hidden_size: int, dropout: float):
+        super().__init__()
+        self.dropout = dropout
+        H = hidden_size
+        self.tokens = nn.Sequential(nn.Linear(text_dim, H), nn.GELU(approximate="tanh"), nn.Linear(H, H))
+        self.pooled = nn.Sequential(nn.Linear(text_dim, H), nn.SiLU(), nn.Linear(H, H))
+        self.register_buffer("null_tokens", torch.zeros(text_tokens, text_dim))
+        self.register_buffer("null_mask", torch.ones(text_tokens, dtype=torch.bool))
+        self.register_buffer("null_pooled", torch.zeros(text_dim))
+
+    def set_null(self, null: TextCondition) -> None:
+        """The null caption: one encoded caption (``tokens (1, S, C)``), normally of ``""``."""
+        self.null_tokens.copy_(null.tokens[0])
+        self.null_mask.copy_(null.mask[0])
+        self.null_pooled.copy_(null.pooled[0])
+
+    def null(self, batch: int) -> TextCondition:
+        return TextCondition(self.null_tokens.expand(batch, -1, -1), self.null_mask.expand(batch, -1),
+                             self.null_pooled.expand(batch, -1))
+
+    def forward(self, text: TextCondition, drop: torch.Tensor | None = None):
+        B = len(text)
+        if text.tokens.shape[1:] != self.null_tokens.shape:
+            raise ValueError(f"text tokens have shape (S, C)={tuple(text.tokens.shape[1:])}; the DiT "
+                             f"expects {tuple(self.null_tokens.shape)} (dit.text_tokens, dit.text_dim)")
+        if drop is None and self.training and self.dropout > 0:
+            drop = torch.rand(B, device=text.tokens.device) < self.dropout
+        tokens, mask, pooled = text.tokens, text.mask.bool(), text.pooled
+        if drop is not None:
+            d = drop.to(tokens.device)
+            null = self.null(B)
+            tokens = torch.where(d[:, None, None], null.tokens.to(tokens.dtype), tokens)
+            mask = torch.where(d[:, None], null.mask, mask)
+            pooled = torch.where(d[:, None], null.pooled.to(pooled.dtype), pooled)
+        dtype = self.pooled[0].weight.dtype
+        return self.tokens(tokens.to(dtype)), mask[:, None, None, :], self.pooled(pooled.to(dtype))
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero transformer block on tokens ``(B, F*L, C)`` with per-frame conditioning ``(B, F, C)``.
 
@@ -116,17 +200,19 @@ class DiTBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attn_backend: str = "auto",
-                 causal: bool = True):
+                 causal: bool = True, cross: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = BlockCausalSelfAttention(dim, num_heads, attn_backend, causal)
+        self.cross = CrossAttention(dim, num_heads) if cross else None   # text DiT (PixArt-α)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, tokens_per_frame: int,
-                past: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """Returns the block output ``(B, F*L, C)`` and the attention keys/values of x."""
+                past: tuple[torch.Tensor, torch.Tensor] | None = None, text=None):
+        """Returns the block output ``(B, F*L, C)`` and the attention keys/values of x. ``text``:
+        ``(keys, values, mask)`` of the captions for the cross-attention (text DiT)."""
         B, N, C = x.shape
         F = N // tokens_per_frame
         mods = self.adaLN_modulation(c)[:, :, None]                      # (B, F, 1, 6C)
@@ -134,6 +220,8 @@ class DiTBlock(nn.Module):
         per_frame = lambda h: h.view(B, F, tokens_per_frame, C)
         a, kv = self.attn(modulate(per_frame(self.norm1(x)), sh1, sc1).view(B, N, C), tokens_per_frame, past)
         x = per_frame(x) + g1 * per_frame(a)
+        if self.cross is not None:   # every token reads the captions: no frame reads another here
+            x = x + per_frame(self.cross(x.view(B, N, C), mask=text[2], kv=text[:2]))
         x = x + g2 * per_frame(self.mlp(modulate(self.norm2(x), sh2, sc2).view(B, N, C)))
         return x.view(B, N, C), kv
 
@@ -144,8 +232,10 @@ class DiT(nn.Module):
     Args (forward):
         x: ``(B, F, L, D)`` noisy latents (float).
         t: ``(B, F)`` long DDPM indices ``0 … T-1``, one per frame.
-        y: ``(B,)`` long class labels; ``config.num_classes`` is the null (unconditional) label.
-        drop: ``(B,)`` bool, labels replaced by the null class (CFG training; see :class:`LabelEmbedder`).
+        y: ``(B,)`` long class labels (``config.num_classes`` is the null label), or a
+            :class:`TextCondition` with ``config.condition="text"``.
+        drop: ``(B,)`` bool, labels (captions) replaced by the null class (caption): CFG training,
+            see :class:`LabelEmbedder` / :class:`TextEmbedder`.
         cache: a :class:`KVCache` holding the frames before x (x's frames are then at positions
             ``cache.num_frames …``); None = x is the whole video.
         cache_frames: append the keys/values of x's first ``cache_frames`` frames to ``cache``;
@@ -163,8 +253,10 @@ class DiT(nn.Module):
         self.x_embedder = nn.Linear(c.latent_dim, H)
         self.token_pos = nn.Parameter(torch.zeros(c.tokens_per_frame, H))
         self.t_embedder = nn.Sequential(nn.Linear(256, H), nn.SiLU(), nn.Linear(H, H))
-        self.y_embedder = LabelEmbedder(c.num_classes, H, c.class_dropout)
-        self.blocks = nn.ModuleList(DiTBlock(H, c.num_heads, c.mlp_ratio, c.attn_backend, c.causal)
+        text = c.condition == "text"
+        self.y_embedder = (TextEmbedder(c.text_dim, c.text_tokens, H, c.caption_dropout) if text
+                           else LabelEmbedder(c.num_classes, H, c.class_dropout))
+        self.blocks = nn.ModuleList(DiTBlock(H, c.num_heads, c.mlp_ratio, c.attn_backend, c.causal, text)
                                     for _ in range(c.depth))
         self.norm_final = nn.LayerNorm(H, elementwise_affine=False, eps=1e-6)
         self.adaLN_final = nn.Sequential(nn.SiLU(), nn.Linear(H, 2 * H))
@@ -177,13 +269,17 @@ class DiT(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.token_pos, std=0.02)
-        nn.init.normal_(self.y_embedder.weight, std=0.02)
+        if isinstance(self.y_embedder, LabelEmbedder):
+            nn.init.normal_(self.y_embedder.weight, std=0.02)
         for lin in (self.t_embedder[0], self.t_embedder[2]):
             nn.init.normal_(lin.weight, std=0.02)
         # adaLN-Zero: every residual branch and the output start at zero.
         for blk in self.blocks:
             nn.init.zeros_(blk.adaLN_modulation[-1].weight)
             nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+            if blk.cross is not None:   # PixArt-α: the cross-attention starts as a no-op
+                nn.init.zeros_(blk.cross.proj.weight)
+                nn.init.zeros_(blk.cross.proj.bias)
         for lin in (self.adaLN_final[-1], self.out):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -202,18 +298,41 @@ class DiT(nn.Module):
         first = cache.num_frames if cache is not None else 0
         frame_pos = sinusoidal(torch.arange(first, first + F, device=x.device), H)  # (F, H): any length
         h = self.x_embedder(x) + self.token_pos + frame_pos[:, None].to(x.dtype)
-        # (B, F, H)
-        cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + self.y_embedder(y, drop)[:, None]
+        cond, text = self._condition(y, drop, cache)
+        cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + cond[:, None]     # (B, F, H)
         h = h.reshape(B, F * L, H)
         ckpt = c.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
+            txt = None if text is None else text[i]
             if ckpt:
-                h, (k, v) = checkpoint(blk, h, cond, L, None, use_reentrant=False)
+                h, (k, v) = checkpoint(blk, h, cond, L, None, txt, use_reentrant=False)
             else:
-                h, (k, v) = blk(h, cond, L, cache.past(i) if cache is not None else None)
+                h, (k, v) = blk(h, cond, L, cache.past(i) if cache is not None else None, txt)
             if cache is not None and cache_frames:
                 cache.extend(i, k[:, :, :cache_frames * L], v[:, :, :cache_frames * L])
         if cache is not None:
             cache.num_frames += cache_frames
         shift, scale = self.adaLN_final(cond)[:, :, None].chunk(2, dim=-1)      # (B, F, 1, H) each
         return self.out(modulate(self.norm_final(h).view(B, F, L, H), shift, scale))
+
+    def _condition(self, y, drop, cache: KVCache | None):
+        """The per-video conditioning vector ``(B, H)`` (class, or pooled caption) and, for a text
+        DiT, each block's caption ``(keys, values, mask)`` (from ``cache`` once computed)."""
+        if self.config.condition == "class":
+            return self.y_embedder(y, drop), None
+        if not isinstance(y, TextCondition):
+            raise TypeError("a text DiT (dit.condition=text) takes a TextCondition, not class labels")
+        tokens, mask, pooled = self.y_embedder(y, drop)
+        if cache is not None and cache.text is not None:
+            return pooled, cache.text
+        text = [(*blk.cross.context_kv(tokens), mask) for blk in self.blocks]
+        if cache is not None:
+            cache.text = text
+        return pooled, text
+
+    def with_null(self, y):
+        """``y`` followed by as many null conditions (class ``num_classes``, or the null caption):
+        the batch of a classifier-free-guided call."""
+        if isinstance(y, TextCondition):
+            return y.cat(self.y_embedder.null(len(y)).to(y.tokens.device))
+        return torch.cat([y, torch.full_like(y, self.config.num_classes)])
