@@ -9,6 +9,8 @@ complete and skipped on re-run. Unreadable files are skipped and listed in ``_re
         --out runs/sky/data --split train --num-frames 16 --size 256          # sky_train/…/*.jpg
     python data_prep/shard_videos.py --src taichi --out runs/taichi/data --split test \
         --num-frames 16 --size 256                                            # taichi/test/*.mp4
+    python data_prep/shard_videos.py --src webvid --source captions --captions results_2M_val.csv \
+        --out runs/text/data --split train                                    # captioned videos
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ardscale.data.shards import join, read_json, shard_name, sidecar_url, write_json, write_shard
-from ardscale.data.sources import VideoItem, class_names, folder_items, ucf101_items
+from ardscale.data.sources import VideoItem, captioned_items, class_names, folder_items, ucf101_items
 from ardscale.data.video import VideoReadError, encode_mp4, read_clips, read_frame_clips
 
 
@@ -43,14 +45,14 @@ def shard_one(items: list[VideoItem], url: str, num_frames: int, fps: float, siz
                         raise VideoReadError(f"{it.path}: a folder of frames needs --frames-fps")
                     clips = read_frame_clips(it.path, num_frames, fps, size, frames_fps, max_clips)
                 else:
-                    clips = read_clips(it.path, num_frames, fps, size, max_clips)
+                    clips = read_clips(it.path, num_frames, fps, size, max_clips, it.span)
             except VideoReadError as e:
                 stats["failed"].append({"path": it.path, "error": str(e)})
                 continue
             for k, (start, frames) in enumerate(clips):
                 meta = {"label": it.label, "class_name": it.class_name, "source": it.path,
                         "frame_start": start, "num_frames": num_frames, "fps": fps, "size": size,
-                        "split": split}
+                        "split": split, **({"caption": it.caption} if it.caption else {})}
                 stats["clips"] += 1
                 yield {"__key__": f"{it.key}-{k:03d}", "mp4": encode_mp4(frames, fps), "json": meta}
 
@@ -91,12 +93,15 @@ def plan_shards(items: list[VideoItem], videos_per_shard: int, shard_mb: float =
 def run(src: str, out: str, split: str = "train", source: str = "auto", split_id: int = 1,
         num_frames: int = 8, fps: float = 8.0, size: int = 64, max_clips: int | None = 4,
         videos_per_shard: int = 16, limit: int | None = None, allow_empty: bool = False,
-        frames_fps: float | None = None, shard_mb: float = 0) -> dict | None:
+        frames_fps: float | None = None, shard_mb: float = 0, captions: str = "") -> dict | None:
     """Shard one split with Ray; returns the report (also written to ``{split dir}/_report.json``).
 
     ``source``: ``ucf101`` (official lists), ``folder`` (videos; a split subfolder or a 90/10
     division), ``frames`` (folders of image frames at ``frames_fps``, e.g. Sky-Timelapse), or
-    ``auto`` (ucf101 when a classInd.txt is under ``src``, else folder).
+    ``auto`` (ucf101 when a classInd.txt is under ``src``, else folder), or ``captions`` (videos
+    with a captions file, ``captions`` or ``captions.jsonl``/``.csv`` under ``src``, or WebVid's
+    CSV: see :func:`~ardscale.data.sources.captioned_items`; rows without a video or with an
+    empty caption are counted in the report's ``captions_missing`` / ``captions_empty``).
     Raises:
         FileNotFoundError: no video for this split (unless ``allow_empty``: then None is returned).
         ValueError: ``frames`` without ``frames_fps``.
@@ -107,8 +112,13 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
         source = "ucf101" if any(Path(src).rglob("classInd.txt")) else "folder"
     if source == "frames" and not frames_fps:
         raise ValueError("--source frames needs --frames-fps, the frame rate the frames were taken at")
-    items = (ucf101_items(src, split, split_id) if source == "ucf101"
-             else folder_items(src, split, frames=source == "frames"))
+    left_out = {}
+    if source == "captions":
+        items, left_out = captioned_items(src, split, captions)
+        left_out = {"captions_missing": left_out["missing"], "captions_empty": left_out["empty_captions"]}
+    else:
+        items = (ucf101_items(src, split, split_id) if source == "ucf101"
+                 else folder_items(src, split, frames=source == "frames"))
     if not items:
         if allow_empty:
             print(f"{src}: no videos for split={split}; nothing to shard")
@@ -142,7 +152,7 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
               "params": {"num_frames": num_frames, "fps": fps, "size": size, "max_clips": max_clips,
                          "frames_fps": frames_fps, "videos_per_shard": videos_per_shard,
                          "shard_mb": shard_mb},
-              "seconds": round(time.time() - t0, 2)}
+              "seconds": round(time.time() - t0, 2), **left_out}
     write_json(join(out_dir, "_report.json"), report)
     return report
 
@@ -151,9 +161,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help="folder of raw videos (UCF-101 layout or any folder)")
     p.add_argument("--out", required=True, help="output root: local folder or fsspec URL (s3://...)")
-    p.add_argument("--source", choices=["auto", "ucf101", "folder", "frames"], default="auto",
+    p.add_argument("--source", choices=["auto", "ucf101", "folder", "frames", "captions"], default="auto",
                    help="auto: ucf101 when a classInd.txt is under --src, else a plain folder; frames: "
-                   "folders of image frames (Sky-Timelapse), with --frames-fps")
+                   "folders of image frames (Sky-Timelapse), with --frames-fps; captions: videos with a "
+                   "captions file (--captions) or WebVid's CSV")
+    p.add_argument("--captions", default="", help="captions file under --src (default captions.jsonl / .csv)")
     p.add_argument("--frames-fps", type=float, default=None, help="frame rate of --source frames")
     p.add_argument("--split", default="train", help="train | test | all (official lists for ucf101; "
                    "a fixed 90/10 split by file name for folders)")
@@ -169,7 +181,8 @@ def main(argv=None):
     p.add_argument("--allow-empty", action="store_true", help="an empty split is not an error")
     a = p.parse_args(argv)
     report = run(a.src, a.out, a.split, a.source, a.split_id, a.num_frames, a.fps, a.size,
-                 a.max_clips or None, a.videos_per_shard, a.limit, a.allow_empty, a.frames_fps, a.shard_size)
+                 a.max_clips or None, a.videos_per_shard, a.limit, a.allow_empty, a.frames_fps, a.shard_size,
+                 a.captions)
     if report is not None:
         print(json.dumps({k: v for k, v in report.items() if k not in ("failed", "classes")}))
 

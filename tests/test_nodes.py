@@ -163,7 +163,7 @@ def test_node_loss_without_shared_disk_resumes_from_the_s3_mirror(tmp_path):
     resumed = [s["resumed_from"] for s in r["starts"]]
     assert resumed[0] is None and resumed[1] in ("step-00000006", "step-00000009"), resumed
     assert resumed[-2:] == ["step-00000010", "step-00000012"], resumed
-    assert any(f.startswith("ckpt/step-0000000") and "optim_states" in f for f in r["c_files"]), r["c_files"]
+    assert any(f.startswith("ckpt/step-") and "optim_states" in f for f in r["c_files"]), r["c_files"]
     ref, killed = ({int(k): v for k, v in d.items()} for d in (r["ref"], r["killed"]))
     assert sorted(ref) == list(range(10)) and sorted(killed) == list(range(14))
     assert all(killed[s] < 1.5 * killed[s - 1] for s in (10, 12)), killed   # resumed, not restarted

@@ -1,5 +1,6 @@
 """Raw video sources: UCF-101 (official split lists), folders of videos (Taichi-HD, FaceForensics,
-any folder) and folders of frame folders (Sky-Timelapse).
+any folder), folders of frame folders (Sky-Timelapse) and captioned videos (a captions file beside
+the videos, or WebVid's CSV).
 
 A folder source with a subfolder named after the split (``train``, ``test``, or ending in
 ``_train`` / ``_test`` as Sky-Timelapse's ``sky_train``) takes that split's videos from it, as
@@ -19,12 +20,15 @@ UCF_NAME = re.compile(r"^v_(?P<cls>[A-Za-z]+)_g\d+_c\d+$")
 
 @dataclass(frozen=True)
 class VideoItem:
-    """One raw video: ``path`` on disk, integer ``label``, ``class_name``, ``key`` (unique, no dots)."""
+    """One raw video: ``path`` on disk, integer ``label``, ``class_name``, ``key`` (unique, no dots);
+    captioned sources add the ``caption`` and an optional ``span`` (start, end seconds)."""
 
     path: str
     label: int
     class_name: str
     key: str
+    caption: str = ""
+    span: tuple[float, float] | None = None
 
 
 class Tree:
@@ -142,3 +146,94 @@ def folder_items(root: str, split: str = "all", frames: bool = False) -> list[Vi
 def class_names(items: list[VideoItem]) -> dict[int, str]:
     """``{label: class_name}`` of the items."""
     return {it.label: it.class_name for it in items}
+
+
+def _caption_rows(tree: Tree, captions: str) -> list[dict]:
+    """Rows of the captions file: JSON lines, or a CSV with a header (see :func:`captioned_items`).
+    ``captions``: a path or URL, else a file name under the tree (default ``captions.jsonl`` /
+    ``captions.csv``)."""
+    import csv
+    import io
+    import json
+
+    import fsspec
+
+    if captions and ("://" in captions or PurePosixPath(captions).is_absolute()) and _exists(captions):
+        with fsspec.open(captions, "r") as f:
+            name, text = captions, f.read()
+    else:
+        names = [captions] if captions else ["captions.jsonl", "captions.csv"]
+        found = [p for p in tree.files if p.name in names or str(p).endswith("/" + captions.lstrip("/"))]
+        if not found:
+            raise FileNotFoundError(f"{tree.base}: no captions file ({' or '.join(names)})")
+        name, text = str(found[0]), tree.read_text(found[0])
+    if name.lower().endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _caption_item(tree: Tree, row: dict, files: dict[str, PurePosixPath]) -> tuple[str, str, tuple | None]:
+    """``(video path, or "" when it is missing; caption; span)`` of one row, our layout or WebVid's.
+    ``files``: the videos under the root by relative path and by file name."""
+    if "videoid" in row:   # WebVid: videoid, contentUrl, name (the caption), duration[, page_dir]
+        local, url = files.get(f"{row['videoid']}.mp4"), row.get("contentUrl") or ""
+        if local is None and url and not url.startswith(("http://", "https://")) and _exists(url):
+            return url, (row.get("name") or "").strip(), None
+        return (tree.url(local) if local else ""), (row.get("name") or "").strip(), None
+    local = files.get(row.get("path") or row.get("video") or "")
+    start, end = row.get("start") or 0, row.get("end")
+    span = (float(start), float(end) if end not in (None, "") else float("inf")) if row.get("start") or end \
+        else None
+    return (tree.url(local) if local else ""), (row.get("caption") or "").strip(), span
+
+
+def _exists(url: str) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def captioned_items(root: str, split: str = "all", captions: str = "") -> tuple[list[VideoItem], dict]:
+    """Captioned videos under ``root`` and what was left out.
+
+    ``captions`` (a path or URL, or a file name under ``root``; default ``captions.jsonl`` or
+    ``captions.csv`` under ``root``) is one of:
+
+    - JSON lines or CSV with ``path`` (relative to ``root``), ``caption``, and optional ``start`` /
+      ``end`` seconds (one video may appear in several rows, one per captioned segment) and
+      ``split`` (``train`` / ``test``);
+    - WebVid's CSV: ``videoid``, ``contentUrl`` (a local path or fsspec URL; http is never
+      fetched), ``name`` (the caption), ``duration``: the video is ``{videoid}.mp4`` anywhere
+      under ``root``, else ``contentUrl``.
+
+    A row whose video is missing, or whose caption is empty, is left out and counted, not fatal.
+    The split is the row's ``split``, else a fixed 90/10 division by key (:func:`in_test_split`);
+    the label is -1 (no class).
+    Returns:
+        ``(items, {"missing": [rows' videos], "empty_captions": n})``.
+    Raises:
+        FileNotFoundError: no captions file. ValueError: split not train/test/all.
+    """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be train, test or all, got {split!r}")
+    tree = Tree(root)
+    videos = [p for p in tree.files if p.suffix.lower() in VIDEO_EXTS]
+    files = {p.name: p for p in videos} | {str(p.relative_to(tree.base)): p for p in videos}
+    items, missing, empty, seen = [], [], 0, set()
+    for row in _caption_rows(tree, captions):
+        path, caption, span = _caption_item(tree, row, files)
+        if not path:
+            missing.append(row.get("path") or row.get("video") or row.get("videoid") or str(row))
+            continue
+        if not caption:
+            empty += 1
+            continue
+        stem = re.sub(r"[^A-Za-z0-9_-]", "_", PurePosixPath(path).with_suffix("").name)
+        key = stem if span is None else f"{stem}-{round(span[0] * 1000)}ms"
+        held_out = row["split"] == "test" if row.get("split") else in_test_split(key)
+        if key in seen or (split != "all" and held_out != (split == "test")):
+            continue
+        seen.add(key)
+        items.append(VideoItem(path, -1, "", key, caption, span))
+    return items, {"missing": missing, "empty_captions": empty}

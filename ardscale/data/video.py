@@ -24,8 +24,8 @@ def _resize_crop(frame: av.VideoFrame, size: int) -> np.ndarray:
     return img[top:top + size, left:left + size]
 
 
-def read_clips(path: str, num_frames: int, fps: float, size: int,
-               max_clips: int | None = None) -> list[tuple[int, np.ndarray]]:
+def read_clips(path: str, num_frames: int, fps: float, size: int, max_clips: int | None = None,
+               span: tuple[float, float] | None = None) -> list[tuple[int, np.ndarray]]:
     """Cut a video into non-overlapping clips of ``num_frames`` frames resampled to ``fps``.
 
     Args:
@@ -33,6 +33,7 @@ def read_clips(path: str, num_frames: int, fps: float, size: int,
         fps: output frame rate (frames are picked by presentation time, nearest earlier frame).
         size: output height = width in pixels (resize short side + center crop).
         max_clips: keep at most this many clips, spread evenly over the video.
+        span: ``(start, end)`` seconds: only that part of the video (a captioned segment).
     Returns:
         ``[(first_source_frame_index, frames uint8 (F, size, size, 3)), ...]``.
     Raises:
@@ -43,24 +44,27 @@ def read_clips(path: str, num_frames: int, fps: float, size: int,
 
         try:
             with fsspec.open(path, "rb") as f:
-                return _decode_clips(f, path, num_frames, fps, size, max_clips)
+                return _decode_clips(f, path, num_frames, fps, size, max_clips, span)
         except (FileNotFoundError, PermissionError) as e:
             raise VideoReadError(f"{path}: cannot open: {e}") from e
-    return _decode_clips(path, path, num_frames, fps, size, max_clips)
+    return _decode_clips(path, path, num_frames, fps, size, max_clips, span)
 
 
-def _decode_clips(source, path: str, num_frames: int, fps: float, size: int,
-                  max_clips: int | None) -> list[tuple[int, np.ndarray]]:
+def _decode_clips(source, path: str, num_frames: int, fps: float, size: int, max_clips: int | None,
+                  span: tuple[float, float] | None = None) -> list[tuple[int, np.ndarray]]:
     """:func:`read_clips` of ``source`` (a path or a file object); ``path`` names it in errors."""
+    start, end = span or (0.0, float("inf"))
     try:
         with av.open(source) as container:
             if not container.streams.video:
                 raise VideoReadError(f"{path}: no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            picked, src_index, next_time = [], [], 0.0
+            picked, src_index, next_time = [], [], start
             for i, frame in enumerate(container.decode(stream)):
                 t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 25)
+                if t >= end:
+                    break
                 if t + 1e-6 >= next_time:
                     picked.append(_resize_crop(frame, size))
                     src_index.append(i)
