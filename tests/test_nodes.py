@@ -133,6 +133,8 @@ events = sorted((json.loads(l) for f in logs if f.is_file() for l in f.read_text
                 key=lambda e: e["time"])
 c_dir = out / "killed" / "c"
 result = {"finished": finished, "victim": victim, "resized": resized,
+          "universal_on": sorted(n for n in "abc" if (out / "killed" / n / "ckpt_universal" / "step-00000012"
+                                                      / "zero").is_dir()),
           "ref": losses("ref"), "killed": losses("killed"),
           "starts": [e for e in events if e["event"] == "start"],
           "dirs": sorted(p.name for p in (out / "killed").iterdir()),
@@ -167,5 +169,7 @@ def test_node_loss_without_shared_disk_resumes_from_the_s3_mirror(tmp_path):
     ref, killed = ({int(k): v for k, v in d.items()} for d in (r["ref"], r["killed"]))
     assert sorted(ref) == list(range(10)) and sorted(killed) == list(range(14))
     assert all(killed[s] < 1.5 * killed[s - 1] for s in (10, 12)), killed   # resumed, not restarted
+    # the 1-worker tag was converted on one node and reached the other through the mirror
+    assert len(r["universal_on"]) == 2 and r["victim"] not in r["universal_on"], r["universal_on"]
     for step in range(10):
         assert abs(ref[step] - killed[step]) < 1e-6, (step, ref[step], killed[step])
