@@ -8,7 +8,7 @@ import pytest
 from ardscale.data.loader import latent_sample, video_sample
 from ardscale.data.shards import npy_bytes, sidecar_url, write_json, write_shard
 from ardscale.data.stream import Layout, Plan, ShardSet, ShardStream, StreamLoader, _SlotReader
-from ardscale.data.video import encode_mp4
+from ardscale.data.video import VideoReadError, encode_mp4
 
 SIZES = (9, 5, 13, 7, 11, 6, 10)   # uneven shards: 61 samples
 
@@ -136,3 +136,8 @@ def test_video_sample_crops_consecutive_frames(tmp_path):
         starts.add(level[0])
     assert len(starts) > 2 and min(starts) >= 0 and max(starts) <= 5
     assert (video_sample(sample, 5, frames=3)["clips"] == video_sample(sample, 5, frames=3)["clips"]).all()
+    told = {**sample, "json": b'{"num_frames": 8}'}    # decoding stops at the run's end: same frames
+    for seed in range(6):
+        assert (video_sample(told, seed, 3)["clips"] == video_sample(sample, seed, 3)["clips"]).all()
+    with pytest.raises(VideoReadError, match="fewer frames"):
+        video_sample({**sample, "json": b'{"num_frames": 20}'}, 1, 3)

@@ -107,16 +107,25 @@ def latent_sample(sample: dict, seed: int) -> dict:
 
 
 def video_sample(sample: dict, seed: int, frames: int = 0) -> dict:
-    """A video shard's sample → ``{"clips": (frames, H, W, 3) uint8}``: decoded, then a run of
-    ``frames`` consecutive frames starting where ``seed`` says (``frames <= 0``: the whole clip).
+    """A video shard's sample → ``{"clips": (frames, H, W, 3) uint8}``: a run of ``frames``
+    consecutive frames starting where ``seed`` says (``frames <= 0``: the whole clip). When the
+    sample's json gives its ``num_frames``, decoding stops at the run's end (stage 1 keeps one frame).
 
     Raises:
-        VideoReadError: the mp4 does not decode.
+        VideoReadError: the mp4 does not decode, or has fewer frames than its json says.
     """
-    clip = decode_mp4(sample["mp4"])
-    if 0 < frames < len(clip):
-        start = int(np.random.default_rng(seed).integers(len(clip) - frames + 1))
-        clip = clip[start:start + frames]
+    total = json.loads(sample.get("json") or b"{}").get("num_frames")
+    start = lambda n: int(np.random.default_rng(seed).integers(n - frames + 1))
+    if frames <= 0 or total is None or frames >= total:
+        clip = decode_mp4(sample["mp4"])
+        if not 0 < frames < len(clip):
+            return {"clips": clip}
+        first = start(len(clip))
+        return {"clips": clip[first:first + frames]}
+    first = start(total)
+    clip = decode_mp4(sample["mp4"], stop=first + frames)[first:]
+    if len(clip) != frames:
+        raise VideoReadError(f"sample {sample.get('__key__')}: fewer frames than its json's {total}")
     return {"clips": clip}
 
 

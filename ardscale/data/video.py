@@ -129,15 +129,21 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
     return buf.getvalue()
 
 
-def decode_mp4(data: bytes) -> np.ndarray:
-    """All frames of an in-memory video → ``(F, H, W, 3)`` uint8.
+def decode_mp4(data: bytes, stop: int | None = None) -> np.ndarray:
+    """The frames of an in-memory video → ``(F, H, W, 3)`` uint8; with ``stop``, only the first
+    ``stop`` frames are decoded.
 
     Raises:
         VideoReadError: bytes that are not a decodable video.
     """
     try:
         with av.open(io.BytesIO(data)) as container:
-            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+            frames = []
+            for f in container.decode(video=0):
+                frames.append(f.to_ndarray(format="rgb24"))
+                if stop is not None and len(frames) >= stop:
+                    break
+            return np.stack(frames)
     except (av.error.FFmpegError, ValueError) as e:
         raise VideoReadError(f"cannot decode mp4 bytes: {e}") from e
 
