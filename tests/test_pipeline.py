@@ -1,4 +1,5 @@
 """VAE run → tools/encode_latents.py (Ray Data actor pool) → DiT run → ardscale.sample, on a real clip."""
+import importlib.util
 import json
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from ardscale.config import load
-from ardscale.data.shards import list_shards, load_npy, read_shard, write_shard
+from ardscale.data.shards import list_shards, load_npy, load_npz, read_shard, write_shard
 from ardscale.data.sources import VideoItem
 from ardscale.data.video import decode_mp4
 from ardscale.sample import generate
@@ -22,11 +23,13 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     root = tmp_path / "data"
     videos = root / "videos" / "train"
     clip = ucf_root / "videos" / "Archery" / "v_Archery_g01_c01.avi"
-    shard_one([VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01")], str(videos / "shard-000000.tar"),
+    shard_one([VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01", "an archer draws the bow")],
+              str(videos / "shard-000000.tar"),
               num_frames=4, fps=8, size=32, max_clips=3, split="train")
     good = next(read_shard(str(videos / "shard-000000.tar")))
     write_shard(str(videos / "shard-000001.tar"), [
-        {"__key__": "ok", "mp4": good["mp4"], "json": good["json"]},
+        {"__key__": "ok", "mp4": good["mp4"],   # the same clip, without a caption
+         "json": {k: v for k, v in json.loads(good["json"]).items() if k != "caption"}},
         {"__key__": "corrupt", "mp4": b"\x00\x00not an mp4", "json": good["json"]}])
     run = str(tmp_path / "vae")
     launch(load(str(CONFIGS / "demo_vae_frames.yaml"), [f"data.root={root}", f"train.run_dir={run}",
@@ -53,6 +56,23 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     assert again["shards_encoded_now"] == 1, "a complete shard was encoded again"
     assert (again["clips"], again["failed"], again["num_frames"]) == (m["clips"], m["failed"], 4)
     assert abs(again["latent_std"] - m["latent_std"]) < 1e-6
+
+    # Captions encoded into the latent shards (the MiniLM text encoder), and the null caption.
+    if importlib.util.find_spec("all_minilm_l6_v2") is not None:
+        texted = encode_run(run, str(root), "train", num_actors=1, text_encoder_kind="minilm", text_tokens=8)
+        assert texted["shards_encoded_now"] == 2, "latents without text must be encoded again"
+        assert texted["text"] == {"encoder": "minilm", "path": "", "tokens": 8, "dim": 384}
+        latents = root / "latents" / m["vae_id"] / "train"
+        null = load_npz((latents / "_null_caption.npz").read_bytes())
+        rows = {s["__key__"]: s for u in list_shards(str(latents)) for s in read_shard(u)}
+        archer, plain = load_npz(rows["v_Archery_g01_c01-000"]["txt.npz"]), load_npz(rows["ok"]["txt.npz"])
+        assert archer["tokens"].shape == (8, 384) and archer["tokens"].dtype == np.float16
+        assert archer["mask"].sum() == 7 and null["mask"].sum() == 2    # [CLS] an archer draws the bow [SEP]
+        assert (plain["mask"] == null["mask"]).all()                     # no caption: the null caption
+        assert all(np.abs(plain[k].astype(np.float32) - null[k]).max() < 1e-2 for k in ("tokens", "pooled"))
+        assert np.abs(archer["pooled"].astype(np.float32) - null["pooled"]).max() > 0.1
+        again_z = load_npy(rows["v_Archery_g01_c01-000"]["npy"]).astype(np.float32)
+        assert np.abs(again_z - load_npy(first[0]["npy"]).astype(np.float32)).max() < 2e-3   # same latents
 
     # A local feature net trained on the real clips, for fvd_local during training and after.
     from ardscale.data.loader import load_video_clips

@@ -13,6 +13,12 @@ tag and a hash of its weights (``vae_id``), and the counts and latent statistics
 shards' sidecars: mean, std and the tokens' L2 norms (mean/min/max; the AR-VAE puts every token
 at norm √D, see :mod:`ardscale.models.arvae`).
 
+With ``--text-encoder`` (captioned videos), each sample also gets ``KEY.txt.npz``: its caption
+encoded by :class:`~ardscale.models.text.TextEncoder` (``tokens (S, C)`` and ``pooled (C,)``
+float16, ``mask (S,)`` bool), so DiT training does not run the text encoder; a sample without a
+caption gets the empty caption's. ``_null_caption.npz`` (the encoding of ``""``, for CFG) sits
+beside the manifest, which names the encoder. Shards encoded without text are encoded again.
+
     python tools/encode_latents.py --vae-run runs/demo/vae --root runs/demo/data --split train
 """
 from __future__ import annotations
@@ -30,8 +36,10 @@ from ardscale.data.shards import (
     join,
     list_shards,
     npy_bytes,
+    npz_bytes,
     read_json,
     sidecar_url,
+    write_bytes,
     write_json,
     write_shard,
 )
@@ -65,13 +73,15 @@ def decode_shard(row: dict) -> dict:
 class ShardEncoder:
     """Ray Data actor: encodes decoded shards (batch = 1 row of :func:`decode_shard`) and writes them."""
 
-    def __init__(self, vae_run: str, tag: str, batch_size: int = 16):
+    def __init__(self, vae_run: str, tag: str, batch_size: int = 16, text: dict | None = None):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(1)   # one actor per core
         model, _, _ = load_vae(vae_run, tag)
         self.model = model.to(self.device)
         self.batch_size = batch_size
+        self.text = text
+        self.text_encoder = text_encoder(text, str(self.device)) if text else None
 
     @torch.no_grad()
     def _encode(self, clips: np.ndarray) -> np.ndarray:
@@ -92,12 +102,37 @@ class ShardEncoder:
             norms.append(np.linalg.norm(z64, axis=-1).ravel())
             rows += [{"__key__": k, "npy": npy_bytes(zi), "json": m.encode()}
                      for k, m, zi in zip(keys[i:], metas[i:], z)]
+        if self.text_encoder is not None:
+            for i in range(0, len(rows), self.batch_size):
+                captions = [json.loads(m).get("caption", "") for m in metas[i:i + self.batch_size]]
+                for row, blob in zip(rows[i:], text_blobs(self.text_encoder, captions)):
+                    row["txt.npz"] = blob
         write_shard(dst, rows)
-        write_json(sidecar_url(dst), {"src": batch["src"][0], "clips": len(rows),
+        write_json(sidecar_url(dst), {"src": batch["src"][0], "clips": len(rows), "text": self.text,
                                       "failed": json.loads(batch["failed"][0]),
                                      "sum": total, "sumsq": total_sq, "count": count, **_norm_stats(norms),
                                      "frames": int(clips.shape[1]) if keys else 0})
         return {"dst": [dst], "clips": [len(rows)]}
+
+
+def _complete(dst: str, text: dict | None) -> bool:
+    """The latent shard ``dst`` exists (its sidecar is written last), with the text asked for."""
+    stats = read_json(sidecar_url(dst))
+    return stats is not None and stats.get("text") == text
+
+
+def text_encoder(text: dict, device: str = "cpu"):
+    """The :class:`~ardscale.models.text.TextEncoder` of a manifest's ``text`` entry."""
+    from ardscale.models.text import TextEncoder
+
+    return TextEncoder(text["encoder"], text["path"], text["tokens"], device)
+
+
+def text_blobs(encoder, captions: list[str]) -> list[bytes]:
+    """Each caption encoded, as ``.npz`` bytes: tokens ``(S, C)`` / pooled ``(C,)`` float16, mask ``(S,)``."""
+    c = encoder.encode(captions)
+    return [npz_bytes(tokens=t.half().numpy(), mask=m.numpy(), pooled=p.half().numpy())
+            for t, m, p in zip(c.tokens, c.mask, c.pooled)]
 
 
 def _norm_stats(norms: list[np.ndarray]) -> dict:
@@ -117,8 +152,10 @@ def _manifest_norms(stats: list[dict], latent_dim: int) -> dict:
             "token_norm_min": min(mins, default=None), "token_norm_max": max(maxs, default=None)}
 
 
-def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor: float = 0) -> dict:
-    """Encode one split; returns (and writes) the manifest.
+def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor: float = 0,
+        text_encoder_kind: str = "", text_path: str = "", text_tokens: int = 32) -> dict:
+    """Encode one split; returns (and writes) the manifest. ``text_encoder_kind``: also encode the
+    captions (``minilm``, ``t5`` or ``clip``; ``text_path`` its folder, ``text_tokens`` S).
 
     Raises:
         FileNotFoundError: no video shards under ``{root}/videos/{split}``.
@@ -133,7 +170,9 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
     if not srcs:
         raise FileNotFoundError(f"no video shards under {src_dir}: run data_prep/shard_videos.py first")
     dsts = [join(dst_dir, u.rsplit("/", 1)[-1]) for u in srcs]
-    todo = [{"src": s, "dst": d} for s, d in zip(srcs, dsts) if read_json(sidecar_url(d)) is None]
+    text = {"encoder": text_encoder_kind, "path": text_path, "tokens": text_tokens} if text_encoder_kind \
+        else None
+    todo = [{"src": s, "dst": d} for s, d in zip(srcs, dsts) if not _complete(d, text)]
     t0 = time.time()
     if todo:
         init_ray()
@@ -141,7 +180,7 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
         # Half a CPU per decoder and per CPU encoder: N actors on N cores still leave room for the
         # decoders, so decoding overlaps encoding instead of waiting for an actor to finish.
         ray.data.from_items(todo).map(decode_shard, num_cpus=0.5).map_batches(
-            ShardEncoder, fn_constructor_kwargs={"vae_run": vae_run, "tag": tag}, batch_size=1,
+            ShardEncoder, fn_constructor_kwargs={"vae_run": vae_run, "tag": tag, "text": text}, batch_size=1,
             concurrency=actors, num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 0.5).materialize()
     # The manifest sums every shard's sidecar, so a resumed job reports the whole split.
     stats = [read_json(sidecar_url(d)) for d in dsts]
@@ -155,6 +194,10 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
                 "tokens_per_frame": model.config.tokens_per_frame, "latent_dim": model.config.latent_dim,
                 "latent_mean": mean, "latent_std": std, **_manifest_norms(stats, model.config.latent_dim),
                 "seconds": round(time.time() - t0, 2)}
+    if text:   # the null caption for CFG, and what made the text embeddings
+        enc = text_encoder(text)
+        manifest["text"] = {**text, "dim": enc.dim}
+        write_bytes(join(dst_dir, "_null_caption.npz"), text_blobs(enc, [""])[0])
     write_json(join(dst_dir, "_manifest.json"), manifest)
     return manifest
 
@@ -167,8 +210,13 @@ def main(argv=None):
     p.add_argument("--num-actors", type=int, default=1, help="encoder actors (one per GPU / CPU worker)")
     p.add_argument("--gpus-per-actor", type=float, default=0, help="1: one GPU per actor (bf16); 0: CPU")
     p.add_argument("--manifest-out", default=None, help="also write the manifest to this local file")
+    p.add_argument("--text-encoder", default="", choices=["", "minilm", "t5", "clip"],
+                   help="also encode each sample's caption (ardscale/models/text.py)")
+    p.add_argument("--text-path", default="", help="local folder of the t5 / clip text encoder")
+    p.add_argument("--text-tokens", type=int, default=32, help="S: captions padded/truncated to this")
     a = p.parse_args(argv)
-    manifest = run(a.vae_run, a.root, a.split, a.num_actors, a.gpus_per_actor)
+    manifest = run(a.vae_run, a.root, a.split, a.num_actors, a.gpus_per_actor, a.text_encoder, a.text_path,
+                   a.text_tokens)
     if a.manifest_out:
         Path(a.manifest_out).write_text(json.dumps(manifest, indent=2))
     print(json.dumps(manifest))

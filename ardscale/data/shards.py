@@ -86,6 +86,18 @@ def load_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """Several named arrays as the bytes of an (uncompressed) ``.npz``."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def load_npz(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def read_json(url: str, default=None):
     """Load a JSON file from an fsspec URL; ``default`` if it does not exist."""
     fs, path = fsspec.core.url_to_fs(url)
@@ -95,11 +107,15 @@ def read_json(url: str, default=None):
         return json.load(f)
 
 
-def write_json(url: str, obj) -> None:
-    """Write JSON to an fsspec URL atomically (temp name + move)."""
+def write_bytes(url: str, data: bytes) -> None:
+    """Write bytes to an fsspec URL atomically (temp name + move)."""
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+    fs.pipe_file(tmp, data)
     fs.mv(tmp, path)
+
+
+def write_json(url: str, obj) -> None:
+    """Write JSON to an fsspec URL atomically (temp name + move)."""
+    write_bytes(url, json.dumps(obj, indent=2, sort_keys=True).encode())
