@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import fsspec
 import torch
 from torch import nn
 
@@ -28,9 +29,10 @@ from .data.loader import (
     check_vae,
     latent_dir,
     latent_sample,
+    latent_text_sample,
     video_sample,
 )
-from .data.shards import join, list_shards, read_json, read_shard
+from .data.shards import join, list_shards, load_npz, read_json, read_shard
 from .data.stream import ShardSet
 from .data.transforms import to_model_range
 from .diffusion.losses import bucket_losses, dit_loss
@@ -40,7 +42,7 @@ from .engine import checkpoint
 from .engine.flops import dit_train_flops
 from .models.arvae import ARVAE
 from .models.discriminator import PatchDiscriminator
-from .models.dit import DiT
+from .models.dit import DiT, TextCondition
 from .models.vae_loss import VAELoss, capture_input
 
 
@@ -101,22 +103,58 @@ def _dit_data(cfg: Config) -> TaskData:
     where = latent_dir(cfg.data.root, cfg.data.vae_id, cfg.data.split)
     manifest = read_json(join(where, "_manifest.json"))
     check_vae(cfg.data.vae_id, cfg.data.vae_run, manifest)
-    d, frames = cfg.diffusion, manifest["num_frames"]
+    d, frames, text = cfg.diffusion, manifest["num_frames"], cfg.dit.condition == "text"
+    if text:
+        _check_text(cfg, manifest, where)
+    dropout = cfg.dit.caption_dropout if text else cfg.dit.class_dropout
 
     def batch(raw: dict, gen: torch.Generator) -> dict:
         check_token_norms(raw["x0"], where)
-        if raw["y"].max() >= cfg.dit.num_classes:
+        if not text and raw["y"].max() >= cfg.dit.num_classes:
             raise ValueError(f"label {int(raw['y'].max())} in {where} ≥ "
                              f"dit.num_classes={cfg.dit.num_classes}")
         x0 = raw["x0"] * d.scale_factor
         B, F = x0.shape[:2]
         t = sample_timesteps(d.timestep_scheduler, B, F, d.num_timesteps, generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
-        drop = torch.rand(B, generator=gen) < cfg.dit.class_dropout
-        return {"x0": x0, "y": raw["y"].long(), "t": t, "noise": noise, "drop": drop}
+        drop = torch.rand(B, generator=gen) < dropout
+        y = TextCondition(raw["text_tokens"], raw["text_mask"].bool(), raw["text_pooled"]) if text \
+            else raw["y"].long()
+        return {"x0": x0, "y": y, "t": t, "noise": noise, "drop": drop}
 
-    return TaskData(ShardSet.from_dir(where), latent_sample, batch, frames * cfg.dit.tokens_per_frame,
-                    dit_train_flops(cfg.dit, frames))
+    return TaskData(ShardSet.from_dir(where), latent_text_sample if text else latent_sample, batch,
+                    frames * cfg.dit.tokens_per_frame, dit_train_flops(cfg.dit, frames))
+
+
+def _check_text(cfg: Config, manifest: dict, where: str) -> None:
+    """Latents for a text DiT carry encoded captions that fit ``dit.text_dim`` / ``dit.text_tokens``.
+
+    Raises:
+        ValueError: no encoded captions, or of another size (naming the keys).
+    """
+    t = manifest.get("text")
+    if not t:
+        raise ValueError(f"dit.condition=text, but the latents under {where} have no encoded captions: "
+                         "encode them with tools/encode_latents.py --text-encoder minilm")
+    if (t["dim"], t["tokens"]) != (cfg.dit.text_dim, cfg.dit.text_tokens):
+        raise ValueError(f"the captions under {where} are {t['tokens']} tokens × {t['dim']} "
+                         f"({t['encoder']}): set dit.text_tokens={t['tokens']} dit.text_dim={t['dim']}")
+
+
+def _dit_model(cfg: Config) -> DiT:
+    """The DiT; a text DiT gets the null caption its latents were encoded with (when they are
+    reachable: a trained run's state dict carries it too)."""
+    model = DiT(cfg.dit)
+    if cfg.dit.condition == "text":
+        null = join(latent_dir(cfg.data.root, cfg.data.vae_id, cfg.data.split), "_null_caption.npz")
+        try:
+            with fsspec.open(null, "rb") as f:
+                z = load_npz(f.read())
+        except FileNotFoundError:
+            return model
+        one = {k: torch.from_numpy(v)[None] for k, v in z.items()}   # one caption: a batch of 1
+        model.y_embedder.set_null(TextCondition(one["tokens"].float(), one["mask"], one["pooled"].float()))
+    return model
 
 
 def _dit_loss(cfg: Config) -> LossFn:
@@ -158,6 +196,9 @@ def _dit_evaluate(*args) -> tuple:
 
 
 def _dit_validate(cfg: Config, path: str) -> None:
+    if cfg.dit.condition == "text" and (cfg.train.eval_every or cfg.train.sample_every):
+        raise ValueError(f"{path}: a text DiT cannot yet sample or evaluate while it trains (they take class "
+                         "labels): set train.eval_every=0 train.sample_every=0")
     if not cfg.data.vae_id:
         raise ValueError(f"{path}: data.vae_id is empty; set it to the vae_id that "
                          "tools/encode_latents.py printed")
@@ -242,7 +283,7 @@ def _vae_validate(cfg: Config, path: str) -> None:
 
 
 TASKS: dict[str, TaskSpec] = {
-    "dit": TaskSpec("dit", lambda cfg: DiT(cfg.dit), _dit_data, _dit_loss, _dit_monitors, _dit_evaluate,
+    "dit": TaskSpec("dit", _dit_model, _dit_data, _dit_loss, _dit_monitors, _dit_evaluate,
                     validate=_dit_validate, check_data=_dit_check_data),
     "vae": TaskSpec("vae", lambda cfg: ARVAE(cfg.vae), _vae_data, _vae_loss, _vae_monitors, _vae_evaluate,
                     build_discriminator=_vae_discriminator, validate=_vae_validate,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .shards import join, list_shards, load_npy, read_json, read_shard
+from .shards import join, list_shards, load_npy, load_npz, read_json, read_shard
 from .video import VideoReadError, decode_mp4
 
 
@@ -104,6 +104,21 @@ def check_token_norms(latents: torch.Tensor, where: str, rtol: float = 0.01) -> 
 def latent_sample(sample: dict, seed: int) -> dict:
     """A latent shard's sample → ``{"x0": (F, L, D) float32, "y": label}`` (in loader workers)."""
     return {"x0": load_npy(sample["npy"]).astype(np.float32), "y": json.loads(sample["json"])["label"]}
+
+
+def latent_text_sample(sample: dict, seed: int) -> dict:
+    """:func:`latent_sample` plus the encoded caption (``tools/encode_latents.py --text-encoder``):
+    ``text_tokens (S, C)`` / ``text_pooled (C,)`` float32, ``text_mask (S,)`` bool.
+
+    Raises:
+        KeyError: the sample has no ``txt.npz`` (latents encoded without ``--text-encoder``).
+    """
+    if "txt.npz" not in sample:
+        raise KeyError(f"{sample['__key__']}: no encoded caption (txt.npz); encode the latents with "
+                       "tools/encode_latents.py --text-encoder")
+    text = load_npz(sample["txt.npz"])
+    return {**latent_sample(sample, seed), "text_tokens": text["tokens"].astype(np.float32),
+            "text_mask": text["mask"], "text_pooled": text["pooled"].astype(np.float32)}
 
 
 def video_sample(sample: dict, seed: int, frames: int = 0) -> dict:

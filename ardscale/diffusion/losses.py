@@ -12,15 +12,16 @@ from .schedule import GaussianDiffusion
 NUM_BUCKETS = 10   # the DiT loss is also logged per tenth of the timestep range
 
 
-def dit_loss(model, diffusion: GaussianDiffusion, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+def dit_loss(model, diffusion: GaussianDiffusion, x0: torch.Tensor, y, t: torch.Tensor,
              noise: torch.Tensor, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """MSE between the DiT's output on ``q_sample(x0, t, noise)`` and the target of
     ``diffusion.prediction`` (x0 as in the paper; eps / v for the ablation).
 
     Args:
         x0: ``(B, F, L, D)`` float clean latents in the DiT's scale (``scale_factor · z``).
-        y: ``(B,)`` long labels. t: ``(B, F)`` long per-frame timesteps. noise: like x0.
-        drop: ``(B,)`` bool, labels replaced by the null class (CFG training).
+        y: ``(B,)`` long labels, or a :class:`~ardscale.models.dit.TextCondition` (text DiT).
+        t: ``(B, F)`` long per-frame timesteps. noise: like x0.
+        drop: ``(B,)`` bool, labels (captions) replaced by the null class (caption): CFG training.
     All tensors on the model's device; the DiT casts its input to its own dtype.
     Returns:
         the loss (scalar, float32) and the detached per-frame MSE ``(B, F)``.

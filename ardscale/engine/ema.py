@@ -40,7 +40,9 @@ class EMA:
     def __init__(self, module: nn.Module, decay: float, zero3: bool):
         self.decay, self.zero3 = decay, zero3
         self.rank0 = is_rank0()
-        self.shadow: dict[str, torch.Tensor] = {}
+        # buffers (e.g. a text DiT's null caption) are kept as they are, so the EMA file loads alone
+        self.shadow: dict[str, torch.Tensor] = {
+            n: b.detach().cpu().clone() for n, b in module.named_buffers()}
         self._visit(module, lambda name, p: self.shadow.__setitem__(name, p.detach().float().cpu().clone()))
 
     def _visit(self, module: nn.Module, fn) -> None:
