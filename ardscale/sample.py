@@ -7,7 +7,8 @@ decodes with the AR-VAE that produced the training latents, writes ``samples.mp4
 ``--frames`` may exceed the training length: the DiT and the VAE decoder then slide a window of
 the training length over frames. ``--context K`` continues real videos: the first K frames are
 the latents of clips from ``--context-split`` (encoded by tools/encode_latents.py), and their
-labels are used.
+labels are used. A text DiT (``dit.condition=text``) samples one video per ``--prompt "…"``, the
+prompts encoded by the text encoder its latents were made with.
 """
 from __future__ import annotations
 
@@ -85,24 +86,46 @@ def video_fps(cfg) -> float:
     return report.get("params", {}).get("fps", 8.0)
 
 
+def conditions(cfg, manifest: dict, labels: list[int] | None, prompts: list[str] | None, n: int):
+    """What the samples are conditioned on: class labels ``(n,)`` (given, or cycling through the
+    trained classes), or for a text DiT the prompts encoded by the text encoder its latents name.
+
+    Raises:
+        ValueError: prompts for a class DiT, or a text DiT without prompts.
+    """
+    if cfg.dit.condition != "text":
+        if prompts:
+            raise ValueError("--prompt needs a text DiT (dit.condition=text); this one takes --labels")
+        return torch.tensor(labels) if labels else default_labels(cfg, n)
+    if not prompts:
+        raise ValueError("a text DiT samples from prompts: give --prompt \"…\" (once per video)")
+    from .models.text import TextEncoder
+
+    t = manifest["text"]
+    return TextEncoder(t["encoder"], t["path"], t["tokens"]).encode(prompts)
+
+
 def generate(run_dir: str, num_samples: int = 8, num_steps: int = 50, s: int = 2, cfg_scale: float = 2.0,
              num_frames: int | None = None, labels: list[int] | None = None, seed: int = 0,
              out_dir: str | None = None, log_mlflow: bool = True, context: int = 0,
              context_split: str = "test",
              window: int | None = None, kv_cache: bool = True, eta: float = 0.0,
-             clip_x0: float = 0.0) -> dict:
-    """Generate, decode and write a sample grid; returns paths, labels and timings.
+             clip_x0: float = 0.0, prompts: list[str] | None = None) -> dict:
+    """Generate, decode and write a sample grid; returns paths, labels (or prompts) and timings.
 
     Args:
         num_frames: frames to generate (default: the training clip length).
-        context: continue this many real frames of ``context_split`` clips (0 = from noise).
+        context: continue this many real frames of ``context_split`` clips (0 = from noise; class
+            DiT only).
         window: frames per DiT/decoder call (default: the training clip length).
+        prompts: a text DiT's prompts, one video each (then ``num_samples`` is their number).
     Raises:
         FileNotFoundError: run without checkpoint, or its latent manifest (hence VAE) is missing.
+        ValueError: see :func:`conditions`.
     """
     cfg, dit, tag, _ = load_trained(run_dir, task="dit")
     vae, manifest = latent_vae(cfg)
-    y = torch.tensor(labels) if labels else default_labels(cfg, num_samples)
+    y = conditions(cfg, manifest, labels, prompts, num_samples)
     ctx = None
     if context:
         ctx, y = context_latents(cfg, context_split, context, num_samples, seed)
@@ -119,7 +142,8 @@ def generate(run_dir: str, num_samples: int = 8, num_steps: int = 50, s: int = 2
         frames[:, :context, :2] = 255
     out = Path(out_dir or Path(run_dir) / "samples" / f"{tag}-s{s}-cfg{cfg_scale}")
     write_grid(frames, out, video_fps(cfg))
-    info = {"mp4": str(out / "samples.mp4"), "gif": str(out / "samples.gif"), "labels": y.tolist(),
+    info = {"mp4": str(out / "samples.mp4"), "gif": str(out / "samples.gif"),
+            **({"prompts": prompts} if prompts else {"labels": y.tolist()}),
             "checkpoint": tag, "s": s, "steps": num_steps, "cfg_scale": cfg_scale, "frames": frames.shape[1],
             "context": context, "window": window, "kv_cache": kv_cache,
             "generate_s": round(t1 - t0, 3), "decode_s": round(t2 - t1, 3), "pixel_std": float(frames.std())}
@@ -150,13 +174,15 @@ def main(argv=None):
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (1 = DDPM posterior noise)")
     p.add_argument("--clip-x0", type=float, default=0.0, help="clamp x0 estimates to ±this (0 = off)")
     p.add_argument("--labels", type=str, default=None, help="comma-separated class labels")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="a text DiT's prompt (repeat it: one video each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     labels = [int(x) for x in a.labels.split(",")] if a.labels else None
     info = generate(a.run_dir, a.num_samples, a.steps, a.s, a.cfg, a.frames, labels, a.seed, a.out,
                     context=a.context, context_split=a.context_split, window=a.window,
-                    kv_cache=not a.no_kv_cache, eta=a.eta, clip_x0=a.clip_x0)
+                    kv_cache=not a.no_kv_cache, eta=a.eta, clip_x0=a.clip_x0, prompts=a.prompt)
     print(json.dumps(info))
 
 

@@ -73,6 +73,18 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
         assert np.abs(archer["pooled"].astype(np.float32) - null["pooled"]).max() > 0.1
         again_z = load_npy(rows["v_Archery_g01_c01-000"]["npy"]).astype(np.float32)
         assert np.abs(again_z - load_npy(first[0]["npy"]).astype(np.float32)).max() < 2e-3   # same latents
+        # A text DiT on them, sampled from prompts.
+        text_run = str(tmp_path / "text_dit")
+        launch(load(str(CONFIGS / "text_video.yaml"), [
+            f"data.root={root}", f"data.vae_id={m['vae_id']}", f"train.run_dir={text_run}", "train.steps=2",
+            "scale.num_workers=0", "dit.hidden_size=32", "dit.depth=1", "dit.text_tokens=8",
+            "optim.micro_batch_size=2", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
+        told = generate(text_run, num_steps=2, s=1, prompts=["an archer draws the bow", "a dunk"],
+                        log_mlflow=False)
+        assert told["prompts"] == ["an archer draws the bow", "a dunk"] and "labels" not in told
+        assert decode_mp4(Path(told["mp4"]).read_bytes()).shape == (4, 32, 2 * 32, 3)
+        with pytest.raises(ValueError, match="--prompt"):
+            generate(text_run, num_steps=2, log_mlflow=False)
 
     # A local feature net trained on the real clips, for fvd_local during training and after.
     from ardscale.data.loader import load_video_clips
