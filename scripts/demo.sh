@@ -75,5 +75,25 @@ log "evaluating: fvd_local of the DiT's samples (8 per class, s=2) and of the AR
 python -m ardscale.evaluate "$OUT/dit" local="$OUT/ucf101_local.pt" per_class=8 out="$OUT/eval_dit" >/dev/null
 python -m ardscale.evaluate "$OUT/vae" local="$OUT/ucf101_local.pt" out="$OUT/eval_vae" >/dev/null
 
+CAPTIONS="$SRC/captions.jsonl"   # a captioned folder of your own, or the project's UCF-101 captions
+[ -f "$CAPTIONS" ] || { [ -n "$(find "$SRC" -name classInd.txt -print -quit)" ] && \
+  CAPTIONS="$PWD/data_prep/captions/ucf101-subset.jsonl"; }
+if [ -f "$CAPTIONS" ]; then
+  log "text conditioning: the clips with captions ($CAPTIONS), MiniLM text embeddings, a text DiT (Ray job)"
+  python data_prep/shard_videos.py --src "$SRC" --source captions --captions "$CAPTIONS" --out "$OUT/text_data" \
+    --split train --num-frames 8 --fps 8 --size 64 >/dev/null
+  python tools/encode_latents.py --vae-run "$OUT/vae" --root "$OUT/text_data" --split train --num-actors 2 \
+    --text-encoder minilm --manifest-out "$OUT/text_latents_manifest.json" >/dev/null
+  TEXT_ID=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["vae_id"])' "$OUT/text_latents_manifest.json")
+  ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/text_video.yaml" \
+    data.root="$OUT/text_data" data.vae_id="$TEXT_ID" train.run_dir="$OUT/text_dit" \
+    tracking.tracking_uri="sqlite:///$OUT/mlruns.db"
+  python -m ardscale.sample "$OUT/text_dit" --steps 50 --s 2 --cfg 2.0 --out "$OUT/samples_text" \
+    --prompt "an archer draws a bow and shoots an arrow" --prompt "a surfer rides a wave" \
+    --prompt "a person playing the piano" --prompt "horses racing on a track" | tail -n 1
+else
+  log "no captions for $SRC (captions.jsonl): text conditioning skipped"
+fi
+
 log "done"
 python scripts/summarize_demo.py "$OUT" "$(( $(date +%s) - T0 ))"

@@ -8,13 +8,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-STAGES = ("vae_frames", "vae_gan", "vae", "dit")
+STAGES = ("vae_frames", "vae_gan", "vae", "dit", "text_dit")   # text_dit when the source has captions
 
 
 def main(out: Path, seconds: int) -> None:
     print(f"\n== ardscale demo finished in {seconds // 60} min {seconds % 60} s ==")
-    fig, axes = plt.subplots(1, len(STAGES), figsize=(4 * len(STAGES), 3))
-    for ax, stage in zip(axes, STAGES):
+    stages = [s for s in STAGES if (out / s / "metrics.jsonl").is_file()]
+    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3))
+    for ax, stage in zip(axes, stages):
         rows = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
         k = max(1, len(rows) // 10)
         head = sum(r["loss"] for r in rows[:k]) / k
@@ -38,6 +39,10 @@ def main(out: Path, seconds: int) -> None:
         info = json.loads(long.read_text())
         print(f"    longer: {info['mp4']}  ({info['context']} real frames continued to {info['frames']}, "
               f"window {info['window']}, {info['generate_s']} s)")
+    text = out / "samples_text" / "samples.json"
+    if text.is_file():
+        info = json.loads(text.read_text())
+        print(f"      text: {info['mp4']}  (prompts {info['prompts']})")
     for name in ("eval_dit", "eval_vae"):
         report = out / name / "report.json"
         if report.is_file():
@@ -49,7 +54,8 @@ def main(out: Path, seconds: int) -> None:
         print(f"     local: ucf101_local test accuracy {r['test_accuracy']:.3f} "
               f"({r['test_clips']} held-out clips)")
     print(f"    curves: {out / 'loss_curves.png'}")
-    print(f"    MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlruns.db   (experiment ardscale-demo)")
+    print(f"    MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlruns.db"
+          "   (experiments ardscale-demo, ardscale-text)")
 
 
 if __name__ == "__main__":
