@@ -130,12 +130,16 @@ def _check_text(cfg: Config, manifest: dict, where: str) -> None:
     """Latents for a text DiT carry encoded captions that fit ``dit.text_dim`` / ``dit.text_tokens``.
 
     Raises:
-        ValueError: no encoded captions, or of another size (naming the keys).
+        ValueError: no encoded captions or null caption, or captions of another size (naming the keys).
     """
     t = manifest.get("text")
     if not t:
         raise ValueError(f"dit.condition=text, but the latents under {where} have no encoded captions: "
                          "encode them with tools/encode_latents.py --text-encoder minilm")
+    fs, null = fsspec.core.url_to_fs(join(where, "_null_caption.npz"))
+    if not fs.exists(null):
+        raise ValueError(f"{where}/_null_caption.npz (CFG's null caption) is missing: encode the latents "
+                         "again with tools/encode_latents.py --text-encoder")
     if (t["dim"], t["tokens"]) != (cfg.dit.text_dim, cfg.dit.text_tokens):
         raise ValueError(f"the captions under {where} are {t['tokens']} tokens × {t['dim']} "
                          f"({t['encoder']}): set dit.text_tokens={t['tokens']} dit.text_dim={t['dim']}")
@@ -213,8 +217,7 @@ def _dit_validate(cfg: Config, path: str) -> None:
 
 def _vae_data(cfg: Config) -> TaskData:
     shards = ShardSet.from_dir(join(cfg.data.root, "videos", cfg.data.split))
-    first = next(read_shard(shards.urls[0]))
-    k = cfg.data.clip_frames or json.loads(first["json"])["num_frames"]
+    k = cfg.data.clip_frames or json.loads(next(read_shard(shards.urls[0]))["json"])["num_frames"]
     return TaskData(shards, partial(video_sample, frames=cfg.data.clip_frames),
                     lambda raw, gen: {"clips": to_model_range(raw["clips"])}, k * cfg.vae.num_patches)
 

@@ -177,3 +177,18 @@ def test_text_dit_on_latents_without_captions_says_how_to_make_them(tmp_path):
         launch(load(config, [f"data.root={tmp_path / 'data'}", "data.vae_id=fake", "dit.condition=text",
                              f"train.run_dir={tmp_path / 'run'}", f"dit.text_dim={C}", f"dit.text_tokens={S}",
                              f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
+
+
+def test_text_latents_without_a_null_caption_are_refused(tmp_path):
+    from pathlib import Path
+
+    from ardscale.config import load
+    from ardscale.train import launch
+
+    text_latents(tmp_path / "data")
+    (tmp_path / "data" / "latents" / "fake" / "train" / "_null_caption.npz").unlink()
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    with pytest.raises(ValueError, match="_null_caption.npz"):
+        launch(load(config, [f"data.root={tmp_path / 'data'}", "data.vae_id=fake", "dit.condition=text",
+                             f"train.run_dir={tmp_path / 'run'}", f"dit.text_dim={C}", f"dit.text_tokens={S}",
+                             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))

@@ -8,6 +8,7 @@ the datasets ship; otherwise a fixed 90/10 division by file name holds out the t
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -181,9 +182,8 @@ def _caption_item(tree: Tree, row: dict, files: dict[str, PurePosixPath]) -> tup
             return url, (row.get("name") or "").strip(), None
         return (tree.url(local) if local else ""), (row.get("name") or "").strip(), None
     local = files.get(row.get("path") or row.get("video") or "")
-    start, end = row.get("start") or 0, row.get("end")
-    span = (float(start), float(end) if end not in (None, "") else float("inf")) if row.get("start") or end \
-        else None
+    start, end = row.get("start") or "", row.get("end") or ""
+    span = (float(start or 0), float(end or "inf")) if start or end else None
     return (tree.url(local) if local else ""), (row.get("caption") or "").strip(), span
 
 
@@ -207,7 +207,8 @@ def captioned_items(root: str, split: str = "all", captions: str = "") -> tuple[
       fetched), ``name`` (the caption), ``duration``: the video is ``{videoid}.mp4`` anywhere
       under ``root``, else ``contentUrl``.
 
-    A row whose video is missing, or whose caption is empty, is left out and counted, not fatal.
+    A row whose video is missing, or whose caption is empty, is left out and counted, not fatal; a
+    row repeating a video (same file name, same start) is left out with a warning.
     The split is the row's ``split``, else a fixed 90/10 division by key (:func:`in_test_split`);
     the label is -1 (no class).
     Returns:
@@ -220,7 +221,7 @@ def captioned_items(root: str, split: str = "all", captions: str = "") -> tuple[
     tree = Tree(root)
     videos = [p for p in tree.files if p.suffix.lower() in VIDEO_EXTS]
     files = {p.name: p for p in videos} | {str(p.relative_to(tree.base)): p for p in videos}
-    items, missing, empty, seen = [], [], 0, set()
+    items, missing, empty, duplicates, seen = [], [], 0, 0, set()
     for row in _caption_rows(tree, captions):
         path, caption, span = _caption_item(tree, row, files)
         if not path:
@@ -231,9 +232,14 @@ def captioned_items(root: str, split: str = "all", captions: str = "") -> tuple[
             continue
         stem = re.sub(r"[^A-Za-z0-9_-]", "_", PurePosixPath(path).with_suffix("").name)
         key = stem if span is None else f"{stem}-{round(span[0] * 1000)}ms"
-        held_out = row["split"] == "test" if row.get("split") else in_test_split(key)
-        if key in seen or (split != "all" and held_out != (split == "test")):
+        if key in seen:
+            duplicates += 1
             continue
         seen.add(key)
-        items.append(VideoItem(path, -1, "", key, caption, span))
+        held_out = row["split"] == "test" if row.get("split") else in_test_split(key)
+        if split == "all" or held_out == (split == "test"):
+            items.append(VideoItem(path, -1, "", key, caption, span))
+    if duplicates:   # a second caption of the same video (or segment start): the first one is kept
+        logging.getLogger("ardscale.data").warning("%s: %d rows repeat a video (same file name and start) "
+                                                   "and were left out", root, duplicates)
     return items, {"missing": missing, "empty_captions": empty}

@@ -30,7 +30,6 @@ of an epoch is lost or seen twice either way.
 """
 from __future__ import annotations
 
-import io
 import logging
 import sys
 import time
@@ -38,10 +37,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import torch
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .shards import list_shards, read_json, read_shard, sidecar_url
 
@@ -141,7 +138,6 @@ class Segment:
     ``start .. end-1`` of every rank."""
 
     epoch: int
-    index: int                      # how many segments of this epoch came before
     slots: list[np.ndarray]
     start: int
     end: int
@@ -185,7 +181,7 @@ class Plan:
             slots = split_slots(seq, self.layout.slots, self.window, (self.seed, epoch, len(closed)))
             end = self.layout.end([len(s) for s in slots], m)
             if end > m:
-                yield Segment(epoch, len(closed), slots, m, end)
+                yield Segment(epoch, slots, m, end)
             epoch, closed, m = epoch + 1, [], 0
 
     def state(self, epoch: int, m: int) -> dict:
@@ -204,9 +200,7 @@ def load_shard(url: str, tries: int, backoff_s: float, sleep: Callable = time.sl
     """
     for attempt in range(tries):
         try:
-            with fsspec.open(url, "rb") as f:
-                data = f.read()
-            return list(group_by_keys({**d, "__url__": url} for d in tar_file_iterator(io.BytesIO(data))))
+            return list(read_shard(url))
         except Exception as e:  # s3fs, botocore and tarfile raise unrelated types
             if attempt + 1 == tries:
                 raise

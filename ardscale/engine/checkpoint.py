@@ -224,15 +224,16 @@ def push(run_dir: str, url: str, step: int, keep_last: int, subs=("ckpt_disc", "
     barrier()
 
 
-def pull(run_dir: str, url: str, subs=("ckpt", "ckpt_disc"), every_shard: bool = False) -> str | None:
+def pull(run_dir: str, url: str, subs=("ckpt", "ckpt_disc"), world: int | None = None) -> str | None:
     """Complete this node's copy of the mirror's newest complete tag; returns it (None: no remote tag).
 
     The mirror decides which tag every rank resumes from: without a shared disk, a node's copy of
     a tag holds only the files its ranks wrote, and a node may be new. First one process per node
     (``LOCAL_RANK`` 0) downloads the tag's unranked files (model states, marker) and writes
     ``latest``; then every rank downloads its own ZeRO shard if it is not there (and whatever
-    unranked file is still missing: ranks on hosts that share an address). ``every_shard``: rank 0
-    also downloads every rank's shards (a universal conversion reads them all). A file is
+    unranked file is still missing: ranks on hosts that share an address). When another ``world``
+    size wrote the tag, rank 0 also downloads every rank's shards (the universal conversion reads
+    them all). A file is
     downloaded when missing or of another size than the remote one (a write cut short), to a
     temporary name renamed into place. All ranks call this.
     """
@@ -253,8 +254,9 @@ def pull(run_dir: str, url: str, subs=("ckpt", "ckpt_disc"), every_shard: bool =
             Path(ema_path(run_dir, t)).parent.mkdir(parents=True, exist_ok=True)
             _fetch(fs, f"{root}/ema/{t}.pt", Path(ema_path(run_dir, t)))
     barrier()
-    mine = {sub: {n: size for n, size in files.items() if f"zero_pp_rank_{rank}_" in n or n in unranked[sub]
-                  or (every_shard and rank == 0)} for sub, files in remote.items()}
+    every_shard = rank == 0 and world is not None and saved_world_size(run_dir, t) not in (None, world)
+    mine = {sub: {n: size for n, size in files.items() if every_shard or f"zero_pp_rank_{rank}_" in n
+                  or n in unranked[sub]} for sub, files in remote.items()}
     _fetch_missing(fs, root, run_dir, t, mine)
     barrier()
     return t
@@ -320,9 +322,7 @@ class CheckpointManager:
         size wrote the newest tag, convert it (and the discriminator's) to a universal checkpoint.
         Returns ``(tag or None, universal)``. All ranks call this."""
         if mirror_url:   # a fresh node, a wiped disk, no shared disk: the mirror decides
-            t = pull(run_dir, mirror_url)
-            if t is not None and saved_world_size(run_dir, t) not in (None, world):
-                pull(run_dir, mirror_url, every_shard=True)   # the conversion reads every shard
+            pull(run_dir, mirror_url, world=world)
         t = latest_tag(run_dir)
         saved = saved_world_size(run_dir, t)
         universal = saved is not None and saved != world

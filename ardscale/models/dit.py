@@ -173,22 +173,26 @@ class TextEmbedder(nn.Module):
         return TextCondition(self.null_tokens.expand(batch, -1, -1), self.null_mask.expand(batch, -1),
                              self.null_pooled.expand(batch, -1))
 
-    def forward(self, text: TextCondition, drop: torch.Tensor | None = None):
+    def forward(self, text: TextCondition, drop: torch.Tensor | None = None, tokens: bool = True):
+        """``tokens=False``: the pooled vector only (the caption's keys/values are cached)."""
         B = len(text)
         if text.tokens.shape[1:] != self.null_tokens.shape:
             raise ValueError(f"text tokens have shape (S, C)={tuple(text.tokens.shape[1:])}; the DiT "
                              f"expects {tuple(self.null_tokens.shape)} (dit.text_tokens, dit.text_dim)")
         if drop is None and self.training and self.dropout > 0:
             drop = torch.rand(B, device=text.tokens.device) < self.dropout
-        tokens, mask, pooled = text.tokens, text.mask.bool(), text.pooled
+        toks, mask, pooled = text.tokens, text.mask.bool(), text.pooled
         if drop is not None:
-            d = drop.to(tokens.device)
+            d = drop.to(toks.device)
             null = self.null(B)
-            tokens = torch.where(d[:, None, None], null.tokens.to(tokens.dtype), tokens)
+            toks = torch.where(d[:, None, None], null.tokens.to(toks.dtype), toks)
             mask = torch.where(d[:, None], null.mask, mask)
             pooled = torch.where(d[:, None], null.pooled.to(pooled.dtype), pooled)
         dtype = self.pooled[0].weight.dtype
-        return self.tokens(tokens.to(dtype)), mask[:, None, None, :], self.pooled(pooled.to(dtype))
+        pooled = self.pooled(pooled.to(dtype))
+        if not tokens:
+            return None, None, pooled
+        return self.tokens(toks.to(dtype)), mask[:, None, None, :], pooled
 
 
 class DiTBlock(nn.Module):
@@ -322,8 +326,9 @@ class DiT(nn.Module):
             return self.y_embedder(y, drop), None
         if not isinstance(y, TextCondition):
             raise TypeError("a text DiT (dit.condition=text) takes a TextCondition, not class labels")
-        tokens, mask, pooled = self.y_embedder(y, drop)
-        if cache is not None and cache.text is not None:
+        cached = cache is not None and cache.text is not None
+        tokens, mask, pooled = self.y_embedder(y, drop, tokens=not cached)
+        if cached:
             return pooled, cache.text
         text = [(*blk.cross.context_kv(tokens), mask) for blk in self.blocks]
         if cache is not None:
