@@ -110,7 +110,8 @@ class EvalConfig:
     """Generation quality (``python -m ardscale.evaluate RUN_DIR key=value …`` and, every
     ``train.eval_every`` steps, a DiT run's periodic evaluation); see :mod:`ardscale.evaluate`."""
 
-    per_class: int = 4               # generated videos per held-out class
+    per_class: int = 4               # class DiT: generated videos per held-out class
+    prompts: int = 0                 # text DiT: held-out captions prompted, one video each (0 = all)
     s: int = 2                       # AD timestep difference (0 = synchronous, ≥ steps = auto-regressive)
     steps: int = 50                  # DDIM steps
     cfg_scale: float = 2.0           # classifier-free guidance (1 = off)
@@ -122,7 +123,7 @@ class EvalConfig:
     inception: str = ""              # inception-2015-12-05.pt for the standard FID (optional)
     batch_size: int = 16
     seed: int = 0
-    out: str = ""                    # default RUN_DIR/eval/<tag>-s<s>-n<per_class>-f<frames>
+    out: str = ""                    # default RUN_DIR/eval/<tag>-s<s>-n<videos>-f<frames>
     mlflow: bool = True              # log to the run's MLflow run
 
 

@@ -1,12 +1,18 @@
 """Measure what a trained run generates: ``python -m ardscale.evaluate RUN_DIR [key=value …]``.
 
-A DiT run: sample ``per_class`` videos for every class of the held-out split that the run
-trained on (AD scheduler ``s``,
-``steps`` DDIM steps, CFG ``cfg_scale``), decode them with the AR-VAE of the training latents and
-compare them with the split's real clips:
+A class DiT: sample ``per_class`` videos for every class of the held-out split that the run
+trained on (AD scheduler ``s``, ``steps`` DDIM steps, CFG ``cfg_scale``). A text DiT: sample one
+video per held-out caption (``prompts`` of them, spread over the split; 0 = every held-out clip's
+caption), encoded by the text encoder its latents name. The videos are decoded with the AR-VAE of
+the training latents and compared with the split's real clips:
 
 - ``fvd_local`` / ``fid_local``: Fréchet distances of the ``ucf101_local`` network's video / frame
   features (:mod:`ardscale.metrics.local`; the key ``local`` names its checkpoint);
+- ``class_accuracy``: how often that network classifies a generated video as the class it was
+  asked for (a class DiT's label; for a text DiT, the class of the held-out clip whose caption was
+  the prompt, when the captions file gave one): prompt–video agreement.
+  ``real_class_accuracy`` is the same network on the real held-out clips (its ceiling), and
+  ``chance`` one over the number of classes asked for;
 - ``fvd_i3d`` / ``fid_inception``: the standard networks, when ``i3d`` / ``inception`` name their
   TorchScript files (:mod:`ardscale.metrics.networks`);
 - ``gen_s_per_video``: sampling + decoding wall time per video.
@@ -26,7 +32,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +48,7 @@ from .engine.tracking import Tracker
 from .metrics import frechet_distance, psnr, ssim
 from .metrics.local import LocalFeatures
 from .metrics.networks import I3DFeatures, InceptionFeatures
-from .sample import decode_frames, latent_vae, trained_classes, video_fps, write_grid
+from .sample import decode_frames, encode_prompts, latent_vae, trained_classes, video_fps, write_grid
 from .tasks import get_task, load_trained
 
 
@@ -56,32 +62,59 @@ def parse(overrides: list[str], base: EvalConfig | None = None) -> EvalConfig:
                                                OmegaConf.from_dotlist(overrides)))
 
 
+@dataclass
+class HeldOut:
+    """The real clips of a held-out split: ``clips`` ``(N, F, H, W, 3)`` uint8, ``labels`` ``(N,)``
+    long (-1: no class) and ``captions`` (N strings, "" where the shards carry none)."""
+
+    clips: torch.Tensor
+    labels: torch.Tensor
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, rows: torch.Tensor) -> HeldOut:
+        """The clips at ``rows`` (a bool mask or an index tensor)."""
+        idx = rows.nonzero().flatten() if rows.dtype == torch.bool else rows
+        return HeldOut(self.clips[idx], self.labels[idx], [self.captions[i] for i in idx.tolist()])
+
+
 class Reference:
     """The real clips ``(N, F, H, W, 3)`` uint8 and their features, computed once, to compare
-    generated (or reconstructed) clips against with :meth:`compare`.
+    generated (or reconstructed) clips against with :meth:`compare`. With their ``labels``
+    ``(N,)`` it also gives the local network's accuracy on them (``real_class_accuracy``).
 
     Raises:
         FileNotFoundError / ValueError: a feature network file missing or unreadable (named).
     """
 
-    def __init__(self, real: torch.Tensor, e: EvalConfig):
+    def __init__(self, real: torch.Tensor, e: EvalConfig, labels: torch.Tensor | None = None):
         self.frames = real.shape[1]
         self.local = LocalFeatures(e.local)
         self.real_v, self.real_f = self.local(real)
+        self.real_accuracy = None if labels is None else self.local.accuracy(self.real_v, labels)
         self.i3d = I3DFeatures(e.i3d, key="i3d") if e.i3d else None
         self.real_i3d = self.i3d(real) if self.i3d else None
         self.inception = InceptionFeatures(e.inception, key="inception") if e.inception else None
         self.real_inception = self.inception(real.flatten(0, 1)) if self.inception else None
 
-    def compare(self, fake: torch.Tensor) -> dict:
+    def compare(self, fake: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
         """Fréchet distances of uint8 ``fake (M, F', H, W, 3)``. ``F' = k·F`` (long videos): fake
-        segments of F frames are compared one by one (``fvd_local_segments``) and pooled."""
+        segments of F frames are compared one by one (``fvd_local_segments``) and pooled.
+        ``labels`` ``(M,)``: the class each fake was asked for (→ ``class_accuracy`` of its first
+        segment, when the local network knows those classes)."""
         F = self.frames
         seg_feats = [self.local(fake[:, i * F:(i + 1) * F]) for i in range(fake.shape[1] // F)]
         out = {"fvd_local": frechet_distance(self.real_v, torch.cat([v for v, _ in seg_feats])),
                "fid_local": frechet_distance(self.real_f, torch.cat([f for _, f in seg_feats]))}
         if len(seg_feats) > 1:
             out["fvd_local_segments"] = [frechet_distance(self.real_v, v) for v, _ in seg_feats]
+        found = None if labels is None else self.local.accuracy(seg_feats[0][0], labels)
+        if found is not None:
+            out.update(class_accuracy=found, chance=1 / len(torch.unique(labels[labels >= 0])))
+            if self.real_accuracy is not None:
+                out["real_class_accuracy"] = self.real_accuracy
         if self.i3d is not None:
             out["fvd_i3d"] = frechet_distance(self.real_i3d, self.i3d(fake[:, :F]))
         if self.inception is not None:
@@ -90,14 +123,17 @@ class Reference:
 
 
 @torch.no_grad()
-def generate_videos(run_cfg, dit, labels: torch.Tensor, e: EvalConfig) -> tuple[torch.Tensor, float]:
-    """Sample and decode one video per label; returns uint8 ``(N, F, H, W, 3)`` and seconds per video."""
+def generate_videos(run_cfg, dit, labels, e: EvalConfig) -> tuple[torch.Tensor, float]:
+    """Sample and decode one video per condition (class labels ``(N,)``, or a text DiT's
+    :class:`~ardscale.models.dit.TextCondition` of N prompts); returns uint8 ``(N, F, H, W, 3)``
+    and seconds per video."""
     vae, manifest = latent_vae(run_cfg)
     frames = e.frames or manifest["num_frames"]
     window = manifest["num_frames"]
     diffusion, gen = make_diffusion(run_cfg.diffusion), torch.Generator().manual_seed(e.seed)
     videos, start = [], time.perf_counter()
-    for y in tqdm(labels.split(e.batch_size), desc="sampling videos", file=sys.stderr):
+    for i in tqdm(range(0, len(labels), e.batch_size), desc="sampling videos", file=sys.stderr):
+        y = labels[i:i + e.batch_size]
         z = sample(dit, diffusion, y, frames, e.steps, e.s, e.cfg_scale, generator=gen, window=window)
         videos.append(torch.from_numpy(decode_frames(vae, z, run_cfg.diffusion.scale_factor, window)))
     return torch.cat(videos), (time.perf_counter() - start) / len(labels)
@@ -125,33 +161,56 @@ def _log(run_cfg, run_dir: str, metrics: dict, step: int, out: Path) -> str | No
     return tracker.run_id
 
 
-def held_out(run_cfg, e: EvalConfig, root: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """The real clips of ``e.split`` under ``root`` (default: the run's data root) ``(N, F, H, W, 3)``
-    uint8 and labels, restricted to the classes the run trained on (a DiT cannot be asked for a class
-    it never saw; a held-out split may hold classes the train split lacks) and to ``e.max_real``
-    clips when set."""
-    real, labels = load_video_clips(root or run_cfg.data.root, e.split)
+def held_out(run_cfg, e: EvalConfig, root: str = "") -> HeldOut:
+    """The real clips of ``e.split`` under ``root`` (default: the run's data root), restricted to
+    the classes the run trained on (a DiT cannot be asked for a class it never saw; a held-out
+    split may hold classes the train split lacks) and to ``e.max_real`` clips when set."""
+    meta: list[dict] = []
+    real, labels = load_video_clips(root or run_cfg.data.root, e.split, meta)
+    held = HeldOut(real, labels, [m.get("caption", "") for m in meta])
     trained = trained_classes(run_cfg)
     if trained:
-        keep = torch.isin(labels, torch.tensor(trained))
-        real, labels = real[keep], labels[keep]
+        held = held[torch.isin(labels, torch.tensor(trained))]
     if e.max_real:
-        real, labels = real[:e.max_real], labels[:e.max_real]
-    return real, labels
+        held = held[torch.arange(min(e.max_real, len(held)))]
+    return held
 
 
-def evaluate_dit_run(run_cfg, dit, real: torch.Tensor, labels: torch.Tensor, e: EvalConfig) -> tuple:
-    """``per_class`` samples of every class in ``labels`` against the real clips: (uint8 videos,
-    metrics, report fields)."""
-    classes = torch.unique(labels)
-    y = classes.repeat_interleave(e.per_class)
+def dit_conditions(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
+    """What a DiT is evaluated on: ``(conditions, labels (M,) long, prompts)``. A class DiT:
+    ``per_class`` of every held-out class, the labels themselves, no prompts. A text DiT:
+    ``prompts`` captions of held-out clips, spread over the split (0 = every captioned clip),
+    encoded as a TextCondition, their clips' labels, and the captions.
+
+    Raises:
+        ValueError: a text DiT and no held-out clip with a caption (naming the split).
+    """
+    if run_cfg.dit.condition != "text":
+        y = torch.unique(held.labels).repeat_interleave(e.per_class)
+        return y, y, []
+    captioned = torch.tensor([i for i, c in enumerate(held.captions) if c], dtype=torch.long)
+    if not len(captioned):
+        raise ValueError(f"none of the {len(held)} held-out clips ({e.split}) has a caption: shard that "
+                         "split with data_prep/shard_videos.py --source captions")
+    n = min(e.prompts or len(captioned), len(captioned))
+    pick = captioned[torch.linspace(0, len(captioned) - 1, n).round().long()]
+    prompts = [held.captions[i] for i in pick.tolist()]
+    return encode_prompts(run_cfg, prompts), held.labels[pick], prompts
+
+
+def evaluate_dit_run(run_cfg, dit, held: HeldOut, e: EvalConfig) -> tuple:
+    """Generated videos against the real held-out clips (see the module docstring): (uint8
+    videos, metrics, report fields)."""
+    y, labels, prompts = dit_conditions(run_cfg, held, e)
     fake, per_video = generate_videos(run_cfg, dit, y, e)
-    metrics = {**Reference(real, e).compare(fake), "gen_s_per_video": per_video}
-    return fake, metrics, {"classes": classes.tolist(), "generated": len(y), "frames": fake.shape[1]}
+    metrics = {**Reference(held.clips, e, held.labels).compare(fake, labels), "gen_s_per_video": per_video}
+    info = {"classes": torch.unique(labels).tolist(), "generated": len(labels), "frames": fake.shape[1]}
+    return fake, metrics, info | ({"prompts": prompts} if prompts else {})
 
 
-def evaluate_vae_run(run_cfg, vae, real: torch.Tensor, labels: torch.Tensor, e: EvalConfig) -> tuple:
+def evaluate_vae_run(run_cfg, vae, held: HeldOut, e: EvalConfig) -> tuple:
     """Reconstructions of the real clips: (uint8 videos, ``rfvd_local`` … PSNR, SSIM, {})."""
+    real = held.clips
     fake = reconstruct(vae, real, e.batch_size)
     metrics = {("r" + k if "fvd" in k else k): v for k, v in Reference(real, e).compare(fake).items()}
     fake01, real01 = to_unit(fake).flatten(0, 1), to_unit(real).flatten(0, 1)   # (N·F, 3, H, W)
@@ -168,12 +227,12 @@ def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
     """
     run_cfg, model, tag, _ = load_trained(run_dir)
     e = parse(overrides or [], run_cfg.eval)
-    real, labels = held_out(run_cfg, e)
+    held = held_out(run_cfg, e)
     report = {"run_dir": run_dir, "checkpoint": tag, "task": run_cfg.task, "eval": asdict(e),
-              "real_clips": len(real)}
-    fake, metrics, extra = get_task(run_cfg.task).evaluate(run_cfg, model, real, labels, e)
+              "real_clips": len(held)}
+    fake, metrics, extra = get_task(run_cfg.task).evaluate(run_cfg, model, held, e)
     report.update(extra, metrics=metrics)
-    out = Path(e.out or Path(run_dir) / "eval" / f"{tag}-s{e.s}-n{e.per_class}-f{fake.shape[1]}")
+    out = Path(e.out or Path(run_dir) / "eval" / f"{tag}-s{e.s}-n{len(fake)}-f{fake.shape[1]}")
     write_grid(fake[:16].numpy(), out, video_fps(run_cfg))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if e.mlflow:

@@ -4,8 +4,9 @@
 - AR-VAE runs: PSNR/SSIM on held-out clips and a real | reconstruction video
   (``train.eval_every``, and at the end).
 - DiT runs: a grid of sampled videos, decoded by the VAE that made the latents
-  (``train.sample_every``, and at the end when it is set), and ``fvd_local`` / ``fid_local`` of
-  ``eval.per_class`` videos per held-out class (``train.eval_every``, and at the end), both from
+  (``train.sample_every``, and at the end when it is set), and ``fvd_local`` / ``fid_local`` /
+  ``class_accuracy`` of ``eval.per_class`` videos per held-out class, or for a text DiT of one
+  video per held-out caption (``eval.prompts``) (``train.eval_every``, and at the end), both from
   the EMA weights when kept.
 """
 from __future__ import annotations
@@ -28,7 +29,15 @@ from .engine.tracking import Tracker
 from .metrics import psnr, ssim
 from .models.arvae import ARVAE
 from .models.dit import DiT
-from .sample import decode_frames, default_labels, latent_vae, video_fps, write_grid
+from .sample import (
+    decode_frames,
+    default_labels,
+    default_prompts,
+    encode_prompts,
+    latent_vae,
+    video_fps,
+    write_grid,
+)
 
 log = logging.getLogger("ardscale.monitor")
 
@@ -121,15 +130,18 @@ def sampling_model(cfg: Config, module, ema, zero3: bool):
 
 
 class SampleGrid(Hook):
-    """A grid of 4 class-conditional samples (25 DDIM steps, AD s=2, CFG 2) from the DiT, from the
-    EMA weights when kept (``train.sample_every``, and at the end)."""
+    """A grid of 4 samples (25 DDIM steps, AD s=2, CFG 2) from the DiT, from the EMA weights when
+    kept (``train.sample_every``, and at the end): 4 classes of the training split, or for a text
+    DiT 4 captions of the held-out split (:func:`~ardscale.sample.default_prompts`)."""
 
     def __init__(self, cfg: Config, tracker: Tracker, ema, zero3: bool):
         self.cfg, self.tracker, self.ema, self.zero3 = cfg, tracker, ema, zero3
         self.every = cfg.train.sample_every
         self.vae, manifest = latent_vae(cfg)
         self.frames, self.fps = manifest["num_frames"], video_fps(cfg)
-        self.labels, self.diffusion = default_labels(cfg, 4), make_diffusion(cfg.diffusion)
+        self.labels = encode_prompts(cfg, default_prompts(cfg, 4), manifest) if cfg.dit.condition == "text" \
+            else default_labels(cfg, 4)
+        self.diffusion = make_diffusion(cfg.diffusion)
 
     def __call__(self, module, step: int) -> dict:
         """``module``: the engine's DiT."""
@@ -140,8 +152,7 @@ class SampleGrid(Hook):
         was_training = model.training
         model.eval()
         z = sample(model, self.diffusion, self.labels.to(device), self.frames, num_steps=25, s=2,
-                   cfg_scale=2.0,
-                   generator=torch.Generator().manual_seed(0))
+                   cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
         model.train(was_training)
         out = Path(self.cfg.train.run_dir) / "samples" / checkpoint.tag(step)
         write_grid(decode_frames(self.vae, z.float().cpu(), self.cfg.diffusion.scale_factor), out, self.fps)
@@ -151,30 +162,32 @@ class SampleGrid(Hook):
 
 
 class DiTEvaluator(Hook):
-    """``eval/fvd_local`` and ``eval/fid_local`` of ``eval.per_class`` sampled videos per held-out
-    class (``eval.split``) against the real clips, with the ``eval`` settings (s, steps, CFG)
-    (``train.eval_every``, and at the end)."""
+    """``eval/fvd_local``, ``eval/fid_local`` and ``eval/class_accuracy`` of sampled videos
+    (``eval.per_class`` per held-out class, or one per held-out caption for a text DiT:
+    :func:`~ardscale.evaluate.dit_conditions`) against the real clips of ``eval.split``, with the
+    ``eval`` settings (s, steps, CFG) (``train.eval_every``, and at the end)."""
 
     def __init__(self, cfg: Config, tracker: Tracker, ema, zero3: bool):
-        from .evaluate import Reference, generate_videos, held_out
+        from .evaluate import Reference, dit_conditions, generate_videos, held_out
 
         self.cfg, self.tracker, self.ema, self.zero3 = cfg, tracker, ema, zero3
         self.every = cfg.train.eval_every
         self.generate = generate_videos
-        real, labels = held_out(cfg, cfg.eval)
-        self.reference = Reference(real, cfg.eval)    # real features once, not at every evaluation
-        self.labels = torch.unique(labels).repeat_interleave(cfg.eval.per_class)
+        held = held_out(cfg, cfg.eval)
+        self.reference = Reference(held.clips, cfg.eval, held.labels)   # real features once
+        self.conditions, self.labels, _ = dit_conditions(cfg, held, cfg.eval)   # prompts encoded once
 
     def __call__(self, module, step: int) -> dict:
         model = sampling_model(self.cfg, module, self.ema, self.zero3)
         if model is None:
             return {}
         was_training = model.training
-        fake, per_video = self.generate(self.cfg, model.eval(), self.labels, self.cfg.eval)
+        fake, per_video = self.generate(self.cfg, model.eval(), self.conditions, self.cfg.eval)
         model.train(was_training)
-        found = {**self.reference.compare(fake), "gen_s_per_video": per_video}
+        found = {**self.reference.compare(fake, self.labels), "gen_s_per_video": per_video}
         metrics = {f"eval/{k}": v for k, v in found.items() if isinstance(v, float)}
         self.tracker.log_metrics(metrics, step)
-        log.info("step %6d fvd_local %.3f fid_local %.3f", step, metrics["eval/fvd_local"],
-                 metrics["eval/fid_local"])
+        agree = f"{found['class_accuracy']:.3f}" if "class_accuracy" in found else "-"
+        log.info("step %6d fvd_local %.3f fid_local %.3f class_accuracy %s", step, metrics["eval/fvd_local"],
+                 metrics["eval/fid_local"], agree)
         return metrics

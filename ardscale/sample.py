@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .data.loader import latent_dir, load_latents
-from .data.shards import join, read_json
+from .data.shards import join, list_shards, read_json, read_shard
 from .data.transforms import to_uint8
 from .data.video import encode_mp4, video_grid, write_gif
 from .diffusion.sampler import sample
@@ -31,15 +31,33 @@ from .tasks import load_trained
 
 
 def trained_classes(cfg) -> list[int]:
-    """The classes of the training split (its shard report); empty when the report is missing."""
+    """The classes of the training split (its shard report); empty when the report is missing or
+    names no class (captioned videos without a ``label`` are class -1)."""
     report = read_json(join(cfg.data.root, "videos", cfg.data.split, "_report.json"), {})
-    return sorted(int(k) for k in report.get("classes", {}))
+    return sorted(int(k) for k in report.get("classes", {}) if int(k) >= 0)
 
 
 def default_labels(cfg, n: int) -> torch.Tensor:
     """Cycle through the classes present in the training split's shard report."""
     classes = trained_classes(cfg) or [0]
     return torch.tensor([classes[i % len(classes)] for i in range(n)])
+
+
+def default_prompts(cfg, n: int) -> list[str]:
+    """``n`` distinct captions spread over the video shards of the held-out split (``eval.split``),
+    else of the training split.
+
+    Raises:
+        ValueError: neither split's shards carry captions (shard them with ``--source captions``).
+    """
+    for split in (cfg.eval.split, cfg.data.split):
+        found = [json.loads(s["json"]).get("caption", "")
+                 for url in list_shards(join(cfg.data.root, "videos", split)) for s in read_shard(url)]
+        found = list(dict.fromkeys(c for c in found if c))      # distinct, in shard order
+        if found:
+            return [found[i] for i in torch.linspace(0, len(found) - 1, n).round().long().tolist()]
+    raise ValueError(f"no captions in the video shards of {cfg.eval.split!r} or {cfg.data.split!r} under "
+                     f"{cfg.data.root}: shard the videos with data_prep/shard_videos.py --source captions")
 
 
 def context_latents(cfg, split: str, num_frames: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,16 +85,26 @@ def write_grid(frames: np.ndarray, out: Path, fps: float) -> None:
     np.save(out / "samples.npy", frames)
 
 
+def latent_manifest(cfg) -> dict:
+    """The manifest of a DiT run's training latents (VAE, frames, text encoder).
+
+    Raises:
+        FileNotFoundError: it is missing.
+    """
+    manifest = read_json(join(latent_dir(cfg.data.root, cfg.data.vae_id, cfg.data.split), "_manifest.json"))
+    if manifest is None:
+        raise FileNotFoundError(f"latent manifest of vae_id={cfg.data.vae_id} not found under "
+                                f"{cfg.data.root}")
+    return manifest
+
+
 def latent_vae(cfg):
     """The AR-VAE that made a DiT run's latents (named by their manifest), and the manifest.
 
     Raises:
         FileNotFoundError: the latent manifest is missing.
     """
-    manifest = read_json(join(latent_dir(cfg.data.root, cfg.data.vae_id, cfg.data.split), "_manifest.json"))
-    if manifest is None:
-        raise FileNotFoundError(f"latent manifest of vae_id={cfg.data.vae_id} not found under "
-                                f"{cfg.data.root}")
+    manifest = latent_manifest(cfg)
     return load_trained(manifest["vae_run"], manifest["vae_tag"])[1], manifest
 
 
@@ -99,9 +127,15 @@ def conditions(cfg, manifest: dict, labels: list[int] | None, prompts: list[str]
         return torch.tensor(labels) if labels else default_labels(cfg, n)
     if not prompts:
         raise ValueError("a text DiT samples from prompts: give --prompt \"…\" (once per video)")
+    return encode_prompts(cfg, prompts, manifest)
+
+
+def encode_prompts(cfg, prompts: list[str], manifest: dict | None = None):
+    """A text DiT's ``prompts`` encoded by the text encoder its latents name (``manifest``, read
+    when not given) → :class:`~ardscale.models.dit.TextCondition` of ``len(prompts)``."""
     from .models.text import TextEncoder
 
-    t = manifest["text"]
+    t = (manifest or latent_manifest(cfg))["text"]
     return TextEncoder(t["encoder"], t["path"], t["tokens"]).encode(prompts)
 
 

@@ -90,7 +90,7 @@ class TaskSpec:
     load_data: Callable[[Config], TaskData]
     build_loss: Callable[[Config], LossFn]
     monitors: Callable                          # (cfg, tracker, ema, zero3) -> list of monitor.Hook
-    # (cfg, model, real, labels, eval cfg) -> (videos, metrics, info)
+    # (cfg, model, evaluate.HeldOut, eval cfg) -> (videos, metrics, info)
     evaluate: Callable
     build_discriminator: Callable[[Config], nn.Module | None] = lambda cfg: None
     validate: Callable[[Config, str], None] = lambda cfg, path: None
@@ -200,9 +200,6 @@ def _dit_evaluate(*args) -> tuple:
 
 
 def _dit_validate(cfg: Config, path: str) -> None:
-    if cfg.dit.condition == "text" and (cfg.train.eval_every or cfg.train.sample_every):
-        raise ValueError(f"{path}: a text DiT cannot yet sample or evaluate while it trains (they take class "
-                         "labels): set train.eval_every=0 train.sample_every=0")
     if not cfg.data.vae_id:
         raise ValueError(f"{path}: data.vae_id is empty; set it to the vae_id that "
                          "tools/encode_latents.py printed")

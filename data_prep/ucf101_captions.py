@@ -4,7 +4,10 @@ UCF-101 has no captions. These are written from the class of each video, with se
 class describing what the class's clips show (the action, the usual setting), picked by a hash of
 the video's name so that neighbouring videos read differently. They say nothing a clip of that class
 might not show (no clothing, gender, colour or count that was not checked clip by clip). Rows carry
-the official split (split 1) so held-out captions stay held out.
+the official split (split 1) so held-out captions stay held out, and the class (``label``, the
+``classInd`` index minus one, and ``class_name``) so that evaluation can check that a video generated
+from a caption shows its class (``class_accuracy`` in :mod:`ardscale.evaluate`); the model never
+sees them.
 
     python data_prep/ucf101_captions.py --src ../shared/data/ucf101-subset \
         --out data_prep/captions/ucf101-subset.jsonl
@@ -68,13 +71,13 @@ def caption(class_name: str, key: str) -> str:
 
 
 def rows(src: str) -> list[dict]:
-    """A row per video of both official splits: path relative to ``src``, caption, split."""
+    """A row per video of both official splits: path relative to ``src``, caption, split, class."""
     out = []
     for split in ("train", "test"):
         for it in ucf101_items(src, split):
             rel = Path(it.path).resolve().relative_to(Path(src).resolve())
             out.append({"path": str(rel), "caption": caption(it.class_name, it.key), "split": split,
-                        "class_name": it.class_name})
+                        "label": it.label, "class_name": it.class_name})
     return sorted(out, key=lambda r: r["path"])
 
 

@@ -43,11 +43,11 @@ def main(out: Path, seconds: int) -> None:
     if text.is_file():
         info = json.loads(text.read_text())
         print(f"      text: {info['mp4']}  (prompts {info['prompts']})")
-    for name in ("eval_dit", "eval_vae"):
+    for name in ("eval_dit", "eval_vae", "eval_text_dit"):
         report = out / name / "report.json"
         if report.is_file():
             m = json.loads(report.read_text())["metrics"]
-            print(f"{name:>10}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
+            print(f"{name:>13}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
     local = out / "ucf101_local.json"
     if local.is_file():
         r = json.loads(local.read_text())

@@ -171,14 +171,20 @@ def test_evaluation_compares_only_the_classes_the_run_trained_on(monkeypatch):
 
     labels = torch.tensor([1, 7, 1, 3, 7])
     clips = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1, 1).expand(5, 2, 4, 4, 3)
-    monkeypatch.setattr(ev, "load_video_clips", lambda root, split: (clips, labels))
+
+    def load(root, split, meta):
+        meta.extend({"label": int(y), "caption": f"caption {i}"} for i, y in enumerate(labels))
+        return clips, labels
+
+    monkeypatch.setattr(ev, "load_video_clips", load)
     monkeypatch.setattr(ev, "trained_classes", lambda cfg: [1, 7])
     cfg = SimpleNamespace(data=SimpleNamespace(root="r"))
-    real, y = ev.held_out(cfg, EvalConfig())
-    assert y.tolist() == [1, 7, 1, 7] and real[:, 0, 0, 0, 0].tolist() == [0, 1, 2, 4]
-    assert ev.held_out(cfg, EvalConfig(max_real=2))[1].tolist() == [1, 7]
+    held = ev.held_out(cfg, EvalConfig())
+    assert held.labels.tolist() == [1, 7, 1, 7] and held.clips[:, 0, 0, 0, 0].tolist() == [0, 1, 2, 4]
+    assert held.captions == ["caption 0", "caption 1", "caption 2", "caption 4"]   # they follow their clips
+    assert ev.held_out(cfg, EvalConfig(max_real=2)).labels.tolist() == [1, 7]
     monkeypatch.setattr(ev, "trained_classes", lambda cfg: [])      # no shard report: every class
-    assert ev.held_out(cfg, EvalConfig())[1].tolist() == [1, 7, 1, 3, 7]
+    assert ev.held_out(cfg, EvalConfig()).labels.tolist() == [1, 7, 1, 3, 7]
 
 
 def test_drift_references_and_per_frame_psnr():

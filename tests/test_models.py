@@ -239,6 +239,25 @@ def test_dit_adaln_runs_once_per_frame_and_the_flop_count_is_what_runs():
     assert attention == cfg.depth * 4 * N * N * H * (F + 1) / (2 * F)
 
 
+def test_text_dit_flop_count_adds_the_cross_attention_that_runs():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ardscale.engine.flops import dit_forward_flops
+    from ardscale.models.dit import TextCondition
+    cfg = DiTConfig.tiny(depth=2, condition="text", text_dim=24, text_tokens=5)
+    model, B, F = DiT(cfg), 2, 3
+    text = TextCondition(torch.randn(B, 5, 24), torch.ones(B, 5, dtype=torch.bool), torch.randn(B, 24))
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(B, F, cfg.tokens_per_frame, cfg.latent_dim), torch.randint(0, 1000, (B, F)), text)
+    flops = counter.get_flop_counts()["Global"]
+    linear, attention = dit_forward_flops(cfg, F)
+    assert flops[torch.ops.aten.addmm] == B * linear
+    H, N, S = cfg.hidden_size, F * cfg.tokens_per_frame, 5
+    class_linear, class_attention = dit_forward_flops(DiTConfig.tiny(depth=2), F)
+    assert linear - class_linear == 2 * (4 * N + 4 * S) * H * H + 2 * 6 * (24 * H + H * H)
+    assert attention - class_attention == 2 * 4 * N * S * H
+
+
 def test_bidirectional_ablation_reads_later_frames_and_samples_every_frame_each_step():
     from ardscale.diffusion.sampler import sample
     from ardscale.diffusion.schedule import GaussianDiffusion

@@ -111,12 +111,13 @@ def drift(a) -> dict:
     run_cfg, dit, tag, _ = load_trained(a.dit_run, task="dit")
     vae, manifest = latent_vae(run_cfg)
     window, e = manifest["num_frames"], parse([f"split={a.split}"], run_cfg.eval)
-    real, labels = held_out(run_cfg, e, a.clips)
+    long_clips = held_out(run_cfg, e, a.clips)
+    real, labels = long_clips.clips, long_clips.labels
     if a.per_class:
         keep = torch.cat([torch.nonzero(labels == c)[:a.per_class, 0] for c in torch.unique(labels)])
         real, labels = real[keep], labels[keep]
     local = LocalFeatures(a.local)
-    real_feats = local(held_out(run_cfg, e)[0])[0]
+    real_feats = local(held_out(run_cfg, e).clips)[0]
     recon = d.reconstruct_long(vae, real, run_cfg.diffusion.scale_factor, window)
     videos = {"recon": recon, "frozen": d.frozen(recon, a.context)}
     for s in a.s_values:

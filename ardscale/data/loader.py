@@ -27,9 +27,11 @@ def decoded_samples(url: str, failed: list[str]) -> Iterator[tuple[dict, np.ndar
         yield s, clip
 
 
-def load_video_clips(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_video_clips(root: str, split: str,
+                     meta: list[dict] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All clips of ``{root}/videos/{split}`` → (videos ``(N, F, H, W, 3)`` uint8, labels ``(N,)`` long).
 
+    ``meta``: when given, each kept clip's json (label, caption, source …) is appended to it, in order.
     A sample whose mp4 does not decode is skipped and reported (count and keys) on stderr.
     Raises:
         FileNotFoundError: no shards there (run data_prep/shard_videos.py first).
@@ -41,8 +43,11 @@ def load_video_clips(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]
     videos, labels, bad = [], [], []
     for url in tqdm(shards, desc="loading video shards", leave=False):
         for s, clip in decoded_samples(url, bad):
+            info = json.loads(s["json"])
             videos.append(clip)
-            labels.append(json.loads(s["json"])["label"])
+            labels.append(info["label"])
+            if meta is not None:
+                meta.append(info)
     if bad:
         print(f"skipped {len(bad)} undecodable samples: {bad[:5]}", file=sys.stderr)
     if not videos:

@@ -202,7 +202,9 @@ def captioned_items(root: str, split: str = "all", captions: str = "") -> tuple[
 
     - JSON lines or CSV with ``path`` (relative to ``root``), ``caption``, and optional ``start`` /
       ``end`` seconds (one video may appear in several rows, one per captioned segment) and
-      ``split`` (``train`` / ``test``);
+      ``split`` (``train`` / ``test``), and optional ``label`` (an integer class) and
+      ``class_name``, kept in each sample's json (evaluation then checks that a video generated
+      from the caption shows that class);
     - WebVid's CSV: ``videoid``, ``contentUrl`` (a local path or fsspec URL; http is never
       fetched), ``name`` (the caption), ``duration``: the video is ``{videoid}.mp4`` anywhere
       under ``root``, else ``contentUrl``.
@@ -210,7 +212,7 @@ def captioned_items(root: str, split: str = "all", captions: str = "") -> tuple[
     A row whose video is missing, or whose caption is empty, is left out and counted, not fatal; a
     row repeating a video (same file name, same start) is left out with a warning.
     The split is the row's ``split``, else a fixed 90/10 division by key (:func:`in_test_split`);
-    the label is -1 (no class).
+    the label is the row's ``label``, else -1 (no class).
     Returns:
         ``(items, {"missing": [rows' videos], "empty_captions": n})``.
     Raises:
@@ -238,7 +240,8 @@ def captioned_items(root: str, split: str = "all", captions: str = "") -> tuple[
         seen.add(key)
         held_out = row["split"] == "test" if row.get("split") else in_test_split(key)
         if split == "all" or held_out == (split == "test"):
-            items.append(VideoItem(path, -1, "", key, caption, span))
+            label = int(row.get("label") if row.get("label") not in (None, "") else -1)
+            items.append(VideoItem(path, label, row.get("class_name") or "", key, caption, span))
     if duplicates:   # a second caption of the same video (or segment start): the first one is kept
         logging.getLogger("ardscale.data").warning("%s: %d rows repeat a video (same file name and start) "
                                                    "and were left out", root, duplicates)

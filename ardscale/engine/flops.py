@@ -8,6 +8,11 @@ DiT forward FLOPs per sample of F frames, N = F·L tokens, width H, depth d, MLP
     plus 4·F·H² (final adaLN, per frame), 4·N·H·D (latent in/out projections) and
     2·F·(256·H + H²) (timestep MLP, per frame).
 
+A text DiT (``condition=text``, S caption tokens of width C) adds per block the cross-attention,
+(4·N + 4·S)·H² (queries and output over the video tokens, keys and values over the caption) and
+4·N·S·H (scores and values), and once the caption projection 2·S·(C·H + H²) and the pooled
+caption's MLP 2·(C·H + H²).
+
 Only what the model computes is counted: the linear terms equal what
 ``torch.utils.flop_counter`` measures on a forward (tested). Training = 3 × forward (backward
 is twice the forward). Embedding lookups, norms and softmax are not counted, as usual for MFU.
@@ -28,6 +33,10 @@ def dit_forward_flops(cfg, num_frames: int) -> tuple[float, float]:
     block = (8 + 4 * r) * N * H * H + 12 * F * H * H
     linear = cfg.depth * block + 4 * F * H * H + 4 * N * H * cfg.latent_dim + 2 * F * (256 * H + H * H)
     attention = cfg.depth * 4 * N * N * H * (F + 1) / (2 * F)
+    if cfg.condition == "text":
+        S, C = cfg.text_tokens, cfg.text_dim
+        linear += cfg.depth * (4 * N + 4 * S) * H * H + 2 * (S + 1) * (C * H + H * H)
+        attention += cfg.depth * 4 * N * S * H
     return float(linear), float(attention)
 
 

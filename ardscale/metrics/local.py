@@ -111,6 +111,19 @@ class LocalFeatures:
                             for c in torch.as_tensor(clips).split(self.batch_size)])
         return frames.mean(dim=1), frames.flatten(0, 1)
 
+    @torch.no_grad()
+    def accuracy(self, video_feats: torch.Tensor, labels: torch.Tensor) -> float | None:
+        """Top-1 accuracy in [0, 1] of the network's head on video features ``(N, C)`` (from
+        :meth:`__call__`) against ``labels`` ``(N,)``, over the clips whose label the network was
+        trained on (its checkpoint's ``classes``; -1 = no class); None when there are none."""
+        known = labels >= 0
+        if self.meta.get("classes"):
+            known &= torch.isin(labels, torch.tensor(self.meta["classes"]))
+        if not known.any():
+            return None
+        logits = self.net.head(video_feats[known].float().to(self.device)).cpu()
+        return (logits.argmax(-1) == labels[known]).float().mean().item()
+
 
 def _augment(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and a random shift of up to 1/8 of the frame (reflect padding)."""

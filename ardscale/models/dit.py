@@ -87,6 +87,11 @@ class TextCondition:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def __getitem__(self, rows) -> TextCondition:
+        """The captions at ``rows`` (an index, slice or index tensor over B), as a TextCondition."""
+        rows = [rows] if isinstance(rows, int) else rows
+        return TextCondition(self.tokens[rows], self.mask[rows], self.pooled[rows])
+
     def to(self, device) -> TextCondition:
         return TextCondition(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
 
