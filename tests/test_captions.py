@@ -20,7 +20,8 @@ def corpus(ucf_root, tmp_path):
 
 
 def test_captions_jsonl_with_segments_missing_videos_and_empty_captions(corpus, tmp_path):
-    rows = [{"path": "v_BasketballDunk_g01_c01.avi", "caption": "a player dunks the ball"},
+    rows = [{"path": "v_BasketballDunk_g01_c01.avi", "caption": "a player dunks the ball", "label": 8,
+             "class_name": "BasketballDunk"},
             {"path": "v_Archery_g01_c01.avi", "caption": "an archer draws the bow", "start": 1.0, "end": 3.5},
             {"path": "v_Archery_g01_c01.avi", "caption": "an archer lowers the bow", "start": 3.5},
             {"path": "v_Missing_g01_c01.avi", "caption": "nobody"},
@@ -32,7 +33,7 @@ def test_captions_jsonl_with_segments_missing_videos_and_empty_captions(corpus, 
         ("v_Archery_g01_c01-1000ms", "an archer draws the bow", (1.0, 3.5)),
         ("v_Archery_g01_c01-3500ms", "an archer lowers the bow", (3.5, float("inf")))]
     assert left == {"missing": ["v_Missing_g01_c01.avi"], "empty_captions": 1}
-    assert {it.label for it in items} == {-1}
+    assert [(it.label, it.class_name) for it in items] == [(8, "BasketballDunk"), (-1, ""), (-1, "")]
     train, test = captioned_items(str(corpus), "train")[0], captioned_items(str(corpus), "test")[0]
     assert sorted(it.key for it in train + test) == sorted(it.key for it in items)
 
@@ -40,6 +41,8 @@ def test_captions_jsonl_with_segments_missing_videos_and_empty_captions(corpus, 
                       split="train")
     assert stats["failed"] == []
     metas = {s["__key__"]: json.loads(s["json"]) for s in read_shard(str(tmp_path / "shard-000000.tar"))}
+    dunk = [m for k, m in metas.items() if k.startswith("v_BasketballDunk")]
+    assert dunk and all((m["label"], m["class_name"]) == (8, "BasketballDunk") for m in dunk)
     segment = [m for k, m in metas.items() if k.startswith("v_Archery_g01_c01-1000ms")]
     assert segment and all(m["caption"] == "an archer draws the bow" for m in segment)
     # 8 frames at 8 fps need 1 s: the 2.5 s segment [1, 3.5) gives 2 clips starting at ≥ 1 s (25 fps)
@@ -79,4 +82,7 @@ def test_the_projects_ucf101_captions_cover_the_shared_clips(ucf_root):
     assert [json.loads(line) for line in file.read_text().splitlines()] == rows(str(ucf_root))
     test, left = captioned_items(str(ucf_root), "test", captions=str(file))
     assert len(test) == 165 and left == {"missing": [], "empty_captions": 0}
+    from ardscale.data.sources import ucf101_items
+    assert sorted((it.key, it.label) for it in test) == sorted((it.key, it.label) for it in ucf101_items(
+        str(ucf_root), "test"))                           # the class travels with the caption
     assert len({it.caption for it in test}) > 17          # several templates per class

@@ -200,3 +200,48 @@ def test_drift_references_and_per_frame_psnr():
     p = per_frame_psnr(noisy, real)
     assert len(p) == 6 and all(math.isinf(x) for i, x in enumerate(p) if i != 4) and 15 < p[4] < 25
 
+
+
+def test_class_accuracy_counts_only_classes_the_local_network_was_trained_on(tmp_path):
+    from ardscale.config import EvalConfig
+    from ardscale.evaluate import Reference
+    from ardscale.metrics.local import LocalFeatures, LocalNetConfig, LocalVideoNet, save_local
+
+    net = LocalVideoNet(LocalNetConfig(num_classes=6, width=8, stages=2, image_size=16))
+    with torch.no_grad():      # the head says class 3 for every clip
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor([0.0, 0, 0, 5, 0, 0]))
+    save_local(net, {"classes": [3, 5]}, str(tmp_path / "local.pt"))
+    local = LocalFeatures(str(tmp_path / "local.pt"))
+    gen = torch.Generator().manual_seed(0)
+    clips = torch.randint(0, 256, (5, 2, 16, 16, 3), generator=gen, dtype=torch.uint8)
+    feats = local(clips)[0]
+    # -1 (no class) and 4 (a class the network never saw) are left out: 2 right of 3
+    assert local.accuracy(feats, torch.tensor([3, 3, 5, -1, 4])) == pytest.approx(2 / 3)
+    assert local.accuracy(feats, torch.tensor([-1, -1, 4, 4, 4])) is None
+    ref = Reference(clips, EvalConfig(local=str(tmp_path / "local.pt")), torch.tensor([3, 5, 5, 5, 3]))
+    found = ref.compare(clips, torch.tensor([3, 3, 3, 5, -1]))
+    assert found["class_accuracy"] == pytest.approx(3 / 4) and found["chance"] == 0.5
+    assert found["real_class_accuracy"] == pytest.approx(2 / 5)
+    assert "class_accuracy" not in ref.compare(clips)          # nothing asked for: nothing to agree with
+
+
+def test_a_text_dit_is_evaluated_on_held_out_captions_spread_over_the_split(monkeypatch):
+    from types import SimpleNamespace
+
+    import ardscale.evaluate as ev
+    from ardscale.config import EvalConfig
+
+    monkeypatch.setattr(ev, "encode_prompts", lambda cfg, prompts: ("encoded", prompts))
+    clips = torch.zeros(6, 2, 4, 4, 3, dtype=torch.uint8)
+    held = ev.HeldOut(clips, torch.tensor([0, 1, 2, 3, 4, 5]), ["a", "", "b", "c", "", "d"])
+    text = SimpleNamespace(dit=SimpleNamespace(condition="text"))
+    y, labels, prompts = ev.dit_conditions(text, held, EvalConfig(prompts=2))
+    # clips without a caption give no prompt
+    assert (y, labels.tolist(), prompts) == (("encoded", ["a", "d"]), [0, 5], ["a", "d"])
+    assert ev.dit_conditions(text, held, EvalConfig())[2] == ["a", "b", "c", "d"]          # prompts=0: all
+    with pytest.raises(ValueError, match="--source captions"):
+        ev.dit_conditions(text, ev.HeldOut(clips, held.labels, [""] * 6), EvalConfig())
+    y, labels, prompts = ev.dit_conditions(SimpleNamespace(dit=SimpleNamespace(condition="class")),
+                                           held[torch.tensor([1, 4, 1])], EvalConfig(per_class=2))
+    assert y.tolist() == labels.tolist() == [1, 1, 4, 4] and prompts == []

@@ -57,6 +57,17 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     assert (again["clips"], again["failed"], again["num_frames"]) == (m["clips"], m["failed"], 4)
     assert abs(again["latent_std"] - m["latent_std"]) < 1e-6
 
+    # A local feature net trained on the real clips, for fvd_local during training and after.
+    from ardscale.data.loader import load_video_clips
+    from ardscale.evaluate import evaluate
+    from ardscale.metrics.local import LocalNetConfig, save_local, train_local
+
+    clips = load_video_clips(str(root), "train")
+    local = str(tmp_path / "local.pt")
+    net, report = train_local(clips, clips, LocalNetConfig(width=8, stages=2, image_size=32), epochs=1,
+                              batch_size=2, progress=False)
+    save_local(net, report, local)
+
     # Captions encoded into the latent shards (the MiniLM text encoder), and the null caption.
     if importlib.util.find_spec("all_minilm_l6_v2") is not None:
         texted = encode_run(run, str(root), "train", num_actors=1, text_encoder_kind="minilm", text_tokens=8)
@@ -78,24 +89,29 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
         launch(load(str(CONFIGS / "text_video.yaml"), [
             f"data.root={root}", f"data.vae_id={m['vae_id']}", f"train.run_dir={text_run}", "train.steps=2",
             "scale.num_workers=0", "dit.hidden_size=32", "dit.depth=1", "dit.text_tokens=8",
+            "train.sample_every=2", "train.eval_every=2", f"eval.local={local}", "eval.split=train",
+            "eval.prompts=2", "eval.steps=2",
             "optim.micro_batch_size=2", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
+        # held-out captions (here: the train split's one caption) were the prompts while it trained
+        grid = np.load(Path(text_run) / "samples" / "step-00000002" / "samples.npy")
+        assert grid.shape == (4, 4, 32, 32, 3)
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns.db")
+        text_id = (Path(text_run) / "mlflow_run_id").read_text().strip()
+        agree = mlflow.MlflowClient().get_metric_history(text_id, "eval/class_accuracy")
+        assert [h.step for h in agree] == [2] and 0 <= agree[0].value <= 1
         told = generate(text_run, num_steps=2, s=1, prompts=["an archer draws the bow", "a dunk"],
                         log_mlflow=False)
         assert told["prompts"] == ["an archer draws the bow", "a dunk"] and "labels" not in told
         assert decode_mp4(Path(told["mp4"]).read_bytes()).shape == (4, 32, 2 * 32, 3)
         with pytest.raises(ValueError, match="--prompt"):
             generate(text_run, num_steps=2, log_mlflow=False)
-
-    # A local feature net trained on the real clips, for fvd_local during training and after.
-    from ardscale.data.loader import load_video_clips
-    from ardscale.evaluate import evaluate
-    from ardscale.metrics.local import LocalNetConfig, save_local, train_local
-
-    clips = load_video_clips(str(root), "train")
-    local = str(tmp_path / "local.pt")
-    net, report = train_local(clips, clips, LocalNetConfig(width=8, stages=2, image_size=32), epochs=1,
-                              batch_size=2, progress=False)
-    save_local(net, report, local)
+        rep = evaluate(text_run, [f"local={local}", "split=train", "prompts=2", "steps=2", "s=1",
+                                  "batch_size=1", "mlflow=false"])
+        assert rep["prompts"] == ["an archer draws the bow"] * 2 and rep["generated"] == 2
+        assert rep["classes"] == [2] and rep["metrics"]["chance"] == 1.0     # the caption's class
+        assert 0 <= rep["metrics"]["class_accuracy"] <= 1 and rep["metrics"]["fvd_local"] > 0
 
     dit_run = str(tmp_path / "dit")
     launch(load(str(CONFIGS / "demo.yaml"), [
