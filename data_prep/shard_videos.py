@@ -101,7 +101,8 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
     ``auto`` (ucf101 when a classInd.txt is under ``src``, else folder), or ``captions`` (videos
     with a captions file, ``captions`` or ``captions.jsonl``/``.csv`` under ``src``, or WebVid's
     CSV: see :func:`~ardscale.data.sources.captioned_items`; rows without a video or with an
-    empty caption are counted in the report's ``captions_missing`` / ``captions_empty``).
+    empty caption, or repeating a video, are counted in the report's ``captions_missing`` /
+    ``captions_empty`` / ``captions_duplicate``).
     Raises:
         FileNotFoundError: no video for this split (unless ``allow_empty``: then None is returned).
         ValueError: ``frames`` without ``frames_fps``.
@@ -115,7 +116,8 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
     left_out = {}
     if source == "captions":
         items, left_out = captioned_items(src, split, captions)
-        left_out = {"captions_missing": left_out["missing"], "captions_empty": left_out["empty_captions"]}
+        left_out = {"captions_missing": left_out["missing"], "captions_empty": left_out["empty_captions"],
+                    "captions_duplicate": left_out["duplicates"]}
     else:
         items = (ucf101_items(src, split, split_id) if source == "ucf101"
                  else folder_items(src, split, frames=source == "frames"))

@@ -32,7 +32,7 @@ def test_captions_jsonl_with_segments_missing_videos_and_empty_captions(corpus, 
         ("v_BasketballDunk_g01_c01", "a player dunks the ball", None),
         ("v_Archery_g01_c01-1000ms", "an archer draws the bow", (1.0, 3.5)),
         ("v_Archery_g01_c01-3500ms", "an archer lowers the bow", (3.5, float("inf")))]
-    assert left == {"missing": ["v_Missing_g01_c01.avi"], "empty_captions": 1}
+    assert left == {"missing": ["v_Missing_g01_c01.avi"], "empty_captions": 1, "duplicates": 0}
     assert [(it.label, it.class_name) for it in items] == [(8, "BasketballDunk"), (-1, ""), (-1, "")]
     train, test = captioned_items(str(corpus), "train")[0], captioned_items(str(corpus), "test")[0]
     assert sorted(it.key for it in train + test) == sorted(it.key for it in items)
@@ -63,7 +63,24 @@ def test_webvid_csv_finds_videos_by_id_or_local_url(corpus):
     items, left = captioned_items(str(corpus), captions="results_val.csv")
     assert [(it.key, it.caption) for it in items] == [("1001", "Archery practice outdoors"),
                                                       ("elsewhere", "Basketball game in a gym")]
-    assert items[1].path == str(elsewhere) and left == {"missing": ["1003"], "empty_captions": 0}
+    assert items[1].path == str(elsewhere)
+    assert left == {"missing": ["1003"], "empty_captions": 0, "duplicates": 0}
+
+
+def test_videos_with_the_same_name_in_two_folders_keep_both(corpus):
+    for folder in ("cam_a", "cam_b"):
+        (corpus / folder).mkdir()
+        shutil.copy(corpus / "v_Archery_g01_c01.avi", corpus / folder / "clip.avi")
+    rows = [{"path": "cam_a/clip.avi", "caption": "an archer, camera A"},
+            {"path": "cam_b/clip.avi", "caption": "an archer, camera B"},
+            {"path": "cam_b/clip.avi", "caption": "the same video again"},
+            {"path": "v_Archery_g01_c01.avi", "caption": "an archer"}]
+    (corpus / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items, left = captioned_items(str(corpus))
+    assert [(it.key, it.caption) for it in items] == [("cam_a_clip", "an archer, camera A"),
+                                                      ("cam_b_clip", "an archer, camera B"),
+                                                      ("v_Archery_g01_c01", "an archer")]
+    assert left == {"missing": [], "empty_captions": 0, "duplicates": 1}
 
 
 def test_no_captions_file_is_an_error(corpus):
@@ -81,7 +98,7 @@ def test_the_projects_ucf101_captions_cover_the_shared_clips(ucf_root):
     file = Path(__file__).resolve().parents[1] / "data_prep" / "captions" / "ucf101-subset.jsonl"
     assert [json.loads(line) for line in file.read_text().splitlines()] == rows(str(ucf_root))
     test, left = captioned_items(str(ucf_root), "test", captions=str(file))
-    assert len(test) == 165 and left == {"missing": [], "empty_captions": 0}
+    assert len(test) == 165 and left == {"missing": [], "empty_captions": 0, "duplicates": 0}
     from ardscale.data.sources import ucf101_items
     assert sorted((it.key, it.label) for it in test) == sorted((it.key, it.label) for it in ucf101_items(
         str(ucf_root), "test"))                           # the class travels with the caption

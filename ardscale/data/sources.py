@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -210,11 +211,13 @@ def captioned_items(root: str, split: str = "all", captions: str = "") -> tuple[
       under ``root``, else ``contentUrl``.
 
     A row whose video is missing, or whose caption is empty, is left out and counted, not fatal; a
-    row repeating a video (same file name, same start) is left out with a warning.
+    row repeating a video (same video, same start) is left out, counted and warned about. A
+    sample's key is the video's file name, or its path under the root when several videos share
+    that name.
     The split is the row's ``split``, else a fixed 90/10 division by key (:func:`in_test_split`);
     the label is the row's ``label``, else -1 (no class).
     Returns:
-        ``(items, {"missing": [rows' videos], "empty_captions": n})``.
+        ``(items, {"missing": [rows' videos], "empty_captions": n, "duplicates": n})``.
     Raises:
         FileNotFoundError: no captions file. ValueError: split not train/test/all.
     """
@@ -223,6 +226,7 @@ def captioned_items(root: str, split: str = "all", captions: str = "") -> tuple[
     tree = Tree(root)
     videos = [p for p in tree.files if p.suffix.lower() in VIDEO_EXTS]
     files = {p.name: p for p in videos} | {str(p.relative_to(tree.base)): p for p in videos}
+    shared = {name for name, n in Counter(p.name for p in videos).items() if n > 1}
     items, missing, empty, duplicates, seen = [], [], 0, 0, set()
     for row in _caption_rows(tree, captions):
         path, caption, span = _caption_item(tree, row, files)
@@ -232,7 +236,7 @@ def captioned_items(root: str, split: str = "all", captions: str = "") -> tuple[
         if not caption:
             empty += 1
             continue
-        stem = re.sub(r"[^A-Za-z0-9_-]", "_", PurePosixPath(path).with_suffix("").name)
+        stem = _caption_key(tree, path, shared)
         key = stem if span is None else f"{stem}-{round(span[0] * 1000)}ms"
         if key in seen:
             duplicates += 1
@@ -243,6 +247,16 @@ def captioned_items(root: str, split: str = "all", captions: str = "") -> tuple[
             label = int(row.get("label") if row.get("label") not in (None, "") else -1)
             items.append(VideoItem(path, label, row.get("class_name") or "", key, caption, span))
     if duplicates:   # a second caption of the same video (or segment start): the first one is kept
-        logging.getLogger("ardscale.data").warning("%s: %d rows repeat a video (same file name and start) "
+        logging.getLogger("ardscale.data").warning("%s: %d rows repeat a video (same video and start) "
                                                    "and were left out", root, duplicates)
-    return items, {"missing": missing, "empty_captions": empty}
+    return items, {"missing": missing, "empty_captions": empty, "duplicates": duplicates}
+
+
+def _caption_key(tree: Tree, path: str, shared: set[str]) -> str:
+    """A captioned video's sample key: its file name without the extension, or, when several
+    videos under the root share that name (``shared``), its path relative to the root."""
+    import fsspec
+
+    p = PurePosixPath(fsspec.core.url_to_fs(path)[1])
+    named = p.relative_to(tree.base) if p.name in shared and tree.base in p.parents else PurePosixPath(p.name)
+    return re.sub(r"[^A-Za-z0-9_-]", "_", str(named.with_suffix("")))
