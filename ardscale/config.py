@@ -112,6 +112,7 @@ class EvalConfig:
 
     per_class: int = 4               # class DiT: generated videos per held-out class
     prompts: int = 0                 # text DiT: held-out captions prompted, one video each (0 = all)
+    prompts_file: str = ""           # text DiT: JSON lines (caption[, label]) prompted instead
     s: int = 2                       # AD timestep difference (0 = synchronous, ≥ steps = auto-regressive)
     steps: int = 50                  # DDIM steps
     cfg_scale: float = 2.0           # classifier-free guidance (1 = off)

@@ -180,7 +180,8 @@ def dit_conditions(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
     """What a DiT is evaluated on: ``(conditions, labels (M,) long, prompts)``. A class DiT:
     ``per_class`` of every held-out class, the labels themselves, no prompts. A text DiT:
     ``prompts`` captions of held-out clips, spread over the split (0 = every captioned clip),
-    encoded as a TextCondition, their clips' labels, and the captions.
+    encoded as a TextCondition, their clips' labels, and the captions; or the rows of
+    ``prompts_file`` (:func:`_file_prompts`).
 
     Raises:
         ValueError: a text DiT and no held-out clip with a caption (naming the split).
@@ -188,6 +189,8 @@ def dit_conditions(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
     if run_cfg.dit.condition != "text":
         y = torch.unique(held.labels).repeat_interleave(e.per_class)
         return y, y, []
+    if e.prompts_file:
+        return _file_prompts(run_cfg, held, e)
     captioned = torch.tensor([i for i, c in enumerate(held.captions) if c], dtype=torch.long)
     if not len(captioned):
         raise ValueError(f"none of the {len(held)} held-out clips ({e.split}) has a caption: shard that "
@@ -196,6 +199,25 @@ def dit_conditions(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
     pick = captioned[torch.linspace(0, len(captioned) - 1, n).round().long()]
     prompts = [held.captions[i] for i in pick.tolist()]
     return encode_prompts(run_cfg, prompts), held.labels[pick], prompts
+
+
+def _file_prompts(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
+    """The prompts of ``e.prompts_file`` (JSON lines: ``caption``, optional ``label``, e.g. new
+    wordings of the held-out classes), each ``max(1, e.prompts // rows)`` times; a row whose label
+    is not among the held-out clips' is left out, as the real clips of that class are.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: no row left (naming the file).
+    """
+    rows = [json.loads(line) for line in Path(e.prompts_file).read_text().splitlines() if line.strip()]
+    classes = set(held.labels.tolist())
+    rows = [r for r in rows if int(r.get("label", -1)) < 0 or int(r["label"]) in classes]
+    if not rows:
+        raise ValueError(f"{e.prompts_file}: no prompt whose label is one of the held-out classes "
+                         f"{sorted(classes)}")
+    rows = rows * max(1, e.prompts // len(rows))
+    prompts = [r["caption"] for r in rows]
+    return encode_prompts(run_cfg, prompts), torch.tensor([int(r.get("label", -1)) for r in rows]), prompts
 
 
 def evaluate_dit_run(run_cfg, dit, held: HeldOut, e: EvalConfig) -> tuple:

@@ -1,4 +1,5 @@
 """Fréchet distance: zero on itself, the closed form on Gaussians, errors named."""
+import json
 import math
 from itertools import pairwise
 
@@ -226,7 +227,7 @@ def test_class_accuracy_counts_only_classes_the_local_network_was_trained_on(tmp
     assert "class_accuracy" not in ref.compare(clips)          # nothing asked for: nothing to agree with
 
 
-def test_a_text_dit_is_evaluated_on_held_out_captions_spread_over_the_split(monkeypatch):
+def test_a_text_dit_is_evaluated_on_held_out_captions_spread_over_the_split(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     import ardscale.evaluate as ev
@@ -242,6 +243,15 @@ def test_a_text_dit_is_evaluated_on_held_out_captions_spread_over_the_split(monk
     assert ev.dit_conditions(text, held, EvalConfig())[2] == ["a", "b", "c", "d"]          # prompts=0: all
     with pytest.raises(ValueError, match="--source captions"):
         ev.dit_conditions(text, ev.HeldOut(clips, held.labels, [""] * 6), EvalConfig())
+    # a prompt file instead: rows of classes without held-out clips are left out, the rest repeated
+    rows = [{"caption": "x", "label": 2}, {"caption": "y", "label": 9}, {"caption": "z"}]
+    file = tmp_path / "prompts.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    y, labels, prompts = ev.dit_conditions(text, held, EvalConfig(prompts_file=str(file), prompts=5))
+    assert prompts == ["x", "z", "x", "z"] and labels.tolist() == [2, -1, 2, -1]
+    file.write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(ValueError, match="prompts.jsonl: no prompt"):
+        ev.dit_conditions(text, held, EvalConfig(prompts_file=str(file)))
     y, labels, prompts = ev.dit_conditions(SimpleNamespace(dit=SimpleNamespace(condition="class")),
                                            held[torch.tensor([1, 4, 1])], EvalConfig(per_class=2))
     assert y.tolist() == labels.tolist() == [1, 1, 4, 4] and prompts == []
