@@ -207,9 +207,18 @@ def _file_prompts(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
     is not among the held-out clips' is left out, as the real clips of that class are.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: no row left (naming the file).
+        FileNotFoundError: no such file. ValueError: a row that is not JSON with a ``caption``, or
+        no row left (naming the file and line).
     """
-    rows = [json.loads(line) for line in Path(e.prompts_file).read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(Path(e.prompts_file).read_text().splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{e.prompts_file}:{i}: not JSON ({err})") from None
+        if row is not None and not (isinstance(row, dict) and row.get("caption")):
+            raise ValueError(f"{e.prompts_file}:{i}: a prompt row needs a non-empty \"caption\"")
+        rows += [row] if row is not None else []
     classes = set(held.labels.tolist())
     rows = [r for r in rows if int(r.get("label", -1)) < 0 or int(r["label"]) in classes]
     if not rows:

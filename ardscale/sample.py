@@ -44,17 +44,22 @@ def default_labels(cfg, n: int) -> torch.Tensor:
 
 
 def default_prompts(cfg, n: int) -> list[str]:
-    """``n`` distinct captions spread over the video shards of the held-out split (``eval.split``),
-    else of the training split.
+    """``n`` captions spread over the first ``4·n`` distinct captions of the video shards of the
+    held-out split (``eval.split``), else of the training split; shards are read only until those
+    are found (the shard job mixes videos over shards, so the first shards hold varied ones).
 
     Raises:
         ValueError: neither split's shards carry captions (shard them with ``--source captions``).
     """
     for split in (cfg.eval.split, cfg.data.split):
-        found = [json.loads(s["json"]).get("caption", "")
-                 for url in list_shards(join(cfg.data.root, "videos", split)) for s in read_shard(url)]
-        found = list(dict.fromkeys(c for c in found if c))      # distinct, in shard order
+        found: dict[str, None] = {}                            # distinct, in shard order
+        for url in list_shards(join(cfg.data.root, "videos", split)):
+            captions = (json.loads(s["json"]).get("caption") for s in read_shard(url))
+            found.update((c, None) for c in captions if c)
+            if len(found) >= 4 * n:
+                break
         if found:
+            found = list(found)
             return [found[i] for i in torch.linspace(0, len(found) - 1, n).round().long().tolist()]
     raise ValueError(f"no captions in the video shards of {cfg.eval.split!r} or {cfg.data.split!r} under "
                      f"{cfg.data.root}: shard the videos with data_prep/shard_videos.py --source captions")

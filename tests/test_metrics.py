@@ -252,6 +252,35 @@ def test_a_text_dit_is_evaluated_on_held_out_captions_spread_over_the_split(monk
     file.write_text(json.dumps(rows[1]) + "\n")
     with pytest.raises(ValueError, match="prompts.jsonl: no prompt"):
         ev.dit_conditions(text, held, EvalConfig(prompts_file=str(file)))
+    file.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"label": 2}) + "\n")
+    with pytest.raises(ValueError, match="prompts.jsonl:2: .*caption"):
+        ev.dit_conditions(text, held, EvalConfig(prompts_file=str(file)))
+    file.write_text("{not json\n")
+    with pytest.raises(ValueError, match="prompts.jsonl:1: not JSON"):
+        ev.dit_conditions(text, held, EvalConfig(prompts_file=str(file)))
     y, labels, prompts = ev.dit_conditions(SimpleNamespace(dit=SimpleNamespace(condition="class")),
                                            held[torch.tensor([1, 4, 1])], EvalConfig(per_class=2))
     assert y.tolist() == labels.tolist() == [1, 1, 4, 4] and prompts == []
+
+
+def test_default_prompts_read_captions_only_until_enough_are_found(tmp_path):
+    from types import SimpleNamespace
+
+    from ardscale.data.shards import write_shard
+    from ardscale.sample import default_prompts
+
+    train = tmp_path / "videos" / "train"
+    write_shard(str(train / "shard-000000.tar"), [
+        {"__key__": f"v{i}", "mp4": b"", "json": {"label": -1, "caption": f"caption {i % 5}"}}
+        for i in range(8)])
+    (train / "shard-000001.tar").write_bytes(b"not a tar: reading it would fail")
+    cfg = SimpleNamespace(data=SimpleNamespace(root=str(tmp_path), split="train"),
+                          eval=SimpleNamespace(split="test"))       # no held-out shards: the train split
+    assert default_prompts(cfg, 1) == ["caption 0"]                 # 4 distinct found in shard 0: stop
+    write_shard(str(train / "shard-000001.tar"), [
+        {"__key__": f"w{i}", "mp4": b"", "json": {"label": -1, "caption": f"caption {5 + i}"}}
+        for i in range(3)])
+    assert default_prompts(cfg, 2) == ["caption 0", "caption 7"]    # spread over the 8 found
+    cfg.data.root = str(tmp_path / "none")
+    with pytest.raises(ValueError, match="--source captions"):
+        default_prompts(cfg, 2)
