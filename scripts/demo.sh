@@ -14,21 +14,36 @@ OUT=$(realpath -m "${2:-runs/demo}")
 DASH=http://127.0.0.1:8265
 T0=$(date +%s)
 mkdir -p "$OUT"
+rm -f "$OUT/skipped.txt"   # sections this run skips, listed by the summary
 export RAY_ADDRESS=127.0.0.1:6379 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 # Ray token authentication: every client of the cluster (ray job submit, drivers, workers) must
 # present this token. It is made once per demo folder, readable by this user only, and never
 # printed; runs/ is outside git, and no config or MLflow param carries it.
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="${RAY_AUTH_TOKEN_PATH:-$OUT/.ray_auth_token}"
 [ -s "$RAY_AUTH_TOKEN_PATH" ] || (umask 077 && python -c 'import secrets; print(secrets.token_hex(32))' >"$RAY_AUTH_TOKEN_PATH")
-log() { echo "[demo $(( $(date +%s) - T0 ))s] $*"; }
+STEP="setup" STARTED_RAY=""
+log() { STEP="$*"; echo "[demo $(( $(date +%s) - T0 ))s] $*"; }
+# Any failing command ends the demo (set -e) through this trap: it names the step that failed,
+# stops the Ray cluster the demo started, and keeps the command's non-zero status. "done" and the
+# summary are printed only after every step has succeeded.
+finish() {
+  local rc=$?
+  [ -z "$STARTED_RAY" ] || { echo "[demo] stopping the Ray cluster it started"; ray stop --force >/dev/null 2>&1 || true; }
+  if [ "$rc" -ne 0 ]; then
+    echo "[demo] FAILED (exit $rc) in step: $STEP" >&2
+    echo "[demo] outputs of the steps before it are in $OUT; logs: $OUT/*.log, ray job logs" >&2
+  fi
+  exit "$rc"
+}
+trap finish EXIT
 
 if (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then   # a GCS already listens: reuse that cluster
   log "using the Ray cluster already running at $RAY_ADDRESS (left running; its token must be in $RAY_AUTH_TOKEN_PATH)"
 else
   log "starting a local Ray cluster on loopback"
+  STARTED_RAY=1
   ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --port=6379 \
     --num-cpus="$(nproc)" --disable-usage-stats >"$OUT/ray_start.log" 2>&1
-  trap 'log "stopping the Ray cluster it started"; ray stop --force >/dev/null 2>&1 || true' EXIT
 fi
 
 log "sharding $SRC (train and test splits) into $OUT/data"
@@ -37,7 +52,7 @@ python data_prep/shard_videos.py --src "$SRC" --out "$OUT/data" --split test --n
   --allow-empty   # held out for evaluation; a small folder may have no test video
 
 log "training the ucf101_local feature network (fvd_local / fid_local) on the real train clips"
-python -m ardscale.metrics.local --root "$OUT/data" --out "$OUT/ucf101_local.pt" --epochs 10 2>/dev/null | tail -n 1
+python -m ardscale.metrics.local --root "$OUT/data" --out "$OUT/ucf101_local.pt" --epochs 10 2>"$OUT/ucf101_local.log" | tail -n 1
 
 COMMON=(data.root="$OUT/data" tracking.tracking_uri="sqlite:///$OUT/mlruns.db")
 log "training the AR-VAE, stage 1: single frames, reconstruction loss (Ray job)"
@@ -62,13 +77,15 @@ ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/demo.
 log "sampling with the AD scheduler"
 python -m ardscale.sample "$OUT/dit" --num-samples 8 --steps 50 --s 2 --cfg 2.0 --out "$OUT/samples" | tail -n 1
 
-if python tools/encode_latents.py --vae-run "$OUT/vae" --root "$OUT/data" --split test --num-actors 2 \
-    >/dev/null 2>"$OUT/encode_test.log"; then
+if [ -n "$(find "$OUT/data/videos/test" -name '*.tar' -print -quit 2>/dev/null)" ]; then
+  log "encoding held-out latents"
+  python tools/encode_latents.py --vae-run "$OUT/vae" --root "$OUT/data" --split test --num-actors 2 >/dev/null
   log "continuing 4 real held-out frames to 24 frames (AD s=10, KV cache, sliding window of 8 frames)"
   python -m ardscale.sample "$OUT/dit" --num-samples 8 --steps 50 --s 10 --cfg 2.0 --context 4 --frames 24 \
     --out "$OUT/samples_long" | tail -n 1
 else
-  log "no held-out latents (empty test split?): continuation skipped, see $OUT/encode_test.log"
+  log "no held-out clips (empty test split): continuation skipped"
+  echo "continuation: the test split of $SRC is empty" >>"$OUT/skipped.txt"
 fi
 
 log "evaluating: fvd_local of the DiT's samples (8 per class, s=2) and of the AR-VAE's reconstructions"
@@ -98,6 +115,7 @@ if [ -f "$CAPTIONS" ]; then
     >/dev/null
 else
   log "no captions for $SRC (captions.jsonl): text conditioning skipped"
+  echo "text conditioning: no captions.jsonl for $SRC" >>"$OUT/skipped.txt"
 fi
 
 log "done"

