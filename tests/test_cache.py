@@ -29,7 +29,7 @@ def _worker(fn, args, barrier, out):
     barrier.wait(timeout=120)
     try:
         out.put(("ok", fn(*args)))
-    except BaseException as e:   # reported to the parent, which fails the test
+    except Exception as e:   # reported to the parent, which fails the test
         out.put(("error", repr(e)))
 
 
@@ -80,7 +80,7 @@ def test_fill_once_publishes_one_whole_copy(tmp_path, name):
     assert all(r == ("ok", str(target)) for r in results), results
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
     data = (target / "data.bin" if target.is_dir() else target).read_bytes()
-    assert len(data) == 200 * 50 * 2 and len(set(data[i:i + 2] for i in range(0, len(data), 2))) == 1
+    assert len(data) == 200 * 50 * 2 and len({data[i:i + 2] for i in range(0, len(data), 2)}) == 1
 
 
 def test_a_failed_fill_leaves_nothing(tmp_path):
@@ -95,6 +95,7 @@ def test_a_failed_fill_leaves_nothing(tmp_path):
 
 def _pull(remote, out):
     import fsspec
+
     from ardscale.engine.checkpoint import pull_folder
     return str(pull_folder(fsspec.filesystem("file"), remote, Path(out)))
 

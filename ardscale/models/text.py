@@ -57,7 +57,8 @@ def minilm_dir(cache: Path | None = None) -> Path:
             zf.extractall(tmp)
         digest = hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest()
         if digest != MINILM_SHA256:
-            raise ValueError(f"{archive}: model.safetensors has sha256 {digest}, not the pinned {MINILM_SHA256}")
+            raise ValueError(f"{archive}: model.safetensors has sha256 {digest}, "
+                             f"not the pinned {MINILM_SHA256}")
 
     return fill_dir_once(cache, extract)
 
