@@ -29,7 +29,7 @@ def _worker(fn, args, barrier, out):
     barrier.wait(timeout=120)
     try:
         out.put(("ok", fn(*args)))
-    except Exception as e:   # reported to the parent, which fails the test
+    except Exception as e:  # noqa: BLE001 (reported to the parent, which fails the test)
         out.put(("error", repr(e)))
 
 
