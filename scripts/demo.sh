@@ -9,7 +9,8 @@
 #   folder of videos works: class = sub-folder name, fixed 90/10 train/test split by file name).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SRC=$(realpath "${1:-../shared/data/ucf101-subset}")
+SRC=$(realpath -m "${1:-../shared/data/ucf101-subset}")
+[ -d "$SRC" ] || { echo "[demo] FAILED: no video folder at $SRC (give one: bash scripts/demo.sh VIDEO_FOLDER)" >&2; exit 2; }
 OUT=$(realpath -m "${2:-runs/demo}")
 DASH=http://127.0.0.1:8265
 T0=$(date +%s)
