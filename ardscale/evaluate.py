@@ -277,20 +277,17 @@ def evaluate_vae_run(run_cfg, vae, held: HeldOut, e: EvalConfig) -> tuple:
     return fake, metrics, {}
 
 
-def standard_metrics(run_cfg, model, e: EvalConfig, fake: torch.Tensor) -> tuple[dict, dict]:
-    """FVD/KVD (and FID/KID) of a DiT's videos ``fake`` against every reference split (the first
-    unsuffixed, the others ``_<split>``), or of an AR-VAE's reconstructions of the first reference's
-    own clips (``rfvd16`` …); and ``{split: what the reference holds}`` for the report."""
-    metrics, named = {}, {}
-    for i, (split, ref) in enumerate(standard_references(run_cfg, e)):
-        if run_cfg.task == "vae":
-            if i == 0:
-                rec = reconstruct(model, ref.clips, e.batch_size)
-                metrics.update({f"r{k}": v for k, v in ref.compare(rec).items()})
-        else:
-            metrics.update(ref.compare(fake, "" if i == 0 else f"_{split}"))
-        named[split] = ref.name
-    return metrics, named
+def standard_metrics(task: str, model, refs: list, fake: torch.Tensor, batch_size: int) -> dict:
+    """FVD/KVD (and FID/KID) of a DiT's videos ``fake`` against every reference of
+    :func:`standard_references` (the first unsuffixed, the others ``_<split>``), or of an AR-VAE's
+    reconstructions of the first reference's own clips (``rfvd16`` …)."""
+    if task == "vae":
+        ref = refs[0][1]
+        return {f"r{k}": v for k, v in ref.compare(reconstruct(model, ref.clips, batch_size)).items()}
+    metrics = {}
+    for i, (split, ref) in enumerate(refs):
+        metrics.update(ref.compare(fake, "" if i == 0 else f"_{split}"))
+    return metrics
 
 
 def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
@@ -307,10 +304,11 @@ def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
         e = replace(e, frames=max(e.frames or held.clips.shape[1], e.fvd_frames))
     report = {"run_dir": run_dir, "checkpoint": tag, "task": run_cfg.task, "eval": asdict(e),
               "real_clips": len(held)}
+    refs = standard_references(run_cfg, e) if e.standard else []   # before sampling: fail early
     fake, metrics, extra = get_task(run_cfg.task).evaluate(run_cfg, model, held, e)
-    if e.standard:
-        standard, report["references"] = standard_metrics(run_cfg, model, e, fake)
-        metrics = standard | metrics
+    if refs:
+        report["references"] = {split: ref.name for split, ref in refs}
+        metrics = standard_metrics(run_cfg.task, model, refs, fake, e.batch_size) | metrics
     report.update(extra, metrics=metrics)
     out = Path(e.out or Path(run_dir) / "eval" / f"{tag}-s{e.s}-n{len(fake)}-f{fake.shape[1]}")
     write_grid(fake[:16].numpy(), out, video_fps(run_cfg))

@@ -201,9 +201,25 @@ def test_evaluation_compares_only_the_classes_the_run_trained_on(monkeypatch):
     held = ev.held_out(cfg, EvalConfig())
     assert held.labels.tolist() == [1, 7, 1, 7] and held.clips[:, 0, 0, 0, 0].tolist() == [0, 1, 2, 4]
     assert held.captions == ["caption 0", "caption 1", "caption 2", "caption 4"]   # they follow their clips
-    assert ev.held_out(cfg, EvalConfig(max_real=2)).labels.tolist() == [1, 7]
+    spread = ev.held_out(cfg, EvalConfig(max_real=2))   # spread over the split: first and last
+    assert spread.labels.tolist() == [1, 7] and spread.clips[:, 0, 0, 0, 0].tolist() == [0, 4]
     monkeypatch.setattr(ev, "trained_classes", lambda cfg: [])      # no shard report: every class
     assert ev.held_out(cfg, EvalConfig()).labels.tolist() == [1, 7, 1, 3, 7]
+
+
+def test_generated_classes_follow_the_real_class_frequencies():
+    from types import SimpleNamespace
+
+    import ardscale.evaluate as ev
+    from ardscale.config import EvalConfig
+
+    held = ev.HeldOut(torch.zeros(8, 2, 4, 4, 3, dtype=torch.uint8), torch.tensor([1, 0, 0, 1, 0, 0, 0, 0]),
+                      [""] * 8)
+    cfg = SimpleNamespace(dit=SimpleNamespace(condition="class"))
+    y, labels, prompts = ev.dit_conditions(cfg, held, EvalConfig(videos=4))
+    assert y.tolist() == [0, 0, 0, 1] and torch.equal(y, labels) and prompts == []   # 6:2 real → 3:1
+    assert ev.dit_conditions(cfg, held, EvalConfig(videos=8))[0].tolist() == [0] * 6 + [1] * 2
+    assert ev.dit_conditions(cfg, held, EvalConfig(per_class=2))[0].tolist() == [0, 0, 1, 1]   # videos=0
 
 
 def test_drift_references_and_per_frame_psnr():

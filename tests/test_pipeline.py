@@ -108,7 +108,7 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
         with pytest.raises(ValueError, match="--prompt"):
             generate(text_run, num_steps=2, log_mlflow=False)
         rep = evaluate(text_run, [f"local={local}", "split=train", "prompts=2", "steps=2", "s=1",
-                                  "batch_size=1", "mlflow=false"])
+                                  "batch_size=1", "mlflow=false", "standard=false"])
         assert rep["prompts"] == ["an archer draws the bow"] * 2 and rep["generated"] == 2
         assert rep["classes"] == [2] and rep["metrics"]["chance"] == 1.0     # the caption's class
         assert 0 <= rep["metrics"]["class_accuracy"] <= 1 and rep["metrics"]["fvd_local"] > 0
@@ -145,7 +145,8 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
 
     # Evaluation after training: the DiT run (long videos: two segments of the training length)
     # and the AR-VAE run (reconstructions).
-    rep = evaluate(dit_run, [f"local={local}", "split=train", "per_class=3", "steps=4", "s=1", "frames=8"])
+    rep = evaluate(dit_run, [f"local={local}", "split=train", "per_class=3", "steps=4", "s=1", "frames=8",
+                             "standard=false"])
     m = rep["metrics"]
     assert rep["classes"] == [2] and rep["generated"] == 3 and rep["frames"] == 8
     assert m["fvd_local"] > 0 and m["fid_local"] > 0 and len(m["fvd_local_segments"]) == 2
@@ -155,10 +156,34 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     # training's, then evaluate's
     assert [h.step for h in hist] == [1, 2, 2] and hist[-1].value == m["fvd_local"]
     assert all(h.value > 0 for h in hist)
-    vrep = evaluate(run, [f"local={local}", "split=train", "mlflow=false"])
+    vrep = evaluate(run, [f"local={local}", "split=train", "mlflow=false", "standard=false"])
     assert vrep["metrics"]["rfvd_local"] >= 0 and 5 < vrep["metrics"]["psnr"] < 40
     with pytest.raises(FileNotFoundError, match="ardscale.metrics.local"):
-        evaluate(run, ["local=/nope.pt", "split=train", "mlflow=false"])
+        evaluate(run, ["local=/nope.pt", "split=train", "mlflow=false", "standard=false"])
+
+    # The standard metrics (the original I3D and Inception): FVD/KVD and FID/KID against real clips
+    # of 9 frames (the fewest the I3D takes) from another root; the 4-frame DiT is sampled 9 frames
+    # long with its sliding window, the AR-VAE reconstructs those 9-frame clips.
+    with pytest.raises(ValueError, match="clips of 4 frames; FVD16 needs 16: .* real_root="):
+        evaluate(dit_run, [f"local={local}", "split=train", "references=train", "mlflow=false"])
+    root9 = tmp_path / "data9"
+    shard_one([VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01")],
+              str(root9 / "videos" / "train" / "shard-000000.tar"), num_frames=9, fps=8, size=32, max_clips=3,
+              split="train")
+    std = [f"local={local}", "split=train", "fvd_frames=9", f"real_root={root9}", "references=train",
+           "fid_frames=1", "mlflow=false"]
+    srep = evaluate(dit_run, [*std, "per_class=3", "steps=2", "s=1"])
+    sm = srep["metrics"]
+    assert srep["frames"] == 9 and len(sm["fvd_local_segments"]) == 2
+    assert sm["fvd9"] > 0 and sm["fid"] > 0 and sm["kvd9_std"] >= 0 and np.isfinite(sm["kid"])
+    assert (sm["fvd9_real"], sm["fvd9_fake"], sm["fid_real"], sm["fid_fake"]) == (3, 3, 3, 3)
+    assert srep["references"] == {"train": f"train clips of {root9} (3 clips, 1 classes)"}
+    cache = root9 / "videos" / "train" / "_features"
+    files = {f.name.rsplit("-", 1)[0]: f.stat().st_mtime_ns for f in cache.glob("*.npy")}
+    assert set(files) == {"i3d-f9-32px-n3", "inception1-f9-32px-n3"}
+    vs = evaluate(run, std)["metrics"]   # the same real clips: their features come from the cache
+    assert vs["rfvd9"] > 0 and vs["rfid"] > 0 and vs["rfvd9_real"] == 3 and "rfvd_local" in vs
+    assert {f.name.rsplit("-", 1)[0]: f.stat().st_mtime_ns for f in cache.glob("*.npy")} == files
 
     # The ablation tool: two Table 3 variants (1 seed, 2 steps) and a Table 2 sweep over s.
     from tools.ablate import main as ablate
