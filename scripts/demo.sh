@@ -51,6 +51,11 @@ log "sharding $SRC (train and test splits) into $OUT/data"
 python data_prep/shard_videos.py --src "$SRC" --out "$OUT/data" --split train --num-frames 8 --fps 8 --size 64
 python data_prep/shard_videos.py --src "$SRC" --out "$OUT/data" --split test --num-frames 8 --fps 8 --size 64 \
   --allow-empty   # held out for evaluation; a small folder may have no test video
+log "sharding 16-frame clips of both splits into $OUT/data16: the real sets of FVD16"
+for split in train test; do
+  python data_prep/shard_videos.py --src "$SRC" --out "$OUT/data16" --split $split --num-frames 16 --fps 8 \
+    --size 64 --allow-empty >/dev/null
+done
 
 log "training the ucf101_local feature network (fvd_local / fid_local) on the real train clips"
 python -m ardscale.metrics.local --root "$OUT/data" --out "$OUT/ucf101_local.pt" --epochs 10 2>"$OUT/ucf101_local.log" | tail -n 1
@@ -89,9 +94,17 @@ else
   echo "continuation: the test split of $SRC is empty" >>"$OUT/skipped.txt"
 fi
 
-log "evaluating: fvd_local of the DiT's samples (8 per class, s=2) and of the AR-VAE's reconstructions"
-python -m ardscale.evaluate "$OUT/dit" local="$OUT/ucf101_local.pt" per_class=8 out="$OUT/eval_dit" >/dev/null
-python -m ardscale.evaluate "$OUT/vae" local="$OUT/ucf101_local.pt" out="$OUT/eval_vae" >/dev/null
+# The standard metrics (Kinetics-400 I3D, Inception-v3; ardscale/metrics/fvd.py) on 128 real clips a
+# side, spread over each split, and 64 generated videos: small samples make FVD large, so the
+# floors below are what these numbers can reach.
+STD=(local="$OUT/ucf101_local.pt" real_root="$OUT/data16" max_real=128)
+log "FVD16 floor: 128 real train clips against 128 real test clips"
+python -m ardscale.metrics.fvd "$OUT/data16" --split train --against test --max-clips 128 \
+  --out "$OUT/eval_floor/report.json" >/dev/null
+log "evaluating the DiT: FVD16/KVD16/FID of 64 16-frame videos (test-split class mix, s=2), fvd_local"
+python -m ardscale.evaluate "$OUT/dit" "${STD[@]}" videos=64 out="$OUT/eval_dit" >/dev/null
+log "evaluating the AR-VAE: rFVD16 of its reconstructions of the 16-frame test clips, PSNR/SSIM, rfvd_local"
+python -m ardscale.evaluate "$OUT/vae" "${STD[@]}" references=test out="$OUT/eval_vae" >/dev/null
 
 CAPTIONS="$SRC/captions.jsonl"   # a captioned folder of your own, or the project's UCF-101 captions
 [ -f "$CAPTIONS" ] || { [ -n "$(find "$SRC" -name classInd.txt -print -quit)" ] && \
@@ -111,8 +124,8 @@ if [ -f "$CAPTIONS" ]; then
   python -m ardscale.sample "$OUT/text_dit" --steps 50 --s 2 --cfg 2.0 --out "$OUT/samples_text" \
     --prompt "an archer draws a bow and shoots an arrow" --prompt "a surfer rides a wave" \
     --prompt "a person playing the piano" --prompt "horses racing on a track" | tail -n 1
-  log "evaluating the text DiT on 48 held-out captions: fvd_local, and class_accuracy (prompt-video agreement)"
-  python -m ardscale.evaluate "$OUT/text_dit" local="$OUT/ucf101_local.pt" prompts=48 out="$OUT/eval_text_dit" \
+  log "evaluating the text DiT on 48 held-out captions: FVD16, fvd_local, class_accuracy (prompt-video agreement)"
+  python -m ardscale.evaluate "$OUT/text_dit" "${STD[@]}" references=test prompts=48 out="$OUT/eval_text_dit" \
     >/dev/null
 else
   log "no captions for $SRC (captions.jsonl): text conditioning skipped"

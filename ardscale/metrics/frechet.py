@@ -78,7 +78,8 @@ def frechet_distance(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor |
 def kernel_distance(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000,
                     seed: int = 0) -> tuple[float, float]:
     """Unbiased polynomial-kernel MMD² between features ``(N, C)`` and ``(M, C)``: ``(mean, std)``
-    over ``subsets`` random subsets of ``min(N, M, subset_size)`` rows per side (KID / KVD).
+    over ``subsets`` random subsets of ``min(N, M, subset_size)`` rows per side (KID / KVD; half
+    of the smaller set when that is smaller than ``subset_size``, so that the subsets differ).
 
     Raises:
         ValueError: a set not 2-D or with < 2 rows, or different C.
@@ -87,6 +88,8 @@ def kernel_distance(feats_a, feats_b, subsets: int = 100, subset_size: int = 100
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
     c, m = a.shape[1], min(len(a), len(b), subset_size)
+    if m == min(len(a), len(b)) and subsets > 1:   # subsets of every row would all be equal: std 0
+        m = max(2, m // 2)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(subsets):

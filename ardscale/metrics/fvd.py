@@ -160,10 +160,14 @@ def main(argv=None) -> dict:
         clips, _ = load_video_clips(root, split)
         clips = clips[torch.linspace(0, len(clips) - 1, min(a.max_clips, len(clips))).round().long()]
         sides.append((clips, join(root, "videos", split, "_features")))
-    ref = StandardReference(*sides[0], f"{a.against}", i3d, inception, a.fid_frames)
-    fake = sides[1][0]
-    metrics = {k: v for k, v in ref.compare(fake).items()}
-    report = {"clips": a.split, "reference": a.against, "root": a.root, "metrics": metrics}
+    ref, other = (StandardReference(clips, cache, split, i3d, inception, a.fid_frames)
+                  for (clips, cache), split in zip(sides, (a.against, a.split)))   # both sides cached
+    t = ref.frames
+    metrics = distances(ref.real, other.real, f"fvd{t}", f"kvd{t}")
+    if inception is not None:
+        metrics.update(distances(ref.real_img, other.real_img, "fid", "kid"))
+    report = {"clips": f"{a.split} of {a.root}", "reference": f"{a.against} of {a.against_root or a.root}",
+              "metrics": metrics}
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
