@@ -1,10 +1,12 @@
 """First-use caches filled by many processes at once (issue 20): every process succeeds, one whole
 target is published, no temporary copy is left, and a failed fill leaves nothing."""
 import hashlib
+import json
 import multiprocessing as mp
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ardscale import cache
@@ -112,3 +114,48 @@ def test_checkpoint_mirror_folder_pulled_by_many_ranks_at_once(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["step-00000004"]
     for f in (remote / "zero" / "w").iterdir():
         assert _sha(out / "zero" / "w" / f.name) == _sha(f)
+
+
+def _real_features(cache_dir):
+    import torch
+
+    from ardscale.metrics.fvd import cached_features
+    clips = torch.arange(3 * 9 * 8 * 8 * 3).remainder(251).to(torch.uint8).view(3, 9, 8, 8, 3)
+
+    def extract(c):   # a stand-in feature network with real work in it, so the writers overlap
+        x = c.double().flatten(1)
+        for _ in range(300):
+            x = torch.tanh(x @ torch.ones(x.shape[1], x.shape[1], dtype=torch.float64) / x.shape[1])
+        return x[:, :4]
+    return cached_features(extract, clips, cache_dir, "i3d").tolist()
+
+
+def test_real_feature_cache_filled_by_many_evaluations_at_once(tmp_path):
+    cache_dir = tmp_path / "videos" / "test" / "_features"
+    results = _race(_real_features, [(str(cache_dir),)] * N)
+    assert all(r[0] == "ok" for r in results), results
+    assert len({json.dumps(r[1]) for r in results}) == 1
+    files = list(cache_dir.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("i3d-f9-8px-n3-") and files[0].suffix == ".npy"
+    assert np.load(files[0]).tolist() == results[0][1]
+
+
+def _pull_tag(run_dir, url):
+    from ardscale.engine.checkpoint import pull
+    return pull(run_dir, url)
+
+
+def test_checkpoint_mirror_files_pulled_by_many_processes_at_once(tmp_path):
+    mirror = tmp_path / "mirror"
+    tag = mirror / "ckpt" / "step-00000004"
+    tag.mkdir(parents=True)
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+        (tag / name).write_bytes(os.urandom(3_000_000))
+    (tag / "ardscale.json").write_text('{"step": 4, "world_size": 1}')
+    run_dir = tmp_path / "run"
+    results = _race(_pull_tag, [(str(run_dir), str(mirror))] * N)
+    assert results == [("ok", "step-00000004")] * N, results
+    local = run_dir / "ckpt" / "step-00000004"
+    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in tag.iterdir())   # no temp files
+    assert all(_sha(local / f.name) == _sha(f) for f in tag.iterdir())
+    assert (run_dir / "ckpt" / "latest").read_text() == "step-00000004"
