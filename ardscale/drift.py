@@ -9,7 +9,9 @@ and each result is measured per frame index against the real clip:
 - ``psnr``: PSNR of generated frame j against real frame j, mean over clips (dB; pixel fidelity
   to the real future, which an ideal generator need not reach far from the context);
 - ``fvd_local``: the local network's Fréchet distance between the windows of training length
-  ending at frame j and the real held-out clips of the run (realism, whatever the future).
+  ending at frame j and the real held-out clips of the run (realism, whatever the future);
+- ``fvd16`` (with a :class:`~ardscale.metrics.fvd.StandardReference` of 16-frame real clips): the
+  standard FVD16 of each successive, non-overlapping 16-frame window (frames 0-15, 16-31, …).
 
 Two references bound each curve: ``recon`` (the real clips through the AR-VAE: what the decoder
 allows) and ``frozen`` (the last context frame repeated: a generator that stops moving).
@@ -25,6 +27,7 @@ from .data.transforms import to_model_range, to_unit
 from .diffusion.sampler import sample
 from .diffusion.schedule import make_diffusion
 from .metrics import frechet_distance, psnr
+from .metrics.fvd import StandardReference
 from .metrics.local import LocalFeatures
 from .sample import decode_frames
 
@@ -87,9 +90,22 @@ def window_fvd(local: LocalFeatures, real_feats: torch.Tensor, videos: torch.Ten
     return out
 
 
+def successive_fvd(ref: StandardReference, videos: torch.Tensor) -> list[float]:
+    """The standard FVD (``ref.frames`` = T frames, e.g. FVD16) of each successive non-overlapping
+    window ``videos[:, iT:(i+1)T]`` of uint8 ``videos (N, F, H, W, 3)``: F // T floats."""
+    t = ref.frames
+    windows = range(videos.shape[1] // t)
+    return [ref.compare(videos[:, i * t:(i + 1) * t], fid=False)[f"fvd{t}"] for i in windows]
+
+
 def measure(videos: dict[str, torch.Tensor], real: torch.Tensor, local: LocalFeatures,
-            real_feats: torch.Tensor, window: int) -> dict:
+            real_feats: torch.Tensor, window: int, standard: StandardReference | None = None) -> dict:
     """Per-frame ``psnr`` and per-window ``fvd_local`` of each named uint8 video set ``(N, F, H, W, 3)``
-    against the real long clips ``real`` (same shape) and the real training-length features."""
-    return {name: {"psnr": per_frame_psnr(v, real), "fvd_local": window_fvd(local, real_feats, v, window)}
-            for name, v in videos.items()}
+    against the real long clips ``real`` (same shape) and the real training-length features; with
+    ``standard``, ``fvd16`` of successive 16-frame windows too (:func:`successive_fvd`)."""
+    out = {name: {"psnr": per_frame_psnr(v, real), "fvd_local": window_fvd(local, real_feats, v, window)}
+           for name, v in videos.items()}
+    if standard is not None:
+        for name, v in videos.items():
+            out[name][f"fvd{standard.frames}"] = successive_fvd(standard, v)
+    return out

@@ -222,6 +222,21 @@ def test_generated_classes_follow_the_real_class_frequencies():
     assert ev.dit_conditions(cfg, held, EvalConfig(per_class=2))[0].tolist() == [0, 0, 1, 1]   # videos=0
 
 
+def test_fvd_of_successive_windows_against_real_clips(ucf_root, tmp_path):
+    from ardscale.data.video import read_clips
+    from ardscale.drift import successive_fvd
+    from ardscale.metrics.fvd import I3DFeatures, StandardReference
+
+    paths = sorted((ucf_root / "videos" / "Surfing").glob("*.avi"))[:4]
+    clips = torch.from_numpy(np.stack([read_clips(str(p), 18, 8, 32, max_clips=1)[0][1] for p in paths]))
+    ref = StandardReference(clips[:, :9], str(tmp_path), "surfing", I3DFeatures(), fid_frames=0)
+    first, second = successive_fvd(ref, clips)   # frames 0-8 (the reference itself), 9-17
+    assert first < 1e-6 and second > 100
+    assert successive_fvd(ref, clips[:, :17]) == pytest.approx([first])   # whole windows only
+    with pytest.raises(ValueError, match="FVD9 needs videos of ≥ 9 frames"):
+        ref.compare(clips[:, :8])
+
+
 def test_drift_references_and_per_frame_psnr():
     from ardscale.drift import frozen, per_frame_psnr
 

@@ -128,7 +128,12 @@ def drift(a) -> dict:
         videos[f"s={s}"] = d.continue_clips(dit, vae, run_cfg, real, labels, a.context, s, a.ddim_steps,
                                             a.cfg_scale,
                                             window, a.seed)
-    results = d.measure(videos, real, local, real_feats, window)
+    standard = None
+    if a.real_root:   # FVD16 of successive 16-frame windows against the 16-frame held-out clips
+        from ardscale.evaluate import standard_references
+        std_e = parse([f"real_root={a.real_root}", f"references={a.split}", "fid_frames=0"], run_cfg.eval)
+        standard = standard_references(run_cfg, std_e)[0][1]
+    results = d.measure(videos, real, local, real_feats, window, standard)
     _drift_outputs(a, results, {"real": real, **videos}, window)
     return {"run": a.dit_run, "checkpoint": tag, "clips": len(real), "frames": real.shape[1],
             "context": a.context, "window": window, "cfg_scale": a.cfg_scale, "results": results,
@@ -159,11 +164,14 @@ def _drift_mlflow(a, run_cfg, results: dict, window: int) -> str | None:
 def _drift_table(a, results: dict) -> str:
     first = a.context
     cols = list(range(first, len(next(iter(results.values()))["psnr"]), 4))
-    lines = ["| videos | " + " | ".join(f"PSNR f{j}" for j in cols) + " | fvd_local first → last window |",
-             "|---" * (len(cols) + 2) + "|"]
+    fvd16 = "fvd16" in next(iter(results.values()))
+    lines = ["| videos | " + " | ".join(f"PSNR f{j}" for j in cols) + " | fvd_local first → last window |"
+             + (" FVD16 of successive 16-frame windows |" if fvd16 else ""),
+             "|---" * (len(cols) + 2 + fvd16) + "|"]
     for name, r in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{r['psnr'][j]:.2f}" for j in cols)
-                     + f" | {r['fvd_local'][0]:.2f} → {r['fvd_local'][-1]:.2f} |")
+                     + f" | {r['fvd_local'][0]:.2f} → {r['fvd_local'][-1]:.2f} |"
+                     + (" " + " → ".join(f"{v:.0f}" for v in r["fvd16"]) + " |" if fvd16 else ""))
     return "\n".join(lines)
 
 

@@ -124,9 +124,10 @@ class StandardReference:
             images = lambda c: inception(spread_frames(c, fid_frames))
             self.real_img = cached_features(images, clips, cache_dir, f"inception{fid_frames}")
 
-    def compare(self, fake: torch.Tensor, suffix: str = "") -> dict:
+    def compare(self, fake: torch.Tensor, suffix: str = "", fid: bool = True) -> dict:
         """``fvd{T}``, ``kvd{T}`` (± std), and ``fid``/``kid`` of uint8 videos ``(M, T', H, W, 3)``
-        (T' ≥ T; their first T frames), each with its counts; ``suffix`` names the reference.
+        (T' ≥ T; their first T frames), each with its counts; ``suffix`` names the reference,
+        ``fid=False`` skips FID/KID.
 
         Raises:
             ValueError: T' < T.
@@ -135,7 +136,7 @@ class StandardReference:
         if fake.shape[1] < t:
             raise ValueError(f"FVD{t} needs videos of ≥ {t} frames, got {fake.shape[1]}")
         out = distances(self.real, self.i3d(fake[:, :t]), f"fvd{t}{suffix}", f"kvd{t}{suffix}")
-        if self.real_img is not None:
+        if fid and self.real_img is not None:
             fake_img = self.inception(spread_frames(fake[:, :t], self.fid_frames))
             out.update(distances(self.real_img, fake_img, f"fid{suffix}", f"kid{suffix}"))
         return out
