@@ -48,7 +48,7 @@ from .config import EvalConfig
 from .data.loader import load_video_clips
 from .data.shards import join
 from .data.transforms import to_model_range, to_uint8, to_unit
-from .diffusion.sampler import sample
+from .diffusion.sampler import frames_in_flight, sample
 from .diffusion.schedule import make_diffusion
 from .engine.tracking import Tracker
 from .metrics import frechet_distance, psnr, ssim
@@ -302,6 +302,13 @@ def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
     held = held_out(run_cfg, e)
     if e.standard and run_cfg.task == "dit":   # FVD16 of an 8-frame model: the sliding window goes on
         e = replace(e, frames=max(e.frames or held.clips.shape[1], e.fvd_frames))
+    if run_cfg.task == "dit" and e.frames > held.clips.shape[1]:   # fail before any sampling
+        need = frames_in_flight(e.frames, e.steps, e.s)
+        if need > held.clips.shape[1]:
+            window = held.clips.shape[1]
+            raise ValueError(f"{e.frames} frames with s={e.s}, steps={e.steps} keep {need} frames in flight, "
+                             f"more than the training length {window} the sliding window holds: raise s "
+                             f"(about steps / {window} or more) or sample fewer frames")
     report = {"run_dir": run_dir, "checkpoint": tag, "task": run_cfg.task, "eval": asdict(e),
               "real_clips": len(held)}
     refs = standard_references(run_cfg, e) if e.standard else []   # before sampling: fail early

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ardscale.diffusion.ad import ad_timesteps, ddim_grid
-from ardscale.diffusion.sampler import sample
+from ardscale.diffusion.sampler import frames_in_flight, sample
 from ardscale.diffusion.schedule import GaussianDiffusion
 from ardscale.diffusion.timesteps import fopp_tables, fopp_with_frame, sample_timesteps
 from ardscale.models.dit import DiT, DiTConfig
@@ -340,6 +340,19 @@ def test_sliding_window_beyond_training_length():
                        sample(model, d, y, 6, N, 3, generator=g()))
     with pytest.raises(ValueError, match="denoised at once"):
         sample(model, d, y, 10, N, 0, window=5)  # s=0: all 10 frames are in flight together
+
+
+def test_frames_in_flight_is_the_smallest_window_the_sampler_accepts():
+    model, d, N, F = random_dit(), GaussianDiffusion(1000), 6, 9
+    y = torch.tensor([3])
+    assert [frames_in_flight(F, N, s) for s in (0, 1, 2, 3, 6, 7)] == [9, 6, 3, 2, 1, 1]
+    assert (frames_in_flight(16, 25, 2), frames_in_flight(16, 50, 10)) == (13, 5)   # the demo's question
+    for s in (1, 2, 3, 6):
+        w = frames_in_flight(F, N, s)
+        assert sample(model, d, y, F, N, s, window=w).shape == (1, F, 32, 4)
+        if w > 1:
+            with pytest.raises(ValueError, match="denoised at once"):
+                sample(model, d, y, F, N, s, window=w - 1)
 
 
 def test_video_continuation_keeps_the_context_and_uses_it():

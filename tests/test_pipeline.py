@@ -68,6 +68,14 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
                               batch_size=2, progress=False)
     save_local(net, report, local)
 
+    # 9-frame clips of the same video, the real set of the standard metrics (FVD9: the I3D's least)
+    root9 = tmp_path / "data9"
+    shard_one([VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01")],
+              str(root9 / "videos" / "train" / "shard-000000.tar"), num_frames=9, fps=8, size=32, max_clips=3,
+              split="train")
+    std = [f"local={local}", "split=train", "fvd_frames=9", f"real_root={root9}", "references=train",
+           "fid_frames=1", "mlflow=false"]
+
     # Captions encoded into the latent shards (the MiniLM text encoder), and the null caption.
     if importlib.util.find_spec("all_minilm_l6_v2") is not None:
         texted = encode_run(run, str(root), "train", num_actors=1, text_encoder_kind="minilm", text_tokens=8)
@@ -107,9 +115,9 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
         assert decode_mp4(Path(told["mp4"]).read_bytes()).shape == (4, 32, 2 * 32, 3)
         with pytest.raises(ValueError, match="--prompt"):
             generate(text_run, num_steps=2, log_mlflow=False)
-        rep = evaluate(text_run, [f"local={local}", "split=train", "prompts=2", "steps=2", "s=1",
-                                  "batch_size=1", "mlflow=false", "standard=false"])
+        rep = evaluate(text_run, [*std, "prompts=2", "steps=2", "s=1", "batch_size=1"])   # 9 frames: window
         assert rep["prompts"] == ["an archer draws the bow"] * 2 and rep["generated"] == 2
+        assert rep["frames"] == 9 and rep["metrics"]["fvd9"] > 0 and rep["metrics"]["fvd9_fake"] == 2
         assert rep["classes"] == [2] and rep["metrics"]["chance"] == 1.0     # the caption's class
         assert 0 <= rep["metrics"]["class_accuracy"] <= 1 and rep["metrics"]["fvd_local"] > 0
 
@@ -166,12 +174,8 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     # long with its sliding window, the AR-VAE reconstructs those 9-frame clips.
     with pytest.raises(ValueError, match="clips of 4 frames; FVD16 needs 16: .* real_root="):
         evaluate(dit_run, [f"local={local}", "split=train", "references=train", "mlflow=false"])
-    root9 = tmp_path / "data9"
-    shard_one([VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01")],
-              str(root9 / "videos" / "train" / "shard-000000.tar"), num_frames=9, fps=8, size=32, max_clips=3,
-              split="train")
-    std = [f"local={local}", "split=train", "fvd_frames=9", f"real_root={root9}", "references=train",
-           "fid_frames=1", "mlflow=false"]
+    with pytest.raises(ValueError, match="keep 8 frames in flight, more than the training length 4"):
+        evaluate(dit_run, [*std, "steps=8", "s=1"])   # before any sampling
     srep = evaluate(dit_run, [*std, "per_class=3", "steps=2", "s=1"])
     sm = srep["metrics"]
     assert srep["frames"] == 9 and len(sm["fvd_local_segments"]) == 2

@@ -77,7 +77,7 @@ def table3(a) -> dict:
     for name in a.variants:
         for seed in range(a.seeds):
             run = _train(a, name, seed, VARIANTS[name])
-            rep = evaluate(run, [f"local={a.local}", f"per_class={a.per_class}", "s=2",
+            rep = evaluate(run, [f"local={a.local}", f"per_class={a.per_class}", f"s={a.s}",
                                  f"steps={a.ddim_steps}", f"split={a.split}", *_standard(a)])
             results.setdefault(name, []).append({"seed": seed, "run": run, **{
                 k: v for k, v in rep["metrics"].items() if isinstance(v, float)}})
@@ -219,6 +219,8 @@ def main(argv=None) -> dict:
     p.add_argument("--per-class", type=int, default=8,
                    help="videos per class (drift: clips per class, 0 = all)")
     p.add_argument("--split", default="test", help="held-out clips the samples are compared with")
+    p.add_argument("--s", type=int, default=2, help="table3: the AD step s of every evaluation (with "
+                   "--real-root, 16 frames through the 8-frame window need s ≥ N/8, e.g. 10)")
     p.add_argument("--real-root", default="", help="table2/3: a data root of 16-frame clips: report FVD16, "
                    "KVD16, FID (ardscale.metrics.fvd) beside fvd_local; empty = fvd_local only")
     p.add_argument("--s-values", type=int, nargs="*", default=[0, 1, 2, 5, 10, 25, 50])

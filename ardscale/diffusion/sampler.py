@@ -27,6 +27,17 @@ def composition_rows(num_frames: int, num_steps: int, s: int, num_context: int =
     return torch.cat([rows.new_zeros(rows.shape[0], num_context), rows], dim=1)
 
 
+def frames_in_flight(num_frames: int, num_steps: int, s: int, num_context: int = 0) -> int:
+    """The most frames that one AD iteration moves at once (first to last changing frame): a
+    sliding window must hold at least this many (about N/s for 0 < s < N)."""
+    rows = composition_rows(num_frames, num_steps, s, num_context)
+    moving = rows[:-1] != rows[1:]                                           # (I-1, F)
+    idx = torch.arange(num_frames).expand_as(moving)
+    first = torch.where(moving, idx, num_frames).min(1).values
+    last = torch.where(moving, idx, -1).max(1).values
+    return int((last - first + 1).max())
+
+
 def _window_start(start: int, first_changing: int, end: int, window: int | None) -> int:
     """Move the window start forward just enough that frames ``start … end-1`` fit ``window``."""
     if window is None or end - start <= window:
