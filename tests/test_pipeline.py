@@ -188,6 +188,12 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     vs = evaluate(run, std)["metrics"]   # the same real clips: their features come from the cache
     assert vs["rfvd9"] > 0 and vs["rfid"] > 0 and vs["rfvd9_real"] == 3 and "rfvd_local" in vs
     assert {f.name.rsplit("-", 1)[0]: f.stat().st_mtime_ns for f in cache.glob("*.npy")} == files
+    from ardscale.metrics.fvd import main as fvd_floor  # real against real: a set against itself is 0
+
+    floor = fvd_floor([str(root9), "--split", "train", "--against", "train", "--max-clips", "3",
+                       "--fid-frames", "1", "--out", str(tmp_path / "floor.json")])["metrics"]
+    assert floor["fvd9"] < 1e-6 and floor["fid"] < 1e-6 and (floor["fvd9_real"], floor["fvd9_fake"]) == (3, 3)
+    assert json.loads((tmp_path / "floor.json").read_text())["metrics"] == floor
 
     # The ablation tool: two Table 3 variants (1 seed, 2 steps) and a Table 2 sweep over s.
     from tools.ablate import main as ablate
