@@ -62,7 +62,9 @@ def _train(a, name: str, seed: int, extra: list[str]) -> str:
 
 def _standard(a) -> list[str]:
     """evaluate overrides for the standard metrics: on against ``--real-root``, else off."""
-    return [f"real_root={a.real_root}", f"references={a.split}"] if a.real_root else ["standard=false"]
+    if not a.real_root:
+        return ["standard=false"]
+    return [f"real_root={a.real_root}", f"references={a.split}", f"max_real={a.max_real}"]
 
 
 def _spread(values: list[float]) -> str:
@@ -131,7 +133,7 @@ def drift(a) -> dict:
     standard = None
     if a.real_root:   # FVD16 of successive 16-frame windows against the 16-frame held-out clips
         from ardscale.evaluate import standard_references
-        std_e = parse([f"real_root={a.real_root}", f"references={a.split}", "fid_frames=0"], run_cfg.eval)
+        std_e = parse([*_standard(a), "fid_frames=0"], run_cfg.eval)
         standard = standard_references(run_cfg, std_e)[0][1]
     results = d.measure(videos, real, local, real_feats, window, standard)
     _drift_outputs(a, results, {"real": real, **videos}, window)
@@ -219,6 +221,7 @@ def main(argv=None) -> dict:
     p.add_argument("--per-class", type=int, default=8,
                    help="videos per class (drift: clips per class, 0 = all)")
     p.add_argument("--split", default="test", help="held-out clips the samples are compared with")
+    p.add_argument("--max-real", type=int, default=128, help="with --real-root: real clips (spread)")
     p.add_argument("--s", type=int, default=2, help="table3: the AD step s of every evaluation (with "
                    "--real-root, 16 frames through the 8-frame window need s ≥ N/8, e.g. 10)")
     p.add_argument("--real-root", default="", help="table2/3: a data root of 16-frame clips: report FVD16, "
