@@ -17,8 +17,10 @@ the training latents and compared with the split's real clips:
   Kinetics-400 I3D and the Inception-v3 of their registry packages; the protocol is
   :mod:`ardscale.metrics.fvd`'s), each with its counts (``fvd16_real``, ``fvd16_fake``), against
   the held-out clips of the trained classes, and ``…_train`` against the train clips (``references``;
-  the report names each). Their real clips are ``fvd_frames`` long (``real_root``: shards cut that
-  long), so a DiT trained on shorter clips is sampled that long with its sliding window.
+  the report names each), and ``…_floor_train``: the train clips scored as if generated against
+  the test clips, what a perfect generator reaches at these counts. Their real clips are
+  ``fvd_frames`` long (``real_root``: shards cut that long), so a DiT trained on shorter clips is
+  sampled that long with its sliding window.
   ``fvd_frames=128`` gives FVD128. ``standard=false`` skips them;
 - ``gen_s_per_video``: sampling + decoding wall time per video.
 
@@ -287,6 +289,8 @@ def standard_metrics(task: str, model, refs: list, fake: torch.Tensor, batch_siz
     metrics = {}
     for i, (split, ref) in enumerate(refs):
         metrics.update(ref.compare(fake, "" if i == 0 else f"_{split}"))
+        if i:   # the floor: these real clips scored as if generated, against the first reference
+            metrics.update(refs[0][1].floor(ref, f"_floor_{split}"))
     return metrics
 
 

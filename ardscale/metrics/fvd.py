@@ -124,6 +124,15 @@ class StandardReference:
             images = lambda c: inception(spread_frames(c, fid_frames))
             self.real_img = cached_features(images, clips, cache_dir, f"inception{fid_frames}")
 
+    def floor(self, other: StandardReference, suffix: str = "_floor") -> dict:
+        """The same distances between two real sets (``other`` against this one, features from the
+        caches): what a perfect generator would score at these sample counts."""
+        t = self.frames
+        out = distances(self.real, other.real, f"fvd{t}{suffix}", f"kvd{t}{suffix}")
+        if self.real_img is not None and other.real_img is not None:
+            out.update(distances(self.real_img, other.real_img, f"fid{suffix}", f"kid{suffix}"))
+        return out
+
     def compare(self, fake: torch.Tensor, suffix: str = "", fid: bool = True) -> dict:
         """``fvd{T}``, ``kvd{T}`` (± std), and ``fid``/``kid`` of uint8 videos ``(M, T', H, W, 3)``
         (T' ≥ T; their first T frames), each with its counts; ``suffix`` names the reference,
@@ -163,10 +172,7 @@ def main(argv=None) -> dict:
         sides.append((clips, join(root, "videos", split, "_features")))
     ref, other = (StandardReference(clips, cache, split, i3d, inception, a.fid_frames)
                   for (clips, cache), split in zip(sides, (a.against, a.split)))   # both sides cached
-    t = ref.frames
-    metrics = distances(ref.real, other.real, f"fvd{t}", f"kvd{t}")
-    if inception is not None:
-        metrics.update(distances(ref.real_img, other.real_img, "fid", "kid"))
+    metrics = ref.floor(other, suffix="")
     report = {"clips": f"{a.split} of {a.root}", "reference": f"{a.against} of {a.against_root or a.root}",
               "metrics": metrics}
     if a.out:
