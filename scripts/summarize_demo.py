@@ -43,7 +43,7 @@ def main(out: Path, seconds: int) -> None:
     if text.is_file():
         info = json.loads(text.read_text())
         print(f"      text: {info['mp4']}  (prompts {info['prompts']})")
-    for name in ("eval_floor", "eval_dit", "eval_vae", "eval_text_dit"):
+    for name in ("eval_dit", "eval_vae", "eval_text_dit"):
         report = out / name / "report.json"
         if report.is_file():
             m = json.loads(report.read_text())["metrics"]

@@ -231,6 +231,12 @@ def test_fvd_of_successive_windows_against_real_clips(ucf_root, tmp_path):
     clips = torch.from_numpy(np.stack([read_clips(str(p), 18, 8, 32, max_clips=1)[0][1] for p in paths]))
     ref = StandardReference(clips[:, :9], str(tmp_path), "surfing", I3DFeatures(), fid_frames=0)
     first, second = successive_fvd(ref, clips)   # frames 0-8 (the reference itself), 9-17
+    # a DiT's report: against each reference, and the floor (the second set scored against the first)
+    from ardscale.evaluate import standard_metrics
+    other = StandardReference(clips[:, 9:], str(tmp_path), "later", ref.i3d, fid_frames=0)
+    m = standard_metrics("dit", None, [("test", ref), ("train", other)], clips, batch_size=4)
+    assert m["fvd9"] < 1e-6 and m["fvd9_train"] == pytest.approx(second) and m["fvd9_train_fake"] == 4
+    assert m["fvd9_floor_train"] == pytest.approx(second) and m["fvd9_floor_train_real"] == 4
     assert first < 1e-6 and second > 100
     assert successive_fvd(ref, clips[:, :17]) == pytest.approx([first])   # whole windows only
     with pytest.raises(ValueError, match="FVD9 needs videos of ≥ 9 frames"):
