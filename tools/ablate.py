@@ -84,10 +84,12 @@ def table3(a) -> dict:
             results.setdefault(name, []).append({"seed": seed, "run": run, **{
                 k: v for k, v in rep["metrics"].items() if isinstance(v, float)}})
             print(name, seed, results[name][-1], flush=True)
-    lines = ["| variant | fvd_local | fid_local | runs |", "|---|---|---|---|"]
+    keys = [k for k in ("fvd16", "kvd16", "fid", "fvd_local", "fid_local")
+            if all(k in r for rows in results.values() for r in rows)]
+    lines = ["| variant | " + " | ".join(keys) + " | runs |", "|---" * (len(keys) + 2) + "|"]
     for name, rows in results.items():
-        lines.append(f"| {name} | {_spread([r['fvd_local'] for r in rows])} | "
-                     f"{_spread([r['fid_local'] for r in rows])} | {len(rows)} |")
+        cells = " | ".join(_spread([r[k] for r in rows]) for k in keys)
+        lines.append(f"| {name} | {cells} | {len(rows)} |")
     return {"results": results, "markdown": "\n".join(lines)}
 
 
