@@ -239,3 +239,24 @@ def test_stream_rides_out_an_s3_outage_and_skips_a_lost_shard(restartable_s3, tm
     assert faults["shards"] == ["s3://stream-test/lat/shard-000003.tar"]
     assert faults["samples"] == len(lost) > 0
     assert {k for b in got for k in b} == {k for b in ref for k in b if not k.startswith("s3_")}
+
+
+def test_real_features_cached_beside_shards_on_s3(s3_endpoint):
+    import fsspec
+    import torch
+
+    from ardscale.metrics.fvd import cached_features
+
+    clips = torch.arange(2 * 9 * 4 * 4 * 3).remainder(256).to(torch.uint8).view(2, 9, 4, 4, 3)
+    calls = []
+
+    def extract(c):
+        calls.append(len(c))
+        return c.double().flatten(1)[:, :5]
+
+    url = "s3://ardscale-test/data16/videos/test/_features"
+    first = cached_features(extract, clips, url, "i3d")
+    again = cached_features(extract, clips, url, "i3d")   # read back from the bucket
+    assert calls == [2] and torch.equal(first, again) and first.shape == (2, 5)
+    names = [p.rsplit("/", 1)[-1] for p in fsspec.filesystem("s3").ls(url.removeprefix("s3://"))]
+    assert len(names) == 1 and names[0].startswith("i3d-f9-4px-n2-")
