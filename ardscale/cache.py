@@ -8,7 +8,7 @@ no process sleeps, polls or retries.
 
 Users of this rule: the MiniLM text encoder folder (:func:`ardscale.models.text.minilm_dir`), the
 per-node copies of a checkpoint mirror (:mod:`ardscale.engine.checkpoint`: ``_fetch`` and the
-universal conversion), and the real-set feature statistics of FVD/FID (:mod:`ardscale.metrics`).
+universal conversion), and the real-set features of FVD/FID (:func:`ardscale.metrics.fvd.cached_features`).
 """
 from __future__ import annotations
 
