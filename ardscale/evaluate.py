@@ -43,32 +43,36 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from .config import EvalConfig
+from . import cli
+from .config import EvalConfig, SampleConfig, refuse_old_keys
+from .data.folders import FEATURES, video_dir
 from .data.loader import load_video_clips
 from .data.shards import join
 from .data.transforms import to_model_range, to_uint8, to_unit
+from .data.video import write_grid
 from .diffusion.sampler import frames_in_flight, sample
 from .diffusion.schedule import make_diffusion
+from .engine import checkpoint
 from .engine.tracking import Tracker
 from .metrics import frechet_distance, psnr, ssim
 from .metrics.fvd import I3DFeatures, StandardReference
 from .metrics.inception import InceptionFeatures
 from .metrics.local import LocalFeatures
-from .sample import decode_frames, encode_prompts, latent_vae, trained_classes, video_fps, write_grid
-from .tasks import get_task, load_trained
+from .runs import RunData, load_trained, mlflow_run_id
 
 
 def parse(overrides: list[str], base: EvalConfig | None = None) -> EvalConfig:
-    """``key=value`` strings over ``base`` (a run's ``eval`` section) → :class:`EvalConfig`.
+    """``key=value`` strings (Hydra's grammar) over ``base`` (a run's ``eval`` section) →
+    :class:`EvalConfig`.
 
     Raises:
+        ValueError: an old key (``s=`` is now ``sample.s=`` …), naming the new one.
         omegaconf errors: an unknown key or a wrong type, named.
     """
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(base or EvalConfig()),
-                                               OmegaConf.from_dotlist(overrides)))
+    refuse_old_keys({}, overrides, "evaluate", prefix="eval.")
+    return cli.parse(base or EvalConfig(), overrides)
 
 
 @dataclass
@@ -124,19 +128,17 @@ class Reference:
 
 
 @torch.no_grad()
-def generate_videos(run_cfg, dit, labels, e: EvalConfig) -> tuple[torch.Tensor, float]:
-    """Sample and decode one video per condition (class labels ``(N,)``, or a text DiT's
-    :class:`~ardscale.models.dit.TextCondition` of N prompts); returns uint8 ``(N, F, H, W, 3)``
-    and seconds per video."""
-    vae, manifest = latent_vae(run_cfg)
-    frames = e.frames or manifest["num_frames"]
-    window = manifest["num_frames"]
-    diffusion, gen = make_diffusion(run_cfg.diffusion), torch.Generator().manual_seed(e.seed)
+def generate_videos(data: RunData, dit, labels, sc: SampleConfig,
+                    batch_size: int) -> tuple[torch.Tensor, float]:
+    """Sample (``sc``, frames and window 0 = the training length) and decode one video per
+    condition (class labels ``(N,)``, or a text DiT's :class:`~ardscale.models.dit.TextCondition`
+    of N prompts), ``batch_size`` at a time; returns uint8 ``(N, F, H, W, 3)`` and seconds per video."""
+    sc = data.resolve(sc)
+    diffusion, gen = make_diffusion(data.cfg.diffusion), torch.Generator().manual_seed(sc.seed)
     videos, start = [], time.perf_counter()
-    for i in tqdm(range(0, len(labels), e.batch_size), desc="sampling videos", file=sys.stderr):
-        y = labels[i:i + e.batch_size]
-        z = sample(dit, diffusion, y, frames, e.steps, e.s, e.cfg_scale, generator=gen, window=window)
-        videos.append(torch.from_numpy(decode_frames(vae, z, run_cfg.diffusion.scale_factor, window)))
+    for i in tqdm(range(0, len(labels), batch_size), desc="sampling videos", file=sys.stderr):
+        z = sample(dit, diffusion, labels[i:i + batch_size], sc, generator=gen)
+        videos.append(torch.from_numpy(data.decode(z, sc.window)))
     return torch.cat(videos), (time.perf_counter() - start) / len(labels)
 
 
@@ -150,10 +152,8 @@ def reconstruct(vae, real: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def _log(run_cfg, run_dir: str, metrics: dict, step: int, out: Path) -> str | None:
     """Log the scalar metrics (``eval/`` prefix) and the report to the run's MLflow run."""
-    run_id_file = Path(run_dir) / "mlflow_run_id"
     tracker = Tracker(run_cfg.tracking.tracking_uri, run_cfg.tracking.experiment)
-    tracker.start(run_id_file.read_text().strip() if run_id_file.is_file() else None,
-                  f"eval-{Path(run_dir).name}", {})
+    tracker.start(mlflow_run_id(run_dir), f"eval-{Path(run_dir).name}", {})
     tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step)
     for name in ("report.json", "samples.mp4", "samples.gif"):
         if (out / name).is_file():
@@ -162,14 +162,14 @@ def _log(run_cfg, run_dir: str, metrics: dict, step: int, out: Path) -> str | No
     return tracker.run_id
 
 
-def held_out(run_cfg, e: EvalConfig, root: str = "") -> HeldOut:
+def held_out(data: RunData, e: EvalConfig, root: str = "") -> HeldOut:
     """The real clips of ``e.split`` under ``root`` (default: the run's data root), restricted to
     the classes the run trained on (a DiT cannot be asked for a class it never saw; a held-out
     split may hold classes the train split lacks) and to ``e.max_real`` clips when set."""
     meta: list[dict] = []
-    real, labels = load_video_clips(root or run_cfg.data.root, e.split, meta)
+    real, labels = load_video_clips(root or data.cfg.data.root, e.split, meta)
     held = HeldOut(real, labels, [m.get("caption", "") for m in meta])
-    trained = trained_classes(run_cfg)
+    trained = data.classes
     if trained:
         held = held[torch.isin(labels, torch.tensor(trained))]
     if e.max_real and e.max_real < len(held):   # spread over the split, not its first shards
@@ -177,7 +177,7 @@ def held_out(run_cfg, e: EvalConfig, root: str = "") -> HeldOut:
     return held
 
 
-def standard_references(run_cfg, e: EvalConfig) -> list[tuple[str, StandardReference]]:
+def standard_references(data: RunData, e: EvalConfig) -> list[tuple[str, StandardReference]]:
     """``(split, StandardReference)`` for each split of ``e.references``: real clips of
     ``e.fvd_frames`` frames from ``e.real_root`` (default: the run's data root), of the classes the
     run trained on, ``e.max_real`` spread over the split; their features cached beside the shards.
@@ -185,25 +185,25 @@ def standard_references(run_cfg, e: EvalConfig) -> list[tuple[str, StandardRefer
     Raises:
         ValueError: the shards' clips are shorter than ``e.fvd_frames`` (naming the folder and the fix).
     """
-    root = e.real_root or run_cfg.data.root
+    root = e.real_root or data.cfg.data.root
     i3d = I3DFeatures(e.i3d or None)
     inception = InceptionFeatures(e.inception or None) if e.fid_frames else None
     refs = []
     for split in [s.strip() for s in e.references.split(",") if s.strip()]:
-        held = held_out(run_cfg, replace(e, split=split), root)
+        held = held_out(data, replace(e, split=split), root)
         if held.clips.shape[1] < e.fvd_frames:
             n = e.fvd_frames
-            raise ValueError(f"{join(root, 'videos', split)}: clips of {held.clips.shape[1]} frames; FVD{n} "
+            raise ValueError(f"{video_dir(root, split)}: clips of {held.clips.shape[1]} frames; FVD{n} "
                              f"needs {n}: shard the split with data_prep/shard_videos.py --num-frames {n} "
                              "into another root and set real_root=, or standard=false")
         name = f"{split} clips of {root} ({len(held)} clips, {len(torch.unique(held.labels))} classes)"
-        cache = join(root, "videos", split, "_features")
+        cache = join(video_dir(root, split), FEATURES)
         refs.append((split, StandardReference(held.clips[:, :e.fvd_frames], cache, name, i3d, inception,
                                               e.fid_frames)))
     return refs
 
 
-def dit_conditions(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
+def dit_conditions(data: RunData, held: HeldOut, e: EvalConfig) -> tuple:
     """What a DiT is evaluated on: ``(conditions, labels (M,) long, prompts)``. A class DiT:
     ``per_class`` of every held-out class, the labels themselves, no prompts. A text DiT:
     ``prompts`` captions of held-out clips, spread over the split (0 = every captioned clip),
@@ -213,14 +213,14 @@ def dit_conditions(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
     Raises:
         ValueError: a text DiT and no held-out clip with a caption (naming the split).
     """
-    if run_cfg.dit.condition != "text":
+    if data.cfg.dit.condition != "text":
         if e.videos:   # the real set's class frequencies: evenly spaced picks of its sorted labels
             y = held.labels.sort().values[torch.linspace(0, len(held) - 1, e.videos).round().long()]
         else:
             y = torch.unique(held.labels).repeat_interleave(e.per_class)
         return y, y, []
     if e.prompts_file:
-        return _file_prompts(run_cfg, held, e)
+        return _file_prompts(data, held, e)
     captioned = torch.tensor([i for i, c in enumerate(held.captions) if c], dtype=torch.long)
     if not len(captioned):
         raise ValueError(f"none of the {len(held)} held-out clips ({e.split}) has a caption: shard that "
@@ -228,10 +228,10 @@ def dit_conditions(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
     n = min(e.prompts or len(captioned), len(captioned))
     pick = captioned[torch.linspace(0, len(captioned) - 1, n).round().long()]
     prompts = [held.captions[i] for i in pick.tolist()]
-    return encode_prompts(run_cfg, prompts), held.labels[pick], prompts
+    return data.encode_prompts(prompts), held.labels[pick], prompts
 
 
-def _file_prompts(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
+def _file_prompts(data: RunData, held: HeldOut, e: EvalConfig) -> tuple:
     """The prompts of ``e.prompts_file`` (JSON lines: ``caption``, optional ``label``, e.g. new
     wordings of the held-out classes), each ``max(1, e.prompts // rows)`` times; a row whose label
     is not among the held-out clips' is left out, as the real clips of that class are.
@@ -256,20 +256,20 @@ def _file_prompts(run_cfg, held: HeldOut, e: EvalConfig) -> tuple:
                          f"{sorted(classes)}")
     rows = rows * max(1, e.prompts // len(rows))
     prompts = [r["caption"] for r in rows]
-    return encode_prompts(run_cfg, prompts), torch.tensor([int(r.get("label", -1)) for r in rows]), prompts
+    return data.encode_prompts(prompts), torch.tensor([int(r.get("label", -1)) for r in rows]), prompts
 
 
-def evaluate_dit_run(run_cfg, dit, held: HeldOut, e: EvalConfig) -> tuple:
+def evaluate_dit_run(data: RunData, dit, held: HeldOut, e: EvalConfig) -> tuple:
     """Generated videos against the real held-out clips (see the module docstring): (uint8
     videos, metrics, report fields)."""
-    y, labels, prompts = dit_conditions(run_cfg, held, e)
-    fake, per_video = generate_videos(run_cfg, dit, y, e)
+    y, labels, prompts = dit_conditions(data, held, e)
+    fake, per_video = generate_videos(data, dit, y, e.sample, e.batch_size)
     metrics = {**Reference(held.clips, e, held.labels).compare(fake, labels), "gen_s_per_video": per_video}
     info = {"classes": torch.unique(labels).tolist(), "generated": len(labels), "frames": fake.shape[1]}
     return fake, metrics, info | ({"prompts": prompts} if prompts else {})
 
 
-def evaluate_vae_run(run_cfg, vae, held: HeldOut, e: EvalConfig) -> tuple:
+def evaluate_vae_run(data: RunData, vae, held: HeldOut, e: EvalConfig) -> tuple:
     """Reconstructions of the real clips: (uint8 videos, ``rfvd_local`` … PSNR, SSIM, {})."""
     real = held.clips
     fake = reconstruct(vae, real, e.batch_size)
@@ -294,52 +294,72 @@ def standard_metrics(task: str, model, refs: list, fake: torch.Tensor, batch_siz
     return metrics
 
 
+EVALUATORS = {"dit": evaluate_dit_run, "vae": evaluate_vae_run}
+"""What ``python -m ardscale.evaluate`` runs for each task: ``(data, model, held, e) -> (uint8 videos,
+metrics, report fields)``."""
+
+
+def _check_window(sc: SampleConfig, window: int) -> None:
+    """Fail before any sampling when AD with ``sc.s`` keeps more frames in flight than the sliding
+    window of the training length ``window`` holds.
+
+    Raises:
+        ValueError: naming the frames, s and steps, and the fix.
+    """
+    if sc.frames <= window:
+        return
+    need = frames_in_flight(sc.frames, sc.steps, sc.s)
+    if need > window:
+        raise ValueError(f"{sc.frames} frames with s={sc.s}, steps={sc.steps} keep {need} frames in flight, "
+                         f"more than the training length {window} the sliding window holds: raise sample.s "
+                         f"(about steps / {window} or more) or sample fewer frames")
+
+
 def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
     """Evaluate a DiT or AR-VAE run (see the module docstring) with its ``eval`` settings and
     ``overrides``; returns the report.
 
     Raises:
         FileNotFoundError: no checkpoint, no held-out shards, or no local feature network.
+        ValueError: an old or unknown key; too few frames in the window for ``sample.s``.
     """
     run_cfg, model, tag, _ = load_trained(run_dir)
-    e = parse(overrides or [], run_cfg.eval)
-    held = held_out(run_cfg, e)
+    data, e = RunData(run_cfg), parse(overrides or [], run_cfg.eval)
+    held = held_out(data, e)
     if e.standard and run_cfg.task == "dit":   # FVD16 of an 8-frame model: the sliding window goes on
-        e = replace(e, frames=max(e.frames or held.clips.shape[1], e.fvd_frames))
-    if run_cfg.task == "dit" and e.frames > held.clips.shape[1]:   # fail before any sampling
-        need = frames_in_flight(e.frames, e.steps, e.s)
-        if need > held.clips.shape[1]:
-            window = held.clips.shape[1]
-            raise ValueError(f"{e.frames} frames with s={e.s}, steps={e.steps} keep {need} frames in flight, "
-                             f"more than the training length {window} the sliding window holds: raise s "
-                             f"(about steps / {window} or more) or sample fewer frames")
+        frames = max(e.sample.frames or held.clips.shape[1], e.fvd_frames)
+        e = replace(e, sample=replace(e.sample, frames=frames))
+    if run_cfg.task == "dit":
+        _check_window(e.sample, held.clips.shape[1])
     report = {"run_dir": run_dir, "checkpoint": tag, "task": run_cfg.task, "eval": asdict(e),
               "real_clips": len(held)}
     if e.standard and run_cfg.task == "vae":   # reconstructions are scored against their own clips only
         e = replace(e, references=e.references.split(",")[0])
-    refs = standard_references(run_cfg, e) if e.standard else []   # before sampling: fail early
-    fake, metrics, extra = get_task(run_cfg.task).evaluate(run_cfg, model, held, e)
+    refs = standard_references(data, e) if e.standard else []   # before sampling: fail early
+    fake, metrics, extra = EVALUATORS[run_cfg.task](data, model, held, e)
     if refs:
         report["references"] = {split: ref.name for split, ref in refs}
         metrics = standard_metrics(run_cfg.task, model, refs, fake, e.batch_size) | metrics
     report.update(extra, metrics=metrics)
-    out = Path(e.out or Path(run_dir) / "eval" / f"{tag}-s{e.s}-n{len(fake)}-f{fake.shape[1]}")
-    write_grid(fake[:16].numpy(), out, video_fps(run_cfg))
+    out = Path(e.out or Path(run_dir) / "eval" / f"{tag}-s{e.sample.s}-n{len(fake)}-f{fake.shape[1]}")
+    write_grid(fake[:16].numpy(), out, data.fps)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if e.mlflow:
-        report["mlflow_run_id"] = _log(run_cfg, run_dir, metrics, int(tag.rsplit("-", 1)[-1]), out)
+        report["mlflow_run_id"] = _log(run_cfg, run_dir, metrics, checkpoint.step_of(tag), out)
     report["out"] = str(out)
     return report
 
 
-def main(argv=None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-") or "=" in argv[0]:
-        print(__doc__ + "\nkeys: " + ", ".join(f"{k}={v}" for k, v in asdict(EvalConfig()).items()))
-        raise SystemExit(2)
+def _job(argv: list[str]) -> dict:
+    if "=" in argv[0]:
+        raise ValueError(f"the first argument is the run folder, not {argv[0]!r}")
     report = evaluate(argv[0], argv[1:])
     print(json.dumps({k: report[k] for k in ("metrics", "out")}, indent=2))
     return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return cli.run(_job, argv, __doc__, "python -m ardscale.evaluate RUN_DIR", EvalConfig)
 
 
 if __name__ == "__main__":

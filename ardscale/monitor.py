@@ -13,31 +13,25 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import Config
+from .config import Config, SampleConfig
 from .data.loader import load_video_clips
 from .data.transforms import to_model_range, to_unit
-from .data.video import encode_mp4, video_grid, write_gif
+from .data.video import encode_mp4, video_grid, write_gif, write_grid
 from .diffusion.sampler import sample
 from .diffusion.schedule import make_diffusion
 from .engine import checkpoint
 from .engine.tracking import Tracker
+from .evaluate import Reference, dit_conditions, generate_videos, held_out
 from .metrics import psnr, ssim
 from .models.arvae import ARVAE
 from .models.dit import DiT
-from .sample import (
-    decode_frames,
-    default_labels,
-    default_prompts,
-    encode_prompts,
-    latent_vae,
-    video_fps,
-    write_grid,
-)
+from .runs import RunData
 
 log = logging.getLogger("ardscale.monitor")
 
@@ -98,7 +92,7 @@ class VAEEvaluator(Hook):
             if cfg.data.clip_frames == 1:  # a single-frame stage is judged on single frames
                 videos = videos.flatten(0, 1)[:, None]
             self.videos = videos
-        self.fps = video_fps(cfg)
+        self.fps = RunData(cfg).fps
 
     def should_run(self, step: int, last: bool) -> bool:
         return last or super().should_run(step, last)
@@ -129,18 +123,23 @@ def sampling_model(cfg: Config, module, ema, zero3: bool):
     return module
 
 
+GRID = SampleConfig(steps=25)
+"""The sample grid's settings: the defaults with 25 DDIM steps (a quick look, not a measurement)."""
+
+
 class SampleGrid(Hook):
-    """A grid of 4 samples (25 DDIM steps, AD s=2, CFG 2) from the DiT, from the EMA weights when
-    kept (``train.sample_every``, and at the end): 4 classes of the training split, or for a text
-    DiT 4 captions of the held-out split (:func:`~ardscale.sample.default_prompts`)."""
+    """A grid of 4 samples (:data:`GRID`: 25 DDIM steps, AD s=2, CFG 2, the training length) from
+    the DiT, from the EMA weights when kept (``train.sample_every``, and at the end): 4 classes of
+    the training split, or for a text DiT 4 captions of the held-out split
+    (:meth:`~ardscale.runs.RunData.default_prompts`)."""
 
     def __init__(self, cfg: Config, tracker: Tracker, ema, zero3: bool):
         self.cfg, self.tracker, self.ema, self.zero3 = cfg, tracker, ema, zero3
         self.every = cfg.train.sample_every
-        self.vae, manifest = latent_vae(cfg)
-        self.frames, self.fps = manifest["num_frames"], video_fps(cfg)
-        self.labels = encode_prompts(cfg, default_prompts(cfg, 4), manifest) if cfg.dit.condition == "text" \
-            else default_labels(cfg, 4)
+        self.data = RunData(cfg)
+        self.sc = replace(self.data.resolve(GRID), window=0)   # no sliding window: F is the training length
+        self.labels = self.data.encode_prompts(self.data.default_prompts(4)) if cfg.dit.condition == "text" \
+            else self.data.default_labels(4)
         self.diffusion = make_diffusion(cfg.diffusion)
 
     def __call__(self, module, step: int) -> dict:
@@ -151,11 +150,10 @@ class SampleGrid(Hook):
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        z = sample(model, self.diffusion, self.labels.to(device), self.frames, num_steps=25, s=2,
-                   cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+        z = sample(model, self.diffusion, self.labels.to(device), self.sc)
         model.train(was_training)
         out = Path(self.cfg.train.run_dir) / "samples" / checkpoint.tag(step)
-        write_grid(decode_frames(self.vae, z.float().cpu(), self.cfg.diffusion.scale_factor), out, self.fps)
+        write_grid(self.data.decode(z), out, self.data.fps)
         for name in ("samples.mp4", "samples.gif"):
             self.tracker.log_artifact(str(out / name), f"samples/{out.name}")
         return {}
@@ -165,24 +163,23 @@ class DiTEvaluator(Hook):
     """``eval/fvd_local``, ``eval/fid_local`` and ``eval/class_accuracy`` of sampled videos
     (``eval.per_class`` per held-out class, or one per held-out caption for a text DiT:
     :func:`~ardscale.evaluate.dit_conditions`) against the real clips of ``eval.split``, with the
-    ``eval`` settings (s, steps, CFG) (``train.eval_every``, and at the end)."""
+    ``eval.sample`` settings (``train.eval_every``, and at the end)."""
 
     def __init__(self, cfg: Config, tracker: Tracker, ema, zero3: bool):
-        from .evaluate import Reference, dit_conditions, generate_videos, held_out
-
         self.cfg, self.tracker, self.ema, self.zero3 = cfg, tracker, ema, zero3
         self.every = cfg.train.eval_every
-        self.generate = generate_videos
-        held = held_out(cfg, cfg.eval)
+        self.data = RunData(cfg)
+        held = held_out(self.data, cfg.eval)
         self.reference = Reference(held.clips, cfg.eval, held.labels)   # real features once
-        self.conditions, self.labels, _ = dit_conditions(cfg, held, cfg.eval)   # prompts encoded once
+        self.conditions, self.labels, _ = dit_conditions(self.data, held, cfg.eval)   # prompts encoded once
 
     def __call__(self, module, step: int) -> dict:
         model = sampling_model(self.cfg, module, self.ema, self.zero3)
         if model is None:
             return {}
         was_training = model.training
-        fake, per_video = self.generate(self.cfg, model.eval(), self.conditions, self.cfg.eval)
+        e = self.cfg.eval
+        fake, per_video = generate_videos(self.data, model.eval(), self.conditions, e.sample, e.batch_size)
         model.train(was_training)
         found = {**self.reference.compare(fake, self.labels), "gen_s_per_video": per_video}
         metrics = {f"eval/{k}": v for k, v in found.items() if isinstance(v, float)}
@@ -191,3 +188,12 @@ class DiTEvaluator(Hook):
         log.info("step %6d fvd_local %.3f fid_local %.3f class_accuracy %s", step, metrics["eval/fvd_local"],
                  metrics["eval/fid_local"], agree)
         return metrics
+
+
+def hooks_for(cfg: Config, tracker: Tracker, ema, zero3: bool) -> list[Hook]:
+    """The hooks that watch a run of ``cfg.task`` on rank 0: an AR-VAE's held-out reconstructions;
+    a DiT's evaluation (``train.eval_every``) and sample grid (``train.sample_every``)."""
+    if cfg.task == "vae":
+        return [VAEEvaluator(cfg, tracker)]
+    hooks = [DiTEvaluator(cfg, tracker, ema, zero3)] if cfg.train.eval_every else []
+    return hooks + ([SampleGrid(cfg, tracker, ema, zero3)] if cfg.train.sample_every else [])

@@ -20,16 +20,20 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from . import cli
 from .config import Config, from_dict, load, to_dict
 from .data.stream import Layout, Plan, ShardStream, StreamLoader
 from .engine import checkpoint
-from .engine.checkpoint import CheckpointManager
+from .engine.checkpoint import CheckpointManager, Resume
 from .engine.deepspeed import build_engine, frozen
 from .engine.ema import EMA
 from .engine.flops import peak_tflops
 from .engine.guard import NonFiniteGuard
+from .engine.launch import init_ray
 from .engine.logs import setup_logging
 from .engine.tracking import Tracker
+from .monitor import hooks_for
+from .runs import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, MLFLOW_RUN_ID, STOP_FILE
 from .tasks import Models, TaskData, get_task
 
 log = logging.getLogger("ardscale.train")
@@ -59,7 +63,7 @@ def _load_previous_stage(model, state: dict, source: str) -> None:
 
 def _event(run_dir: Path, kind: str, **fields) -> None:
     """Append a line to ``{run_dir}/events.jsonl`` (rank 0): starts, resumes, stops and why."""
-    with open(run_dir / "events.jsonl", "a") as f:
+    with open(run_dir / EVENTS_FILE, "a") as f:
         f.write(json.dumps({"time": time.time(), "event": kind, **fields}) + "\n")
 
 
@@ -82,9 +86,6 @@ def _reduce(parts: list[dict], world: int, sums: dict[str, float]) -> dict:
             if c_:
                 out[f"loss_t/{i * width:.1f}-{(i + 1) * width:.1f}"] = s_ / c_
     return out
-
-
-STOP_FILE = "STOP"   # in run_dir: a stop request from the driver (see launch) or an operator
 
 
 class _Stop:
@@ -134,28 +135,31 @@ def _stream(cfg: Config, data: TaskData, rank: int, world: int, state: dict | No
     """This rank's micro batches, from the checkpoint's data position ``state`` on."""
     d, o = cfg.data, cfg.optim
     layout = Layout(world, max(1, d.loader_workers), o.micro_batch_size, o.grad_accum)
-    plan = Plan(data.shards, layout, cfg.train.seed, d.shuffle_shards, state)
+    plan = Plan(data.shards, layout, cfg.train.seed, d.shuffle_shards)
+    stream = ShardStream(plan, rank, data.decode, d.read_tries, d.read_backoff_s)
+    loader = StreamLoader(stream, d.loader_workers)
+    if state:
+        loader.load_state_dict(state, d.replan)
     if rank == 0:
         log.info("%d samples in %d shards: %d steps per epoch; starting at epoch %d", data.shards.num_samples,
                  len(data.shards.sizes), plan.steps_per_epoch, plan.epoch)
-    stream = ShardStream(plan, rank, data.decode, d.read_tries, d.read_backoff_s)
-    return StreamLoader(stream, d.loader_workers)
+    return loader
 
 
-def _open_run(cfg_dict: dict, cfg: Config, client: dict, rank: int, world: int) -> tuple[Tracker, str]:
+def _open_run(cfg_dict: dict, cfg: Config, resume: Resume, rank: int, world: int) -> tuple[Tracker, str]:
     """The MLflow run (the checkpoint's, when resuming) and the run dir's files (rank 0)."""
-    start = client.get("step", 0)
+    start = resume.step
     tracker = Tracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, enabled=rank == 0)
-    run_id = tracker.start(client.get("mlflow_run_id"), cfg.tracking.run_name, cfg_dict)
+    run_id = tracker.start(resume.mlflow_run_id, cfg.tracking.run_name, cfg_dict)
     run_dir = Path(cfg.train.run_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _trim_metrics(run_dir / "metrics.jsonl", start)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg_dict))
-        (run_dir / "mlflow_run_id").write_text(run_id)
-        _event(run_dir, "start", step=start, world_size=world, resumed_from=client.get("tag"))
+        _trim_metrics(run_dir / METRICS_FILE, start)
+        (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg_dict))
+        (run_dir / MLFLOW_RUN_ID).write_text(run_id)
+        _event(run_dir, "start", step=start, world_size=world, resumed_from=resume.tag)
         if start == 0:
-            tracker.log_artifact(str(run_dir / "config.yaml"))
+            tracker.log_artifact(str(run_dir / CONFIG_FILE))
     if dist.is_initialized():  # ranks > 0 learn the run id for the checkpoint from rank 0
         box = [run_id]
         dist.broadcast_object_list(box, src=0)
@@ -188,15 +192,15 @@ class Trainer:
         self.ema = EMA(self.engine.module, cfg.optim.ema_decay, zero3) if cfg.optim.ema_decay > 0 else None
         self.ckpt = CheckpointManager(t.run_dir, self.engine, self.disc, self.ema, t.ckpt_every, t.keep_last,
                                       t.checkpoint_url, tag, universal)
-        client = self.ckpt.restore()
-        self.start, self.run_dir = client.get("step", 0), Path(t.run_dir)
-        self.tracker, self.run_id = _open_run(cfg_dict, cfg, client, self.rank, self.world)
-        self.hooks = self.spec.monitors(cfg, self.tracker, self.ema, zero3) if self.rank == 0 else []
+        resume = self.ckpt.restore()
+        self.start, self.run_dir = resume.step, Path(t.run_dir)
+        self.tracker, self.run_id = _open_run(cfg_dict, cfg, resume, self.rank, self.world)
+        self.hooks = hooks_for(cfg, self.tracker, self.ema, zero3) if self.rank == 0 else []
         self.models = Models(self.engine, self.engine.module, self.disc,
                              None if self.disc is None else frozen(self.disc.module))
         self.engines = {"model": self.engine, "disc": self.disc}
         self.guards = {"model": NonFiniteGuard(), "disc": NonFiniteGuard()}
-        self.loader = _stream(cfg, self.data, self.rank, self.world, client.get("data"))
+        self.loader = _stream(cfg, self.data, self.rank, self.world, resume.data)
         self.stop, self.bad_run = _Stop(self.run_dir, self.rank), 0
 
     def train_step(self, step: int) -> dict:
@@ -237,7 +241,7 @@ class Trainer:
                 if hook.should_run(done, last):
                     metrics.update(hook(self.engine.module, done))
             if self.ckpt.should_save(done, last):
-                self.ckpt.save(done, {"mlflow_run_id": self.run_id, "data": self.loader.state()})
+                self.ckpt.save(done, self.run_id, self.loader.state_dict())
             if halt:
                 return self._halt(halt, done, metrics)
         self.loader.close()
@@ -247,7 +251,7 @@ class Trainer:
     def _log(self, step: int, metrics: dict, last: bool) -> None:
         if self.rank != 0:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
+        with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if step % self.cfg.train.log_every == 0 or last:
             self.tracker.log_metrics(metrics, step)
@@ -325,13 +329,11 @@ def launch(cfg: Config):
     """Run training per ``cfg.scale``: Ray Train ``TorchTrainer`` with N workers (elastic between
     ``min_workers`` and ``num_workers`` when set; a restart resumes from the newest checkpoint,
     through a universal checkpoint when the worker count changed), or in-process."""
-    get_task(cfg.task).check_data(cfg)   # before any worker: a typo in vae_id fails here, not in Ray
+    get_task(cfg.task).preflight(cfg)   # before any worker: a typo in vae_id fails here, not in Ray
     if cfg.scale.num_workers == 0:
         return _run_in_process(cfg)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from .engine.launch import init_ray
 
     ray = init_ray()
     s = cfg.scale
@@ -369,14 +371,21 @@ def launch(cfg: Config):
     return result
 
 
-def main(argv: list[str] | None = None):
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-"):
-        print(__doc__)
-        raise SystemExit(2)
+def _print_config(argv: list[str]) -> None:
+    """``--cfg``: the composed config as YAML (Hydra's ``--cfg job``)."""
+    args = [a for a in argv if a != "job"]
+    print(OmegaConf.to_yaml(to_dict(load(args[0], args[1:]))), end="")
+
+
+def _job(argv: list[str]):
     cfg = load(argv[0], argv[1:])
     launch(cfg)
     print(f"run dir: {cfg.train.run_dir}  (checkpoint {checkpoint.latest_tag(cfg.train.run_dir)})")
+
+
+def main(argv: list[str] | None = None):
+    return cli.run(_job, argv, __doc__, "python -m ardscale.train CONFIG.yaml", Config,
+                   {"--cfg": _print_config})
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ardscale.config import SampleConfig
 from ardscale.diffusion.sampler import sample
 from ardscale.diffusion.schedule import GaussianDiffusion
 from ardscale.diffusion.timesteps import sample_timesteps
@@ -187,8 +188,8 @@ def _sample_and_decode(dit, vae, frames: int, s: int, steps: int, window: int, d
     z = {}
 
     def generate():
-        z["latents"] = sample(dit, GaussianDiffusion(), torch.tensor([1]), frames, steps, s, cfg_scale=3.0,
-                              generator=torch.Generator().manual_seed(0), window=window)
+        sc = SampleConfig(s=s, steps=steps, cfg_scale=3.0, frames=frames, window=window)
+        z["latents"] = sample(dit, GaussianDiffusion(), torch.tensor([1]), sc)
 
     bf16 = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
     with bf16:

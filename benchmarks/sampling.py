@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ardscale.config import SampleConfig
 from ardscale.diffusion.sampler import sample
 from ardscale.diffusion.schedule import GaussianDiffusion
 from ardscale.models.dit import DiT, DiTConfig
@@ -33,8 +34,8 @@ class Counter(torch.nn.Module):
 def run(model, frames: int, s: int, kv_cache: bool, steps: int = 50) -> tuple[dict, torch.Tensor]:
     counter = Counter(model)
     t0 = time.perf_counter()
-    z = sample(counter, GaussianDiffusion(1000), torch.tensor([1, 2]), frames, steps, s,
-               generator=torch.Generator().manual_seed(0), kv_cache=kv_cache)
+    sc = SampleConfig(s=s, steps=steps, cfg_scale=1.0, frames=frames, kv_cache=kv_cache)
+    z = sample(counter, GaussianDiffusion(1000), torch.tensor([1, 2]), sc)
     row = {"F": frames, "s": s, "N": steps, "kv_cache": kv_cache,
            "seconds": round(time.perf_counter() - t0, 3),
            "dit_calls": counter.calls, "frame_evals": counter.frames}

@@ -19,7 +19,7 @@ import torch
 from ardscale.data.loader import load_video_clips
 from ardscale.data.transforms import to_model_range, to_uint8, to_unit
 from ardscale.metrics import psnr, ssim
-from ardscale.tasks import load_trained
+from ardscale.runs import load_trained
 
 OUT = Path(__file__).resolve().parent / "results" / "vae_decode.json"
 

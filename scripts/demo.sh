@@ -81,14 +81,14 @@ ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/demo.
   "${COMMON[@]}" data.vae_id="$VAE_ID" train.run_dir="$OUT/dit" train.eval_every=200 eval.local="$OUT/ucf101_local.pt"
 
 log "sampling with the AD scheduler"
-python -m ardscale.sample "$OUT/dit" --num-samples 8 --steps 50 --s 2 --cfg 2.0 --out "$OUT/samples" | tail -n 1
+python -m ardscale.sample "$OUT/dit" num_samples=8 steps=50 s=2 cfg_scale=2.0 out="$OUT/samples" | tail -n 1
 
 if [ -n "$(find "$OUT/data/videos/test" -name '*.tar' -print -quit 2>/dev/null)" ]; then
   log "encoding held-out latents"
   python tools/encode_latents.py --vae-run "$OUT/vae" --root "$OUT/data" --split test --num-actors 2 >/dev/null
   log "continuing 4 real held-out frames to 24 frames (AD s=10, KV cache, sliding window of 8 frames)"
-  python -m ardscale.sample "$OUT/dit" --num-samples 8 --steps 50 --s 10 --cfg 2.0 --context 4 --frames 24 \
-    --out "$OUT/samples_long" | tail -n 1
+  python -m ardscale.sample "$OUT/dit" num_samples=8 steps=50 s=10 cfg_scale=2.0 context=4 frames=24 \
+    out="$OUT/samples_long" | tail -n 1
 else
   log "no held-out clips (empty test split): continuation skipped"
   echo "continuation: the test split of $SRC is empty" >>"$OUT/skipped.txt"
@@ -98,7 +98,7 @@ fi
 # side, spread over each split, and 64 generated videos: small samples make FVD large, so the DiT's
 # report carries its floor (fvd16_floor_train: real train clips scored against the real test clips).
 # 16 frames from the 8-frame DiT: the sliding window holds 8, so s = 10 of N = 50 (5 frames in flight).
-STD=(local="$OUT/ucf101_local.pt" real_root="$OUT/data16" max_real=128 s=10 steps=50)
+STD=(local="$OUT/ucf101_local.pt" real_root="$OUT/data16" max_real=128 sample.s=10 sample.steps=50)
 log "evaluating the DiT: FVD16/KVD16/FID of 64 16-frame videos (test-split class mix, s=10), its floor, fvd_local"
 python -m ardscale.evaluate "$OUT/dit" "${STD[@]}" videos=64 out="$OUT/eval_dit" >/dev/null
 log "evaluating the AR-VAE: rFVD16 of its reconstructions of the 16-frame test clips, PSNR/SSIM, rfvd_local"
@@ -119,9 +119,9 @@ if [ -f "$CAPTIONS" ]; then
   ray job submit --address "$DASH" -- python -m ardscale.train "$PWD/configs/text_video.yaml" \
     data.root="$OUT/text_data" data.vae_id="$TEXT_ID" train.run_dir="$OUT/text_dit" \
     tracking.tracking_uri="sqlite:///$OUT/mlruns.db" train.eval_every=200 eval.local="$OUT/ucf101_local.pt"
-  python -m ardscale.sample "$OUT/text_dit" --steps 50 --s 2 --cfg 2.0 --out "$OUT/samples_text" \
-    --prompt "an archer draws a bow and shoots an arrow" --prompt "a surfer rides a wave" \
-    --prompt "a person playing the piano" --prompt "horses racing on a track" | tail -n 1
+  python -m ardscale.sample "$OUT/text_dit" steps=50 s=2 cfg_scale=2.0 out="$OUT/samples_text" \
+    'prompts=["an archer draws a bow and shoots an arrow","a surfer rides a wave","a person playing the piano","horses racing on a track"]' \
+    | tail -n 1
   log "evaluating the text DiT on 48 held-out captions: FVD16, fvd_local, class_accuracy (prompt-video agreement)"
   python -m ardscale.evaluate "$OUT/text_dit" "${STD[@]}" references=test prompts=48 out="$OUT/eval_text_dit" \
     >/dev/null

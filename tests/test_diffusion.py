@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import sc
 
 from ardscale.diffusion.ad import ad_timesteps, ddim_grid
 from ardscale.diffusion.sampler import frames_in_flight, sample
@@ -194,7 +195,7 @@ def test_sampler_s0_equals_plain_synchronous_ddim():
         torch.nn.init.normal_(p, std=0.05)
     d, N, F = GaussianDiffusion(1000), 8, 3
     y = torch.tensor([1, 2])
-    got = sample(model, d, y, F, num_steps=N, s=0, generator=torch.Generator().manual_seed(3))
+    got = sample(model, d, y, sc(F, N, 0), generator=torch.Generator().manual_seed(3))
     x = torch.randn(2, F, 32, 4, generator=torch.Generator().manual_seed(3))
     grid = ddim_grid(N, 1000)
     with torch.no_grad():
@@ -297,8 +298,8 @@ class Recorder(torch.nn.Module):
 def test_kv_cache_gives_the_uncached_video(s, cfg_scale):
     model, d, N, F = random_dit(), GaussianDiffusion(1000), 8, 6
     y = torch.tensor([1, 2])
-    run = lambda cache: sample(model, d, y, F, N, s, cfg_scale, generator=torch.Generator().manual_seed(5),
-                               kv_cache=cache)
+    run = lambda cache: sample(model, d, y, sc(F, N, s, cfg_scale, kv_cache=cache),
+                               generator=torch.Generator().manual_seed(5))
     a, b = run(True), run(False)
     assert a.std() > 0.05
     assert (a - b).abs().max() < 1e-5
@@ -306,7 +307,7 @@ def test_kv_cache_gives_the_uncached_video(s, cfg_scale):
 
 def test_kv_cache_computes_each_clean_frame_once_and_skips_waiting_frames():
     model, d, N, F, s = Recorder(random_dit()), GaussianDiffusion(1000), 5, 4, 5
-    sample(model, d, torch.tensor([0]), F, N, s, generator=torch.Generator().manual_seed(0))
+    sample(model, d, torch.tensor([0]), sc(F, N, s), generator=torch.Generator().manual_seed(0))
     fed_clean = torch.zeros(F, dtype=torch.long)
     frames_computed = 0
     rows = ad_timesteps(F, N, s)
@@ -319,7 +320,7 @@ def test_kv_cache_computes_each_clean_frame_once_and_skips_waiting_frames():
     # Auto-regressive (s >= N): each frame is computed in its N steps, plus once as clean context.
     assert frames_computed == F * N + (F - 1)
     uncached = Recorder(random_dit())
-    sample(uncached, d, torch.tensor([0]), F, N, s, kv_cache=False,
+    sample(uncached, d, torch.tensor([0]), sc(F, N, s, kv_cache=False),
            generator=torch.Generator().manual_seed(0))
     ends = [int((rows[i] != rows[i + 1]).nonzero().max()) + 1 for i in range(len(rows) - 1)]
     # frames 0..last changing, every time
@@ -329,17 +330,17 @@ def test_kv_cache_computes_each_clean_frame_once_and_skips_waiting_frames():
 def test_sliding_window_beyond_training_length():
     model, d, N = random_dit(), GaussianDiffusion(1000), 6
     y, g = torch.tensor([3]), lambda: torch.Generator().manual_seed(1)
-    a = sample(model, d, y, 14, N, 3, window=5, generator=g())
-    b = sample(model, d, y, 14, N, 3, window=5, kv_cache=False, generator=g())
+    a = sample(model, d, y, sc(14, N, 3, window=5), generator=g())
+    b = sample(model, d, y, sc(14, N, 3, window=5, kv_cache=False), generator=g())
     assert (a - b).abs().max() < 1e-5 and a[:, -1].std() > 0.05
     rec = Recorder(model)
-    sample(rec, d, y, 14, N, 3, window=5, kv_cache=False, generator=g())
+    sample(rec, d, y, sc(14, N, 3, window=5, kv_cache=False), generator=g())
     assert max(len(t) for _, t in rec.calls) == 5
     # A window that covers the video changes nothing.
-    assert torch.equal(sample(model, d, y, 6, N, 3, window=6, generator=g()),
-                       sample(model, d, y, 6, N, 3, generator=g()))
+    assert torch.equal(sample(model, d, y, sc(6, N, 3, window=6), generator=g()),
+                       sample(model, d, y, sc(6, N, 3), generator=g()))
     with pytest.raises(ValueError, match="denoised at once"):
-        sample(model, d, y, 10, N, 0, window=5)  # s=0: all 10 frames are in flight together
+        sample(model, d, y, sc(10, N, 0, window=5))  # s=0: all 10 frames are in flight together
 
 
 def test_frames_in_flight_is_the_smallest_window_the_sampler_accepts():
@@ -349,22 +350,22 @@ def test_frames_in_flight_is_the_smallest_window_the_sampler_accepts():
     assert (frames_in_flight(16, 25, 2), frames_in_flight(16, 50, 10)) == (13, 5)   # the demo's question
     for s in (1, 2, 3, 6):
         w = frames_in_flight(F, N, s)
-        assert sample(model, d, y, F, N, s, window=w).shape == (1, F, 32, 4)
+        assert sample(model, d, y, sc(F, N, s, window=w)).shape == (1, F, 32, 4)
         if w > 1:
             with pytest.raises(ValueError, match="denoised at once"):
-                sample(model, d, y, F, N, s, window=w - 1)
+                sample(model, d, y, sc(F, N, s, window=w - 1))
 
 
 def test_video_continuation_keeps_the_context_and_uses_it():
     model, d, N = random_dit(), GaussianDiffusion(1000), 6
     y = torch.tensor([1, 1])
     ctx = torch.randn(2, 3, 32, 4, generator=torch.Generator().manual_seed(9))
-    out = sample(model, d, y, 7, N, 2, context=ctx, generator=torch.Generator().manual_seed(2))
+    out = sample(model, d, y, sc(7, N, 2), context=ctx, generator=torch.Generator().manual_seed(2))
     assert torch.equal(out[:, :3], ctx)
-    other = sample(model, d, y, 7, N, 2, context=3 * ctx + 2, generator=torch.Generator().manual_seed(2))
+    other = sample(model, d, y, sc(7, N, 2), context=3 * ctx + 2, generator=torch.Generator().manual_seed(2))
     assert (out[:, 3:] - other[:, 3:]).abs().mean() > 1e-3
-    ref = sample(model, d, y, 7, N, 2, context=ctx, kv_cache=False,
+    ref = sample(model, d, y, sc(7, N, 2, kv_cache=False), context=ctx,
                  generator=torch.Generator().manual_seed(2))
     assert (out - ref).abs().max() < 1e-5
     with pytest.raises(ValueError, match="leaves none to generate"):
-        sample(model, d, y, 3, N, 2, context=ctx)
+        sample(model, d, y, sc(3, N, 2), context=ctx)

@@ -196,15 +196,14 @@ def test_evaluation_compares_only_the_classes_the_run_trained_on(monkeypatch):
         return clips, labels
 
     monkeypatch.setattr(ev, "load_video_clips", load)
-    monkeypatch.setattr(ev, "trained_classes", lambda cfg: [1, 7])
-    cfg = SimpleNamespace(data=SimpleNamespace(root="r"))
-    held = ev.held_out(cfg, EvalConfig())
+    data = SimpleNamespace(cfg=SimpleNamespace(data=SimpleNamespace(root="r")), classes=[1, 7])
+    held = ev.held_out(data, EvalConfig())
     assert held.labels.tolist() == [1, 7, 1, 7] and held.clips[:, 0, 0, 0, 0].tolist() == [0, 1, 2, 4]
     assert held.captions == ["caption 0", "caption 1", "caption 2", "caption 4"]   # they follow their clips
-    spread = ev.held_out(cfg, EvalConfig(max_real=2))   # spread over the split: first and last
+    spread = ev.held_out(data, EvalConfig(max_real=2))   # spread over the split: first and last
     assert spread.labels.tolist() == [1, 7] and spread.clips[:, 0, 0, 0, 0].tolist() == [0, 4]
-    monkeypatch.setattr(ev, "trained_classes", lambda cfg: [])      # no shard report: every class
-    assert ev.held_out(cfg, EvalConfig()).labels.tolist() == [1, 7, 1, 3, 7]
+    data.classes = []                                   # no shard report: every class
+    assert ev.held_out(data, EvalConfig()).labels.tolist() == [1, 7, 1, 3, 7]
 
 
 def test_generated_classes_follow_the_real_class_frequencies():
@@ -215,11 +214,11 @@ def test_generated_classes_follow_the_real_class_frequencies():
 
     held = ev.HeldOut(torch.zeros(8, 2, 4, 4, 3, dtype=torch.uint8), torch.tensor([1, 0, 0, 1, 0, 0, 0, 0]),
                       [""] * 8)
-    cfg = SimpleNamespace(dit=SimpleNamespace(condition="class"))
-    y, labels, prompts = ev.dit_conditions(cfg, held, EvalConfig(videos=4))
+    data = SimpleNamespace(cfg=SimpleNamespace(dit=SimpleNamespace(condition="class")))
+    y, labels, prompts = ev.dit_conditions(data, held, EvalConfig(videos=4))
     assert y.tolist() == [0, 0, 0, 1] and torch.equal(y, labels) and prompts == []   # 6:2 real → 3:1
-    assert ev.dit_conditions(cfg, held, EvalConfig(videos=8))[0].tolist() == [0] * 6 + [1] * 2
-    assert ev.dit_conditions(cfg, held, EvalConfig(per_class=2))[0].tolist() == [0, 0, 1, 1]   # videos=0
+    assert ev.dit_conditions(data, held, EvalConfig(videos=8))[0].tolist() == [0] * 6 + [1] * 2
+    assert ev.dit_conditions(data, held, EvalConfig(per_class=2))[0].tolist() == [0, 0, 1, 1]   # videos=0
 
 
 def test_fvd_of_successive_windows_against_real_clips(ucf_root, tmp_path):
@@ -288,10 +287,10 @@ def test_a_text_dit_is_evaluated_on_held_out_captions_spread_over_the_split(monk
     import ardscale.evaluate as ev
     from ardscale.config import EvalConfig
 
-    monkeypatch.setattr(ev, "encode_prompts", lambda cfg, prompts: ("encoded", prompts))
     clips = torch.zeros(6, 2, 4, 4, 3, dtype=torch.uint8)
     held = ev.HeldOut(clips, torch.tensor([0, 1, 2, 3, 4, 5]), ["a", "", "b", "c", "", "d"])
-    text = SimpleNamespace(dit=SimpleNamespace(condition="text"))
+    text = SimpleNamespace(cfg=SimpleNamespace(dit=SimpleNamespace(condition="text")),
+                           encode_prompts=lambda prompts: ("encoded", prompts))
     y, labels, prompts = ev.dit_conditions(text, held, EvalConfig(prompts=2))
     # clips without a caption give no prompt
     assert (y, labels.tolist(), prompts) == (("encoded", ["a", "d"]), [0, 5], ["a", "d"])
@@ -313,8 +312,8 @@ def test_a_text_dit_is_evaluated_on_held_out_captions_spread_over_the_split(monk
     file.write_text("{not json\n")
     with pytest.raises(ValueError, match="prompts.jsonl:1: not JSON"):
         ev.dit_conditions(text, held, EvalConfig(prompts_file=str(file)))
-    y, labels, prompts = ev.dit_conditions(SimpleNamespace(dit=SimpleNamespace(condition="class")),
-                                           held[torch.tensor([1, 4, 1])], EvalConfig(per_class=2))
+    plain = SimpleNamespace(cfg=SimpleNamespace(dit=SimpleNamespace(condition="class")))
+    y, labels, prompts = ev.dit_conditions(plain, held[torch.tensor([1, 4, 1])], EvalConfig(per_class=2))
     assert y.tolist() == labels.tolist() == [1, 1, 4, 4] and prompts == []
 
 
@@ -322,7 +321,7 @@ def test_default_prompts_read_captions_only_until_enough_are_found(tmp_path):
     from types import SimpleNamespace
 
     from ardscale.data.shards import write_shard
-    from ardscale.sample import default_prompts
+    from ardscale.runs import RunData
 
     train = tmp_path / "videos" / "train"
     write_shard(str(train / "shard-000000.tar"), [
@@ -331,11 +330,11 @@ def test_default_prompts_read_captions_only_until_enough_are_found(tmp_path):
     (train / "shard-000001.tar").write_bytes(b"not a tar: reading it would fail")
     cfg = SimpleNamespace(data=SimpleNamespace(root=str(tmp_path), split="train"),
                           eval=SimpleNamespace(split="test"))       # no held-out shards: the train split
-    assert default_prompts(cfg, 1) == ["caption 0"]                 # 4 distinct found in shard 0: stop
+    assert RunData(cfg).default_prompts(1) == ["caption 0"]         # 4 distinct found in shard 0: stop
     write_shard(str(train / "shard-000001.tar"), [
         {"__key__": f"w{i}", "mp4": b"", "json": {"label": -1, "caption": f"caption {5 + i}"}}
         for i in range(3)])
-    assert default_prompts(cfg, 2) == ["caption 0", "caption 7"]    # spread over the 8 found
+    assert RunData(cfg).default_prompts(2) == ["caption 0", "caption 7"]    # spread over the 8 found
     cfg.data.root = str(tmp_path / "none")
     with pytest.raises(ValueError, match="--source captions"):
-        default_prompts(cfg, 2)
+        RunData(cfg).default_prompts(2)

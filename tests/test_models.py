@@ -259,6 +259,8 @@ def test_text_dit_flop_count_adds_the_cross_attention_that_runs():
 
 
 def test_bidirectional_ablation_reads_later_frames_and_samples_every_frame_each_step():
+    from helpers import sc
+
     from ardscale.diffusion.sampler import sample
     from ardscale.diffusion.schedule import GaussianDiffusion
 
@@ -271,7 +273,7 @@ def test_bidirectional_ablation_reads_later_frames_and_samples_every_frame_each_
         fed = []
         forward = model.forward
         model.forward = lambda xi, *a, **k: fed.append(xi.shape[1]) or forward(xi, *a, **k)
-        sample(model, GaussianDiffusion(), y, 3, num_steps=4, s=2, generator=torch.Generator().manual_seed(0))
+        sample(model, GaussianDiffusion(), y, sc(3, 4, 2), generator=torch.Generator().manual_seed(0))
     assert set(fed) == {3}                     # every frame, every step, no cache
     with pytest.raises(ValueError, match="bidirectional DiT generates at most window=2"):
-        sample(model, GaussianDiffusion(), y, 3, num_steps=4, s=2, window=2)
+        sample(model, GaussianDiffusion(), y, sc(3, 4, 2, window=2))

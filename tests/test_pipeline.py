@@ -1,43 +1,116 @@
-"""VAE run → tools/encode_latents.py (Ray Data actor pool) → DiT run → ardscale.sample, on a real clip."""
+"""The pipeline on a real clip, stage by stage over module-scoped fixtures (a failing stage fails
+its own tests only): VAE run → tools/encode_latents.py (Ray Data actor pool) → DiT run →
+ardscale.sample / ardscale.evaluate / tools/ablate.py; and a text DiT on captioned latents."""
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 
 from ardscale.config import load
+from ardscale.data.loader import load_video_clips
 from ardscale.data.shards import list_shards, load_npy, load_npz, read_shard, write_shard
 from ardscale.data.sources import VideoItem
 from ardscale.data.video import decode_mp4
-from ardscale.sample import generate
+from ardscale.evaluate import evaluate
+from ardscale.metrics.fvd import main as fvd_floor
+from ardscale.metrics.local import LocalNetConfig, save_local, train_local
+from ardscale.runs import mlflow_run_id
+from ardscale.sample import SampleJob, generate
 from ardscale.train import launch
 from data_prep.shard_videos import shard_one
+from tools.ablate import main as ablate
 from tools.encode_latents import run as encode_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CLIP = ("Archery", "v_Archery_g01_c01")
+pytestmark = pytest.mark.slow
 
 
-@pytest.mark.slow
-def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
-    root = tmp_path / "data"
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("pipeline")
+
+
+@pytest.fixture(scope="module")
+def clip(ucf_root):
+    return ucf_root / "videos" / CLIP[0] / f"{CLIP[1]}.avi"
+
+
+@pytest.fixture(scope="module")
+def vae_run(work, clip):
+    """3 captioned 4-frame clips at 32² in shard 0; shard 1 holds the same clip without a caption
+    and a corrupt sample; a 1-step AR-VAE run on them."""
+    root = work / "data"
     videos = root / "videos" / "train"
-    clip = ucf_root / "videos" / "Archery" / "v_Archery_g01_c01.avi"
-    shard_one([VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01", "an archer draws the bow")],
-              str(videos / "shard-000000.tar"),
+    shard_one([VideoItem(str(clip), 2, *CLIP, "an archer draws the bow")], str(videos / "shard-000000.tar"),
               num_frames=4, fps=8, size=32, max_clips=3, split="train")
     good = next(read_shard(str(videos / "shard-000000.tar")))
     write_shard(str(videos / "shard-000001.tar"), [
         {"__key__": "ok", "mp4": good["mp4"],   # the same clip, without a caption
          "json": {k: v for k, v in json.loads(good["json"]).items() if k != "caption"}},
         {"__key__": "corrupt", "mp4": b"\x00\x00not an mp4", "json": good["json"]}])
-    run = str(tmp_path / "vae")
-    launch(load(str(CONFIGS / "demo_vae_frames.yaml"), [f"data.root={root}", f"train.run_dir={run}",
-                                                        "train.steps=1", "scale.num_workers=0",
-                         "vae.image_size=32", "vae.hidden_size=32", "vae.depth=1", "vae.pixel_channels=8",
-                                                        "optim.micro_batch_size=2",
-                         f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
-    m = encode_run(run, str(root), "train", num_actors=2)
+    run = str(work / "vae")
+    launch(load(str(CONFIGS / "demo_vae_frames.yaml"), [
+        f"data.root={root}", f"train.run_dir={run}", "train.steps=1", "scale.num_workers=0",
+        "vae.image_size=32", "vae.hidden_size=32", "vae.depth=1", "vae.pixel_channels=8",
+        "optim.micro_batch_size=2", f"tracking.tracking_uri=sqlite:///{work}/mlruns.db"]))
+    return run, root
+
+
+@pytest.fixture(scope="module")
+def latents(vae_run, ray_local):
+    """The encode job run twice: whole, then again after one shard's sidecar was lost."""
+    run, root = vae_run
+    first = encode_run(run, str(root), "train", num_actors=2)
+    # as if killed mid-job
+    (root / "latents" / first["vae_id"] / "train" / "shard-000001.stats.json").unlink()
+    again = encode_run(run, str(root), "train", num_actors=2)
+    return first, again
+
+
+@pytest.fixture(scope="module")
+def local(vae_run, work):
+    """A local feature net trained on the real clips, for fvd_local during training and after."""
+    clips = load_video_clips(str(vae_run[1]), "train")
+    path = str(work / "local.pt")
+    net, report = train_local(clips, clips, LocalNetConfig(width=8, stages=2, image_size=32), epochs=1,
+                              batch_size=2, progress=False)
+    save_local(net, report, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def std(work, clip, local):
+    """9-frame clips of the same video, the real set of the standard metrics (FVD9: the I3D's
+    least), and the evaluate overrides that use them."""
+    root9 = work / "data9"
+    shard_one([VideoItem(str(clip), 2, *CLIP)], str(root9 / "videos" / "train" / "shard-000000.tar"),
+              num_frames=9, fps=8, size=32, max_clips=3, split="train")
+    return root9, [f"local={local}", "split=train", "fvd_frames=9", f"real_root={root9}", "references=train",
+                   "fid_frames=1", "mlflow=false"]
+
+
+@pytest.fixture(scope="module")
+def dit_run(work, vae_run, latents, local):
+    """A 2-step class DiT with its sample grid, EMA and fvd_local evaluation on."""
+    run = str(work / "dit")
+    launch(load(str(CONFIGS / "demo.yaml"), [
+        f"data.root={vae_run[1]}", f"data.vae_id={latents[0]['vae_id']}", f"train.run_dir={run}",
+        "train.steps=2", "train.sample_every=2", "optim.ema_decay=0.9", "train.eval_every=1",
+        f"eval.local={local}", "eval.split=train", "eval.per_class=2", "eval.sample.steps=2",
+        "scale.num_workers=0", "dit.hidden_size=32", "dit.depth=1", "optim.micro_batch_size=2",
+        f"tracking.tracking_uri=sqlite:///{work}/mlruns.db"]))
+    mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns.db")
+    return run
+
+
+def test_encode_latents_skips_corrupt_clips_and_resumes(vae_run, latents):
+    root = vae_run[1]
+    m, again = latents
     assert (m["shards"], m["shards_encoded_now"], m["clips"]) == (2, 2, 4)
     assert len(m["failed"]) == 1 and "corrupt" in m["failed"][0]
     assert m["num_frames"] == 4 and m["latent_std"] > 0
@@ -47,136 +120,118 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     out = list_shards(str(root / "latents" / m["vae_id"] / "train"))
     assert [u.rsplit("/", 1)[-1] for u in out] == ["shard-000000.tar", "shard-000001.tar"]
     first = list(read_shard(out[0]))
-    assert [s["__key__"] for s in first] == [f"v_Archery_g01_c01-{k:03d}" for k in range(3)]
+    assert [s["__key__"] for s in first] == [f"{CLIP[1]}-{k:03d}" for k in range(3)]
     z = load_npy(first[0]["npy"])
     assert z.shape == (4, 32, 4) and z.dtype == np.float16
     assert json.loads(first[1]["json"])["label"] == 2
-    (root / "latents" / m["vae_id"] / "train" / "shard-000001.stats.json").unlink()  # as if killed mid-job
-    again = encode_run(run, str(root), "train", num_actors=2)
     assert again["shards_encoded_now"] == 1, "a complete shard was encoded again"
     assert (again["clips"], again["failed"], again["num_frames"]) == (m["clips"], m["failed"], 4)
     assert abs(again["latent_std"] - m["latent_std"]) < 1e-6
 
-    # A local feature net trained on the real clips, for fvd_local during training and after.
-    from ardscale.data.loader import load_video_clips
-    from ardscale.evaluate import evaluate
-    from ardscale.metrics.local import LocalNetConfig, save_local, train_local
 
-    clips = load_video_clips(str(root), "train")
-    local = str(tmp_path / "local.pt")
-    net, report = train_local(clips, clips, LocalNetConfig(width=8, stages=2, image_size=32), epochs=1,
-                              batch_size=2, progress=False)
-    save_local(net, report, local)
+@pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") is None,
+                    reason="MiniLM package not installed")
+def test_captions_encoded_into_latents_train_a_text_dit(vae_run, latents, local, std, work):
+    """Captions encoded into the latent shards (MiniLM) with the null caption, in a copy of the
+    data root; a text DiT trained on them, sampled from prompts and evaluated on held-out captions."""
+    run, root = vae_run
+    troot = work / "data_text"
+    shutil.copytree(root, troot)
+    m = latents[0]
+    texted = encode_run(run, str(troot), "train", num_actors=1, text_encoder_kind="minilm", text_tokens=8)
+    assert texted["shards_encoded_now"] == 2, "latents without text must be encoded again"
+    assert texted["text"] == {"encoder": "minilm", "path": "", "tokens": 8, "dim": 384}
+    where = troot / "latents" / m["vae_id"] / "train"
+    null = load_npz((where / "_null_caption.npz").read_bytes())
+    rows = {s["__key__"]: s for u in list_shards(str(where)) for s in read_shard(u)}
+    archer, plain = load_npz(rows[f"{CLIP[1]}-000"]["txt.npz"]), load_npz(rows["ok"]["txt.npz"])
+    assert archer["tokens"].shape == (8, 384) and archer["tokens"].dtype == np.float16
+    assert archer["mask"].sum() == 7 and null["mask"].sum() == 2    # [CLS] an archer draws the bow [SEP]
+    assert (plain["mask"] == null["mask"]).all()                     # no caption: the null caption
+    assert all(np.abs(plain[k].astype(np.float32) - null[k]).max() < 1e-2 for k in ("tokens", "pooled"))
+    assert np.abs(archer["pooled"].astype(np.float32) - null["pooled"]).max() > 0.1
+    first = next(read_shard(list_shards(str(root / "latents" / m["vae_id"] / "train"))[0]))
+    again_z = load_npy(rows[f"{CLIP[1]}-000"]["npy"]).astype(np.float32)
+    assert np.abs(again_z - load_npy(first["npy"]).astype(np.float32)).max() < 2e-3   # same latents
+    text_run = str(work / "text_dit")
+    launch(load(str(CONFIGS / "text_video.yaml"), [
+        f"data.root={troot}", f"data.vae_id={m['vae_id']}", f"train.run_dir={text_run}", "train.steps=2",
+        "scale.num_workers=0", "dit.hidden_size=32", "dit.depth=1", "dit.text_tokens=8",
+        "train.sample_every=2", "train.eval_every=2", f"eval.local={local}", "eval.split=train",
+        "eval.prompts=2", "eval.sample.steps=2",
+        "optim.micro_batch_size=2", f"tracking.tracking_uri=sqlite:///{work}/mlruns.db"]))
+    # held-out captions (here: the train split's one caption) were the prompts while it trained
+    grid = np.load(Path(text_run) / "samples" / "step-00000002" / "samples.npy")
+    assert grid.shape == (4, 4, 32, 32, 3)
+    mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns.db")
+    agree = mlflow.MlflowClient().get_metric_history(mlflow_run_id(text_run), "eval/class_accuracy")
+    assert [h.step for h in agree] == [2] and 0 <= agree[0].value <= 1
+    told = generate(text_run, SampleJob(steps=2, s=1, prompts=["an archer draws the bow", "a dunk"],
+                                        mlflow=False))
+    assert told["prompts"] == ["an archer draws the bow", "a dunk"] and "labels" not in told
+    assert decode_mp4(Path(told["mp4"]).read_bytes()).shape == (4, 32, 2 * 32, 3)
+    with pytest.raises(ValueError, match="prompts="):
+        generate(text_run, SampleJob(steps=2, mlflow=False))
+    rep = evaluate(text_run, [*std[1], "prompts=2", "sample.steps=2", "sample.s=1", "batch_size=1"])
+    assert rep["prompts"] == ["an archer draws the bow"] * 2 and rep["generated"] == 2
+    assert rep["frames"] == 9 and rep["metrics"]["fvd9"] > 0 and rep["metrics"]["fvd9_fake"] == 2
+    assert rep["classes"] == [2] and rep["metrics"]["chance"] == 1.0     # the caption's class
+    assert 0 <= rep["metrics"]["class_accuracy"] <= 1 and rep["metrics"]["fvd_local"] > 0
 
-    # 9-frame clips of the same video, the real set of the standard metrics (FVD9: the I3D's least)
-    root9 = tmp_path / "data9"
-    shard_one([VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01")],
-              str(root9 / "videos" / "train" / "shard-000000.tar"), num_frames=9, fps=8, size=32, max_clips=3,
-              split="train")
-    std = [f"local={local}", "split=train", "fvd_frames=9", f"real_root={root9}", "references=train",
-           "fid_frames=1", "mlflow=false"]
 
-    # Captions encoded into the latent shards (the MiniLM text encoder), and the null caption.
-    if importlib.util.find_spec("all_minilm_l6_v2") is not None:
-        texted = encode_run(run, str(root), "train", num_actors=1, text_encoder_kind="minilm", text_tokens=8)
-        assert texted["shards_encoded_now"] == 2, "latents without text must be encoded again"
-        assert texted["text"] == {"encoder": "minilm", "path": "", "tokens": 8, "dim": 384}
-        latents = root / "latents" / m["vae_id"] / "train"
-        null = load_npz((latents / "_null_caption.npz").read_bytes())
-        rows = {s["__key__"]: s for u in list_shards(str(latents)) for s in read_shard(u)}
-        archer, plain = load_npz(rows["v_Archery_g01_c01-000"]["txt.npz"]), load_npz(rows["ok"]["txt.npz"])
-        assert archer["tokens"].shape == (8, 384) and archer["tokens"].dtype == np.float16
-        assert archer["mask"].sum() == 7 and null["mask"].sum() == 2    # [CLS] an archer draws the bow [SEP]
-        assert (plain["mask"] == null["mask"]).all()                     # no caption: the null caption
-        assert all(np.abs(plain[k].astype(np.float32) - null[k]).max() < 1e-2 for k in ("tokens", "pooled"))
-        assert np.abs(archer["pooled"].astype(np.float32) - null["pooled"]).max() > 0.1
-        again_z = load_npy(rows["v_Archery_g01_c01-000"]["npy"]).astype(np.float32)
-        assert np.abs(again_z - load_npy(first[0]["npy"]).astype(np.float32)).max() < 2e-3   # same latents
-        # A text DiT on them, sampled from prompts.
-        text_run = str(tmp_path / "text_dit")
-        launch(load(str(CONFIGS / "text_video.yaml"), [
-            f"data.root={root}", f"data.vae_id={m['vae_id']}", f"train.run_dir={text_run}", "train.steps=2",
-            "scale.num_workers=0", "dit.hidden_size=32", "dit.depth=1", "dit.text_tokens=8",
-            "train.sample_every=2", "train.eval_every=2", f"eval.local={local}", "eval.split=train",
-            "eval.prompts=2", "eval.steps=2",
-            "optim.micro_batch_size=2", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
-        # held-out captions (here: the train split's one caption) were the prompts while it trained
-        grid = np.load(Path(text_run) / "samples" / "step-00000002" / "samples.npy")
-        assert grid.shape == (4, 4, 32, 32, 3)
-        import mlflow
-
-        mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns.db")
-        text_id = (Path(text_run) / "mlflow_run_id").read_text().strip()
-        agree = mlflow.MlflowClient().get_metric_history(text_id, "eval/class_accuracy")
-        assert [h.step for h in agree] == [2] and 0 <= agree[0].value <= 1
-        told = generate(text_run, num_steps=2, s=1, prompts=["an archer draws the bow", "a dunk"],
-                        log_mlflow=False)
-        assert told["prompts"] == ["an archer draws the bow", "a dunk"] and "labels" not in told
-        assert decode_mp4(Path(told["mp4"]).read_bytes()).shape == (4, 32, 2 * 32, 3)
-        with pytest.raises(ValueError, match="--prompt"):
-            generate(text_run, num_steps=2, log_mlflow=False)
-        rep = evaluate(text_run, [*std, "prompts=2", "steps=2", "s=1", "batch_size=1"])   # 9 frames: window
-        assert rep["prompts"] == ["an archer draws the bow"] * 2 and rep["generated"] == 2
-        assert rep["frames"] == 9 and rep["metrics"]["fvd9"] > 0 and rep["metrics"]["fvd9_fake"] == 2
-        assert rep["classes"] == [2] and rep["metrics"]["chance"] == 1.0     # the caption's class
-        assert 0 <= rep["metrics"]["class_accuracy"] <= 1 and rep["metrics"]["fvd_local"] > 0
-
-    dit_run = str(tmp_path / "dit")
-    launch(load(str(CONFIGS / "demo.yaml"), [
-        f"data.root={root}", f"data.vae_id={m['vae_id']}", f"train.run_dir={dit_run}", "train.steps=2",
-        "train.sample_every=2", "optim.ema_decay=0.9", "train.eval_every=1", f"eval.local={local}",
-        "eval.split=train", "eval.per_class=2", "eval.steps=2",
-        "scale.num_workers=0", "dit.hidden_size=32", "dit.depth=1", "optim.micro_batch_size=2",
-        f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
-    info = generate(dit_run, num_samples=3, num_steps=4, s=1, cfg_scale=2.0, labels=[2, 2, 0])
+def test_sample_grid_generate_and_continuation(dit_run, work):
+    info = generate(dit_run, SampleJob(num_samples=3, steps=4, s=1, cfg_scale=2.0, labels=[2, 2, 0]))
     video = decode_mp4(Path(info["mp4"]).read_bytes())
     assert video.shape == (4, 32, 3 * 32, 3)        # 4 frames, a 1×3 grid of 32² cells
     assert Path(info["gif"]).stat().st_size > 0 and info["labels"] == [2, 2, 0]
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns.db")
-    arts = [a.path for a in mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], "samples")]
+    client = mlflow.MlflowClient()
+    arts = [a.path for a in client.list_artifacts(info["mlflow_run_id"], "samples")]
     # training's, generate's
     assert sorted(arts) == ["samples/step-00000002", "samples/step-00000002-s1-cfg2.0"]
-    listed = mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], arts[1])
-    names = {a.path.rsplit("/", 1)[-1] for a in listed}
+    names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(info["mlflow_run_id"], arts[1])}
     assert names == {"samples.mp4", "samples.gif", "samples.json"}
     # the samples the training run logged itself (train.sample_every, from the EMA weights)
-    during = mlflow.MlflowClient().list_artifacts(info["mlflow_run_id"], "samples/step-00000002")
+    during = client.list_artifacts(info["mlflow_run_id"], "samples/step-00000002")
     assert {a.path.rsplit("/", 1)[-1] for a in during} == {"samples.mp4", "samples.gif"}
-
     # Continue 2 real frames to 7 (longer than the 4 trained on: sliding window of 4).
-    long = generate(dit_run, num_samples=2, num_steps=4, s=2, cfg_scale=1.0, num_frames=7, context=2,
-                    context_split="train", out_dir=str(tmp_path / "long"), log_mlflow=False)
+    long = generate(dit_run, SampleJob(num_samples=2, steps=4, s=2, cfg_scale=1.0, frames=7, context=2,
+                                       context_split="train", out=str(work / "long"), mlflow=False))
     assert (long["frames"], long["context"], long["window"], long["labels"]) == (7, 2, 4, [2, 2])
     assert decode_mp4(Path(long["mp4"]).read_bytes()).shape == (7, 32, 2 * 32, 3)
 
-    # Evaluation after training: the DiT run (long videos: two segments of the training length)
-    # and the AR-VAE run (reconstructions).
-    rep = evaluate(dit_run, [f"local={local}", "split=train", "per_class=3", "steps=4", "s=1", "frames=8",
-                             "standard=false"])
+
+def test_evaluate_dit_long_videos_and_vae_reconstructions(dit_run, vae_run, local):
+    """The DiT run (long videos: two segments of the training length) and the AR-VAE run
+    (reconstructions), with the local network only."""
+    rep = evaluate(dit_run, [f"local={local}", "split=train", "per_class=3", "sample.steps=4", "sample.s=1",
+                             "sample.frames=8", "standard=false"])
     m = rep["metrics"]
     assert rep["classes"] == [2] and rep["generated"] == 3 and rep["frames"] == 8
     assert m["fvd_local"] > 0 and m["fid_local"] > 0 and len(m["fvd_local_segments"]) == 2
     assert m["gen_s_per_video"] > 0
     assert json.loads((Path(rep["out"]) / "report.json").read_text())["metrics"] == m
-    hist = mlflow.MlflowClient().get_metric_history(info["mlflow_run_id"], "eval/fvd_local")
+    hist = mlflow.MlflowClient().get_metric_history(mlflow_run_id(dit_run), "eval/fvd_local")
     # training's, then evaluate's
     assert [h.step for h in hist] == [1, 2, 2] and hist[-1].value == m["fvd_local"]
     assert all(h.value > 0 for h in hist)
-    vrep = evaluate(run, [f"local={local}", "split=train", "mlflow=false", "standard=false"])
+    vrep = evaluate(vae_run[0], [f"local={local}", "split=train", "mlflow=false", "standard=false"])
     assert vrep["metrics"]["rfvd_local"] >= 0 and 5 < vrep["metrics"]["psnr"] < 40
     with pytest.raises(FileNotFoundError, match="ardscale.metrics.local"):
-        evaluate(run, ["local=/nope.pt", "split=train", "mlflow=false", "standard=false"])
+        evaluate(vae_run[0], ["local=/nope.pt", "split=train", "mlflow=false", "standard=false"])
+    with pytest.raises(ValueError, match="s is now sample.s, steps is now sample.steps"):
+        evaluate(dit_run, ["s=1", "steps=2"])
 
-    # The standard metrics (the original I3D and Inception): FVD/KVD and FID/KID against real clips
-    # of 9 frames (the fewest the I3D takes) from another root; the 4-frame DiT is sampled 9 frames
-    # long with its sliding window, the AR-VAE reconstructs those 9-frame clips.
+
+def test_standard_metrics_with_the_original_networks(dit_run, vae_run, local, std, work):
+    """FVD/KVD and FID/KID against real clips of 9 frames (the fewest the I3D takes) from another
+    root; the 4-frame DiT is sampled 9 frames long with its sliding window, the AR-VAE reconstructs
+    those 9-frame clips."""
+    root9, overrides = std
     with pytest.raises(ValueError, match="clips of 4 frames; FVD16 needs 16: .* real_root="):
         evaluate(dit_run, [f"local={local}", "split=train", "references=train", "mlflow=false"])
     with pytest.raises(ValueError, match="keep 8 frames in flight, more than the training length 4"):
-        evaluate(dit_run, [*std, "steps=8", "s=1"])   # before any sampling
-    srep = evaluate(dit_run, [*std, "per_class=3", "steps=2", "s=1"])
+        evaluate(dit_run, [*overrides, "sample.steps=8", "sample.s=1"])   # before any sampling
+    srep = evaluate(dit_run, [*overrides, "per_class=3", "sample.steps=2", "sample.s=1"])
     sm = srep["metrics"]
     assert srep["frames"] == 9 and len(sm["fvd_local_segments"]) == 2
     assert sm["fvd9"] > 0 and sm["fid"] > 0 and sm["kvd9_std"] >= 0 and np.isfinite(sm["kid"])
@@ -185,37 +240,32 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     cache = root9 / "videos" / "train" / "_features"
     files = {f.name.rsplit("-", 1)[0]: f.stat().st_mtime_ns for f in cache.glob("*.npy")}
     assert set(files) == {"i3d-f9-32px-n3", "inception1-f9-32px-n3"}
-    vs = evaluate(run, std)["metrics"]   # the same real clips: their features come from the cache
+    vs = evaluate(vae_run[0], overrides)["metrics"]   # the same real clips: features from the cache
     assert vs["rfvd9"] > 0 and vs["rfid"] > 0 and vs["rfvd9_real"] == 3 and "rfvd_local" in vs
     assert {f.name.rsplit("-", 1)[0]: f.stat().st_mtime_ns for f in cache.glob("*.npy")} == files
-    from ardscale.metrics.fvd import main as fvd_floor  # real against real: a set against itself is 0
-
+    # real against real: a set against itself is 0
     floor = fvd_floor([str(root9), "--split", "train", "--against", "train", "--max-clips", "3",
-                       "--fid-frames", "1", "--out", str(tmp_path / "floor.json")])["metrics"]
+                       "--fid-frames", "1", "--out", str(work / "floor.json")])["metrics"]
     assert floor["fvd9"] < 1e-6 and floor["fid"] < 1e-6 and (floor["fvd9_real"], floor["fvd9_fake"]) == (3, 3)
-    assert json.loads((tmp_path / "floor.json").read_text())["metrics"] == floor
+    assert json.loads((work / "floor.json").read_text())["metrics"] == floor
 
-    # The ablation tool: two Table 3 variants (1 seed, 2 steps) and a Table 2 sweep over s.
-    from tools.ablate import main as ablate
 
+def test_ablation_tables_and_continuation_drift(vae_run, latents, local, clip, work):
+    """Two Table 3 variants (1 seed, 2 steps), a Table 2 sweep over s, and the drift study on
+    8-frame clips of the same video (twice the training length), 2 real frames given."""
     common = ["--local", local, "--per-class", "2", "--split", "train", "--tracking-uri",
-              f"sqlite:///{tmp_path}/ablate.db", "--out", str(tmp_path / "ablate")]
-    t3 = ablate(["table3", "--root", str(root), "--vae-id", again["vae_id"], "--variants", "fopp", "eps",
-                 "--seeds", "1", "--steps", "2", "--set", "optim.micro_batch_size=2", *common])
-    assert set(t3["results"]) == {"fopp",
-                                  "eps"} and all(r[0]["fvd_local"] > 0 for r in t3["results"].values())
-    assert (tmp_path / "ablate" / "table3.md").read_text().count("\n") == 4
-    t2 = ablate(["table2", "--dit-run", str(tmp_path / "ablate" / "fopp-s0"), "--s-values", "0", "4",
-                 *common])
+              f"sqlite:///{work}/ablate.db", "--out", str(work / "ablate")]
+    t3 = ablate(["table3", "--root", str(vae_run[1]), "--vae-id", latents[1]["vae_id"], "--variants", "fopp",
+                 "eps", "--seeds", "1", "--steps", "2", "--set", "optim.micro_batch_size=2", *common])
+    assert set(t3["results"]) == {"fopp", "eps"}
+    assert all(r[0]["fvd_local"] > 0 for r in t3["results"].values())
+    assert (work / "ablate" / "table3.md").read_text().count("\n") == 4
+    t2 = ablate(["table2", "--dit-run", str(work / "ablate" / "fopp-s0"), "--s-values", "0", "4", *common])
     assert [r["s"] for r in t2["results"]] == [0, 4] and all(r["gen_s_per_video"] > 0 for r in t2["results"])
-
-    # Continuation drift: 8-frame clips of the same video (twice the training length), 2 real frames given.
-    long_root = tmp_path / "long"
-    shard_one([VideoItem(str(clip), 2, "Archery", "v_Archery_g01_c01")],
-              str(long_root / "videos" / "train" / "shard-000000.tar"), num_frames=8, fps=8, size=32,
-              max_clips=2,
-              split="train")
-    dr = ablate(["drift", "--dit-run", str(tmp_path / "ablate" / "fopp-s0"), "--clips", str(long_root),
+    long_root = work / "long8"
+    shard_one([VideoItem(str(clip), 2, *CLIP)], str(long_root / "videos" / "train" / "shard-000000.tar"),
+              num_frames=8, fps=8, size=32, max_clips=2, split="train")
+    dr = ablate(["drift", "--dit-run", str(work / "ablate" / "fopp-s0"), "--clips", str(long_root),
                  "--context", "2", "--s-values", "4", "--ddim-steps", "4", *common])
     res = dr["results"]
     assert (dr["clips"], dr["frames"], dr["window"]) == (2, 8, 4) and set(res) == {"recon", "frozen", "s=4"}
@@ -223,8 +273,8 @@ def test_encode_train_sample_pipeline(ucf_root, tmp_path, ray_local):
     # The given frames are the VAE's reconstructions in every set; after them the frozen set repeats frame 1.
     for name in ("frozen", "s=4"):
         assert res[name]["psnr"][:2] == pytest.approx(res["recon"]["psnr"][:2], abs=0.05)
-    assert (tmp_path / "ablate" / "drift.png").stat().st_size > 10_000
-    assert (tmp_path / "ablate" / "drift.mp4").is_file()
-    curve = mlflow.MlflowClient(f"sqlite:///{tmp_path}/ablate.db").get_metric_history(dr["mlflow_run_id"],
-                                                                                       "drift/s4/psnr")
+    assert (work / "ablate" / "drift.png").stat().st_size > 10_000
+    assert (work / "ablate" / "drift.mp4").is_file()
+    curve = mlflow.MlflowClient(f"sqlite:///{work}/ablate.db").get_metric_history(dr["mlflow_run_id"],
+                                                                                  "drift/s4/psnr")
     assert [h.step for h in curve] == list(range(8)) and [h.value for h in curve] == res["s=4"]["psnr"]

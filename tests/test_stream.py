@@ -38,7 +38,7 @@ def run(shards, layout, steps, state=None, loader_workers=None, shuffle=2, **kw)
                for r in range(layout.world)]
     seen = [[[k for _ in range(layout.accum) for k in ld.next()["keys"]] for ld in loaders]
             for _ in range(steps)]
-    states = [ld.state() for ld in loaders]
+    states = [ld.state_dict() for ld in loaders]
     assert all(s == states[0] for s in states), "ranks disagree on the data position"
     for ld in loaders:
         ld.close()
@@ -57,7 +57,10 @@ def test_an_epoch_sees_each_sample_once_and_drops_less_than_a_step(shards):
     first, second = flat(seen[:10]), flat(seen[10:])
     assert len(set(first)) == len(first) == 60 and len(set(second)) == 60
     assert first != second, "every epoch must be shuffled anew"
+    fingerprint = state.pop("fingerprint")
     assert state == {"epoch": 1, "closed": [], "m": 10, "world": 2, "workers": 1, "micro": 3}
+    assert fingerprint == {"seed": 3, "shuffle_shards": 2, "shards": fingerprint["shards"]}
+    assert fingerprint["shards"].endswith("/7")
     labels = [int(k[1]) for k in first[:6]]
     assert len(set(labels)) > 1, "a step drew from one shard only: the window shuffle does not mix"
 
@@ -86,6 +89,34 @@ def test_resume_with_another_layout_neither_loses_nor_repeats(shards, new):
     lost = shards.num_samples - len(epoch0)
     assert 0 <= lost < new.world * new.workers * new.micro * new.accum + old.world * old.workers * old.micro
     assert after["epoch"] == 1 and after["closed"] == [] and after["world"] == new.world
+
+
+def test_a_position_of_another_order_is_refused_or_replanned_on_purpose(shards, tmp_path, caplog):
+    """The saved position holds the seed, the shuffle window and the shard list it was planned
+    with; resumed with one of them changed, it is refused naming the key, or with replan the next
+    epoch starts in the new order. The loader takes it as torchdata's Stateful protocol."""
+    layout = Layout(world=1, workers=1, micro=2, accum=1)
+    full, _, _ = run(shards, layout, 9)
+    head, state, _ = run(shards, layout, 4)
+    assert head == full[:4]
+    loader = StreamLoader(ShardStream(Plan(shards, layout, 3, 2), 0, latent_sample, backoff_s=0), 0)
+    loader.load_state_dict(state)
+    assert [loader.next()["keys"] for _ in range(5)] == [step[0] for step in full[4:]]
+    with pytest.raises(RuntimeError, match="after the first batch"):
+        loader.load_state_dict(state)
+    loader.close()
+    other = make_shards(tmp_path, sizes=SIZES[:-1])
+    for plan, key in ((Plan(shards, layout, 4, 2), "train.seed"),
+                      (Plan(shards, layout, 3, 5), "data.shuffle_shards"),
+                      (Plan(other, layout, 3, 2), "shard list under data.root")):
+        with pytest.raises(ValueError, match=f"planned with another {key} .*data.replan=true"):
+            plan.load_state_dict(state)
+    plan = Plan(other, layout, 3, 2)
+    with caplog.at_level("WARNING", logger="ardscale.data"):
+        plan.load_state_dict(state, replan=True)
+    assert (plan.epoch, plan.m, plan.closed) == (state["epoch"] + 1, 0, []) and "data.replan" in caplog.text
+    old = {k: v for k, v in state.items() if k != "fingerprint"}    # saved before fingerprints: taken as is
+    assert Plan(shards, layout, 4, 2, old).m == state["m"]
 
 
 def test_a_slot_holds_about_shuffle_shards_shards(tmp_path):

@@ -17,21 +17,87 @@ from ardscale.models.dit import DiT, DiTConfig
 from ardscale.models.vae_loss import capture_input
 from ardscale.monitor import Hook
 from ardscale.tasks import TASKS, get_task
+from ardscale.train import launch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_task_registry_and_unknown_task(tmp_path):
     assert set(TASKS) == {"dit", "vae"}
-    with pytest.raises(ValueError, match=r"unknown task 'text'.*\['dit', 'vae'\]"):
+    with pytest.raises(ValueError, match=r"task: unknown task 'text'.*\['dit', 'vae'\]"):
         get_task("text")
     bad = tmp_path / "bad.yaml"
     bad.write_text("defaults: [ardscale, _self_]\ntask: text\n")
-    with pytest.raises(ValueError, match="bad.yaml: task: unknown task 'text'"):
-        load(str(bad))
+    with pytest.raises(ValueError, match="task: unknown task 'text'"):
+        launch(load(str(bad)))                         # config.load knows no task; launch's preflight does
     cfg = load(str(CONFIGS / "tiny.yaml"), ["data.vae_id=x"])
     assert isinstance(get_task("dit").build_model(cfg),
                       DiT) and get_task("dit").build_discriminator(cfg) is None
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ardscale"
+
+
+def _imports() -> dict[str, list[tuple[str, bool]]]:
+    """``module -> [(imported ardscale module, inside a function?)]`` from the package's source."""
+    import ast
+
+    out = {}
+    for f in PACKAGE.rglob("*.py"):
+        parts = f.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = name if parts[-1] == "__init__" else name.rsplit(".", 1)[0]
+        tree, found = ast.parse(f.read_text()), []
+        functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        nested = {id(x) for fn in functions for x in ast.walk(fn)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                    + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            modules = {t for t in targets if t.startswith("ardscale") and _exists(t)}
+            found += [(m, id(node) in nested) for m in modules]
+        out[name] = found
+    return out
+
+
+def _exists(module: str) -> bool:
+    path = PACKAGE.parent.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def test_the_package_has_no_import_circle_and_no_hidden_imports():
+    """No module imports another of the package inside a function (to dodge a circle), the import
+    graph has no circle, and the layers point one way: train → monitor → evaluate → runs → tasks →
+    config; nothing imports the command-line leaf ``sample``."""
+    import graphlib
+
+    imports = _imports()
+    hidden = sorted((m, t) for m, ts in imports.items() for t, inside in ts if inside)
+    assert hidden == [], hidden
+    graph = {m: {t for t, _ in ts if t != m} for m, ts in imports.items()}
+    graphlib.TopologicalSorter(graph).static_order()        # raises CycleError naming the circle
+    order = ["ardscale.train", "ardscale.monitor", "ardscale.evaluate", "ardscale.runs", "ardscale.tasks",
+             "ardscale.config"]
+    reach = {}
+
+    def closure(m):
+        if m not in reach:
+            reach[m] = set()
+            for t in graph.get(m, ()):
+                reach[m] |= {t} | closure(t)
+        return reach[m]
+
+    for i, low in enumerate(order):
+        assert not set(order[:i]) & closure(low), f"{low} imports a layer above it"
+    assert not [m for m, ts in graph.items() if "ardscale.sample" in ts]
+    assert "ardscale.tasks" not in closure("ardscale.config")
 
 
 def test_renamed_keys_fail_naming_the_new_ones_and_old_runs_still_load(tmp_path):

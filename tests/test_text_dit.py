@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import sc
 
 from ardscale.config import DiffusionConfig
 from ardscale.diffusion.sampler import sample
@@ -82,11 +83,11 @@ def test_cached_and_uncached_sampling_agree_with_text_and_cfg(s):
     model = text_dit()
     diffusion = make_diffusion(DiffusionConfig())
     text = captions(2, 4)
-    run = lambda cache: sample(model, diffusion, text, num_frames=5, num_steps=4, s=s, cfg_scale=3.0,
-                               generator=torch.Generator().manual_seed(0), kv_cache=cache)
+    run = lambda cache: sample(model, diffusion, text, sc(5, 4, s, 3.0, kv_cache=cache),
+                               generator=torch.Generator().manual_seed(0))
     cached, plain = run(True), run(False)
     torch.testing.assert_close(cached, plain, rtol=1e-4, atol=1e-4)
-    other = sample(model, diffusion, captions(2, 5), num_frames=5, num_steps=4, s=s, cfg_scale=3.0,
+    other = sample(model, diffusion, captions(2, 5), sc(5, 4, s, 3.0),
                    generator=torch.Generator().manual_seed(0))
     assert (other - cached).abs().max() > 1e-3, "changing the prompt does not change the sample"
 
@@ -141,7 +142,7 @@ def test_text_dit_trains_resumes_and_loads_from_latent_shards(tmp_path):
     from pathlib import Path
 
     from ardscale.config import load
-    from ardscale.tasks import load_trained
+    from ardscale.runs import load_trained
     from ardscale.train import launch
 
     null = text_latents(tmp_path / "data")

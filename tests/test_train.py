@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_latent_shards
 
 from ardscale.config import load
-from ardscale.data.shards import npy_bytes, write_json, write_shard
 from ardscale.engine import checkpoint
-from ardscale.tasks import load_trained
+from ardscale.runs import load_trained
+from ardscale.tasks import get_task
 from ardscale.train import launch
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
@@ -18,19 +19,9 @@ CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
 @pytest.fixture(scope="module")
 def latent_root(tmp_path_factory):
-    """Two latent shards of 24 clips (F=4, L=32, D=4) with a class-dependent mean."""
+    """Two latent shards of 12 clips (F=4, L=32, D=4) with a class-dependent mean."""
     root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for s in range(2):
-        rows = []
-        for k in range(12):
-            label = (s * 12 + k) % 3
-            z = rng.normal(label - 1.0, 1.0, size=(4, 32, 4))
-            z = (2 * z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(np.float16)   # tokens of norm √D
-            rows.append({"__key__": f"clip{s}_{k:03d}", "npy": npy_bytes(z), "json": {"label": label}})
-        write_shard(str(root / "latents" / "fake" / "train" / f"shard-{s:06d}.tar"), rows)
-    write_json(str(root / "latents" / "fake" / "train" / "_manifest.json"),
-               {"vae_id": "fake", "num_frames": 4})
+    write_latent_shards(root)
     return root
 
 
@@ -56,7 +47,7 @@ def test_config_load_overrides_and_errors(tmp_path):
     with pytest.raises(Exception, match="steps"):
         load(CONFIG, ["train.steps=many", "data.vae_id=x"])
     with pytest.raises(ValueError, match="data.vae_id"):
-        load(CONFIG)
+        get_task("dit").preflight(load(CONFIG))      # what only the task knows: before any worker
     with pytest.raises(ValueError, match="run_dir"):
         load(CONFIG, ["data.vae_id=x", "train.run_dir=s3://bucket/run"])
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
@@ -153,16 +144,16 @@ def test_lr_phases_and_step_metrics(latent_root, tmp_path):
 
 def nan_at(steps, monkeypatch):
     """Make dit_loss return NaN at the given global steps (counted by calls: 1 micro batch per step)."""
-    from ardscale import tasks
+    from ardscale.tasks import dit as dit_task
 
-    real, calls = tasks.dit_loss, []
+    real, calls = dit_task.dit_loss, []
 
     def fake(*a, **k):
         loss, per_frame = real(*a, **k)
         calls.append(1)
         return (loss * float("nan") if len(calls) - 1 in steps else loss), per_frame
 
-    monkeypatch.setattr(tasks, "dit_loss", fake)
+    monkeypatch.setattr(dit_task, "dit_loss", fake)
 
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
@@ -322,7 +313,6 @@ CRASH_IN_SAVE = """
 import os, signal, sys
 from deepspeed.runtime.engine import DeepSpeedEngine
 from ardscale.config import load
-from ardscale.tasks import load_trained
 from ardscale.train import launch
 
 saves = []

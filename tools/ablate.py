@@ -44,6 +44,7 @@ def _train(a, name: str, seed: int, extra: list[str]) -> str:
     import mlflow
 
     from ardscale.config import load
+    from ardscale.runs import mlflow_run_id
     from ardscale.train import launch
 
     run_dir = str(Path(a.out) / f"{name}-s{seed}")
@@ -54,7 +55,7 @@ def _train(a, name: str, seed: int, extra: list[str]) -> str:
                         *a.set])
     launch(cfg)
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
-    run_id = (Path(run_dir) / "mlflow_run_id").read_text().strip()
+    run_id = mlflow_run_id(run_dir)
     mlflow.MlflowClient().set_tag(run_id, "ablation", "table3")
     mlflow.MlflowClient().set_tag(run_id, "variant", name)
     return run_dir
@@ -79,8 +80,8 @@ def table3(a) -> dict:
     for name in a.variants:
         for seed in range(a.seeds):
             run = _train(a, name, seed, VARIANTS[name])
-            rep = evaluate(run, [f"local={a.local}", f"per_class={a.per_class}", f"s={a.s}",
-                                 f"steps={a.ddim_steps}", f"split={a.split}", *_standard(a)])
+            rep = evaluate(run, [f"local={a.local}", f"per_class={a.per_class}", f"sample.s={a.s}",
+                                 f"sample.steps={a.ddim_steps}", f"split={a.split}", *_standard(a)])
             results.setdefault(name, []).append({"seed": seed, "run": run, **{
                 k: v for k, v in rep["metrics"].items() if isinstance(v, float)}})
             print(name, seed, results[name][-1], flush=True)
@@ -98,9 +99,10 @@ def table2(a) -> dict:
 
     rows = []
     for s in a.s_values:
-        rep = evaluate(a.dit_run, [f"local={a.local}", f"per_class={a.per_class}", f"s={s}",
-                                   f"steps={a.ddim_steps}", f"split={a.split}",
-                                   f"seed={a.seed}", f"out={Path(a.out) / f'table2-s{s}'}", *_standard(a)])
+        rep = evaluate(a.dit_run, [f"local={a.local}", f"per_class={a.per_class}", f"sample.s={s}",
+                                   f"sample.steps={a.ddim_steps}", f"split={a.split}",
+                                   f"sample.seed={a.seed}", f"out={Path(a.out) / f'table2-s{s}'}",
+                                   *_standard(a)])
         rows.append({"s": s, **{k: v for k, v in rep["metrics"].items() if isinstance(v, float)}})
         print(rows[-1], flush=True)
     lines = ["| s | fvd_local | fid_local | s per video |", "|---|---|---|---|"]
@@ -111,32 +113,31 @@ def table2(a) -> dict:
 
 def drift(a) -> dict:
     from ardscale import drift as d
+    from ardscale.config import SampleConfig
     from ardscale.evaluate import held_out, parse
     from ardscale.metrics.local import LocalFeatures
-    from ardscale.sample import latent_vae
-    from ardscale.tasks import load_trained
+    from ardscale.runs import RunData, load_trained
 
     run_cfg, dit, tag, _ = load_trained(a.dit_run, task="dit")
-    vae, manifest = latent_vae(run_cfg)
-    window, e = manifest["num_frames"], parse([f"split={a.split}"], run_cfg.eval)
-    long_clips = held_out(run_cfg, e, a.clips)
+    data = RunData(run_cfg)
+    window, e = data.num_frames, parse([f"split={a.split}"], run_cfg.eval)
+    long_clips = held_out(data, e, a.clips)
     real, labels = long_clips.clips, long_clips.labels
     if a.per_class:
         keep = torch.cat([torch.nonzero(labels == c)[:a.per_class, 0] for c in torch.unique(labels)])
         real, labels = real[keep], labels[keep]
     local = LocalFeatures(a.local)
-    real_feats = local(held_out(run_cfg, e).clips)[0]
-    recon = d.reconstruct_long(vae, real, run_cfg.diffusion.scale_factor, window)
+    real_feats = local(held_out(data, e).clips)[0]
+    recon = d.reconstruct_long(data, real, window)
     videos = {"recon": recon, "frozen": d.frozen(recon, a.context)}
     for s in a.s_values:
-        videos[f"s={s}"] = d.continue_clips(dit, vae, run_cfg, real, labels, a.context, s, a.ddim_steps,
-                                            a.cfg_scale,
-                                            window, a.seed)
+        sc = SampleConfig(s=s, steps=a.ddim_steps, cfg_scale=a.cfg_scale, seed=a.seed)
+        videos[f"s={s}"] = d.continue_clips(dit, data, real, labels, a.context, sc)
     standard = None
     if a.real_root:   # FVD16 of successive 16-frame windows against the 16-frame held-out clips
         from ardscale.evaluate import standard_references
         std_e = parse([*_standard(a), "fid_frames=0"], run_cfg.eval)
-        standard = standard_references(run_cfg, std_e)[0][1]
+        standard = standard_references(data, std_e)[0][1]
     results = d.measure(videos, real, local, real_feats, window, standard)
     _drift_outputs(a, results, {"real": real, **videos}, window)
     return {"run": a.dit_run, "checkpoint": tag, "clips": len(real), "frames": real.shape[1],
@@ -148,11 +149,10 @@ def _drift_mlflow(a, run_cfg, results: dict, window: int) -> str | None:
     """Per-frame curves (``drift/<set>/psnr`` at step = frame index, ``drift/<set>/fvd_local`` at the
     window's last frame) and the figure, in the DiT run's MLflow run."""
     from ardscale.engine.tracking import Tracker
+    from ardscale.runs import mlflow_run_id
 
-    run_id_file = Path(a.dit_run) / "mlflow_run_id"
     tracker = Tracker(run_cfg.tracking.tracking_uri, run_cfg.tracking.experiment)
-    tracker.start(run_id_file.read_text().strip() if run_id_file.is_file() else None,
-                  f"drift-{Path(a.dit_run).name}", {})
+    tracker.start(mlflow_run_id(a.dit_run), f"drift-{Path(a.dit_run).name}", {})
     for name, r in results.items():
         key = name.replace("=", "")            # MLflow metric names take no "="
         for j, v in enumerate(r["psnr"]):

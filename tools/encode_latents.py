@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ardscale.data.folders import MANIFEST, NULL_CAPTION, latent_dir, video_dir
 from ardscale.data.loader import decoded_samples
 from ardscale.data.shards import (
     join,
@@ -45,7 +46,7 @@ from ardscale.data.shards import (
 )
 from ardscale.data.transforms import to_model_range
 from ardscale.models.arvae import ARVAE
-from ardscale.tasks import load_trained
+from ardscale.runs import load_trained
 
 
 def load_vae(run_dir: str, which: str | None = None) -> tuple[ARVAE, str, str]:
@@ -165,7 +166,7 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
     from ardscale.engine.launch import init_ray
 
     model, tag, vae_id = load_vae(vae_run)
-    src_dir, dst_dir = join(root, "videos", split), join(root, "latents", vae_id, split)
+    src_dir, dst_dir = video_dir(root, split), latent_dir(root, vae_id, split)
     srcs = list_shards(src_dir)
     if not srcs:
         raise FileNotFoundError(f"no video shards under {src_dir}: run data_prep/shard_videos.py first")
@@ -197,8 +198,8 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
     if text:   # the null caption for CFG, and what made the text embeddings
         enc = text_encoder(text)
         manifest["text"] = {**text, "dim": enc.dim}
-        write_bytes(join(dst_dir, "_null_caption.npz"), text_blobs(enc, [""])[0])
-    write_json(join(dst_dir, "_manifest.json"), manifest)
+        write_bytes(join(dst_dir, NULL_CAPTION), text_blobs(enc, [""])[0])
+    write_json(join(dst_dir, MANIFEST), manifest)
     return manifest
 
 

@@ -7,10 +7,13 @@ import json
 import sys
 from collections.abc import Iterator
 
+import fsspec
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..engine import checkpoint
+from .folders import MANIFEST, latent_dir, latents_root, video_dir
 from .shards import join, list_shards, load_npy, load_npz, read_json, read_shard
 from .video import VideoReadError, decode_mp4
 
@@ -36,9 +39,9 @@ def load_video_clips(root: str, split: str,
     Raises:
         FileNotFoundError: no shards there (run data_prep/shard_videos.py first).
     """
-    shards = list_shards(join(root, "videos", split))
+    shards = list_shards(video_dir(root, split))
     if not shards:
-        raise FileNotFoundError(f"no video shards under {join(root, 'videos', split)}: "
+        raise FileNotFoundError(f"no video shards under {video_dir(root, split)}: "
                                 "run data_prep/shard_videos.py")
     videos, labels, bad = [], [], []
     for url in tqdm(shards, desc="loading video shards", leave=False):
@@ -51,19 +54,13 @@ def load_video_clips(root: str, split: str,
     if bad:
         print(f"skipped {len(bad)} undecodable samples: {bad[:5]}", file=sys.stderr)
     if not videos:
-        raise ValueError(f"no decodable clips under {join(root, 'videos', split)}")
+        raise ValueError(f"no decodable clips under {video_dir(root, split)}")
     return torch.from_numpy(np.stack(videos)), torch.tensor(labels)
-
-
-def latent_dir(root: str, vae_id: str, split: str) -> str:
-    return join(root, "latents", vae_id, split)
 
 
 def available_vae_ids(root: str) -> list[str]:
     """The vae_ids that have a latents folder under ``{root}/latents`` (any fsspec URL)."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(join(root, "latents"))
+    fs, path = fsspec.core.url_to_fs(latents_root(root))
     if not fs.isdir(path):
         return []
     return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
@@ -77,7 +74,7 @@ def load_latents(root: str, vae_id: str, split: str) -> tuple[torch.Tensor, torc
         FileNotFoundError: no latent shards or manifest (run tools/encode_latents.py first).
     """
     where = latent_dir(root, vae_id, split)
-    manifest = read_json(join(where, "_manifest.json"))
+    manifest = read_json(join(where, MANIFEST))
     shards = list_shards(where)
     if manifest is None or not shards:
         raise FileNotFoundError(f"no latent shards/manifest under {where}: run tools/encode_latents.py")
@@ -156,8 +153,6 @@ def check_vae(vae_id: str, vae_run: str, manifest: dict) -> None:
         ValueError: the manifest's ``vae_id`` differs from ``vae_id`` (``data.vae_id``), or from
             the digest of the newest checkpoint of ``vae_run`` (``data.vae_run``, when set).
     """
-    from ..engine import checkpoint
-
     got = manifest.get("vae_id")
     if got != vae_id:
         raise ValueError(f"latents under vae_id={vae_id} were made by VAE {got!r} (per their _manifest.json)")

@@ -143,6 +143,10 @@ class Segment:
     end: int
 
 
+_FINGERPRINT_KEYS = {"seed": "train.seed", "shuffle_shards": "data.shuffle_shards",
+                     "shards": "shard list under data.root"}
+
+
 class Plan:
     """The order in which ranks consume samples, resumed from a checkpoint's ``state``.
 
@@ -152,16 +156,10 @@ class Plan:
 
     def __init__(self, shards: ShardSet, layout: Layout, seed: int, shuffle_shards: int,
                  state: dict | None = None):
-        self.shards, self.layout, self.seed = shards, layout, seed
+        self.shards, self.layout, self.seed, self.shuffle_shards = shards, layout, seed, shuffle_shards
         mean = max(1, round(shards.num_samples / len(shards.sizes)))
         self.window = max(1, shuffle_shards) * mean
         self.epoch, self.closed, self.m = 0, [], 0
-        if state:
-            self.epoch, self.closed, self.m = state["epoch"], [list(c) for c in state["closed"]], state["m"]
-            old = Layout(state["world"], state["workers"], state["micro"], layout.accum)
-            if (old.world, old.workers, old.micro) != (layout.world, layout.workers, layout.micro):
-                self.closed.append(old.consumed(self.m))
-                self.m = 0
         n, k = divmod(shards.num_samples, layout.slots)   # np.array_split's slot sizes
         self.steps_per_epoch = layout.end([n + (i < k) for i in range(layout.slots)], 0) // layout.accum
         if self.steps_per_epoch == 0:
@@ -169,6 +167,43 @@ class Plan:
                              f"step of {layout.world} ranks × {layout.workers} loader workers × micro batch "
                              f"{layout.micro} × grad_accum {layout.accum}: use fewer workers or a smaller "
                              "micro batch")
+        if state:
+            self.load_state_dict(state)
+
+    def fingerprint(self) -> dict:
+        """What fixes the order of every epoch: the seed, the shuffle window and the shard list
+        (a digest of the shards' file names and sample counts, so a moved root still matches)."""
+        listing = "\n".join(f"{u.rstrip('/').rsplit('/', 1)[-1]}:{n}" for u, n in zip(self.shards.urls,
+                                                                                   self.shards.sizes))
+        return {"seed": self.seed, "shuffle_shards": self.shuffle_shards,
+                "shards": f"{zlib.crc32(listing.encode()):08x}/{len(self.shards.sizes)}"}
+
+    def load_state_dict(self, state: dict, replan: bool = False) -> None:
+        """Resume at a checkpoint's position (:meth:`state`). A position saved under another
+        world size, loader worker count or micro batch closes its segment (module docstring).
+
+        A position saved with another seed, shuffle window or shard list (its ``fingerprint``)
+        belongs to another order: refused, or with ``replan`` the next epoch starts in the new
+        order (logged). Positions saved before fingerprints existed are taken as they are.
+        Raises:
+            ValueError: a changed fingerprint without ``replan`` (naming the config key).
+        """
+        saved, mine = state.get("fingerprint"), self.fingerprint()
+        changed = [k for k in mine if saved is not None and saved.get(k) != mine[k]]
+        if changed:
+            what = ", ".join(f"{_FINGERPRINT_KEYS[k]} ({saved.get(k)} → {mine[k]})" for k in changed)
+            if not replan:
+                raise ValueError(f"the checkpoint's data position was planned with another {what}: set it "
+                                 "back, or data.replan=true to start the next epoch in the new order")
+            log.warning("data.replan: %s changed; starting epoch %d in the new order", what,
+                        state["epoch"] + 1)
+            self.epoch, self.closed, self.m = state["epoch"] + 1, [], 0
+            return
+        self.epoch, self.closed, self.m = state["epoch"], [list(c) for c in state["closed"]], state["m"]
+        old = Layout(state["world"], state["workers"], state["micro"], self.layout.accum)
+        if (old.world, old.workers, old.micro) != (self.layout.world, self.layout.workers, self.layout.micro):
+            self.closed.append(old.consumed(self.m))
+            self.m = 0
 
     def segments(self) -> Iterator[Segment]:
         """Segments from the resume point on, endlessly (epoch after epoch)."""
@@ -188,7 +223,7 @@ class Plan:
         """The checkpoint state after every rank consumed micro batches up to ``m`` of ``epoch``."""
         closed = self.closed if epoch == self.epoch else []
         return {"epoch": epoch, "closed": closed, "m": m, "world": self.layout.world,
-                "workers": self.layout.workers, "micro": self.layout.micro}
+                "workers": self.layout.workers, "micro": self.layout.micro, "fingerprint": self.fingerprint()}
 
 
 def load_shard(url: str, tries: int, backoff_s: float, sleep: Callable = time.sleep) -> list[dict]:
@@ -311,18 +346,22 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 
 class StreamLoader:
-    """A rank's training batches: ``next()`` gives the next micro batch; ``state()`` the position
-    for the checkpoint; ``faults`` what was skipped so far (``shards``: urls, ``samples``: count)."""
+    """A rank's training batches: ``next()`` gives the next micro batch; ``state_dict()`` the
+    position for the checkpoint and ``load_state_dict()`` resumes there before the first batch
+    (torchdata's Stateful protocol); ``faults`` what was skipped so far (``shards``: urls,
+    ``samples``: count)."""
 
     def __init__(self, stream: ShardStream, loader_workers: int):
-        self.plan = stream.plan
-        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=loader_workers,
-                                             prefetch_factor=4 if loader_workers else None)
-        self._it = iter(loader)
+        self.plan, self._stream, self._workers = stream.plan, stream, loader_workers
+        self._it = None
         self._pos = (self.plan.epoch, self.plan.m)
         self.faults = {"shards": [], "samples": 0}
 
     def next(self) -> dict:
+        if self._it is None:   # the loader workers start here, with the plan as loaded
+            loader = torch.utils.data.DataLoader(self._stream, batch_size=None, num_workers=self._workers,
+                                                 prefetch_factor=4 if self._workers else None)
+            self._it = iter(loader)
         b = next(self._it)
         self._pos = tuple(b.pop("pos"))
         f = b.pop("faults")
@@ -330,8 +369,20 @@ class StreamLoader:
         self.faults["samples"] += f["samples"]
         return b
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
+        """The position after the last micro batch returned (:meth:`Plan.state`)."""
         return self.plan.state(*self._pos)
+
+    def load_state_dict(self, state: dict, replan: bool = False) -> None:
+        """Resume at ``state`` (:meth:`Plan.load_state_dict`).
+
+        Raises:
+            RuntimeError: batches were already drawn. ValueError: see :meth:`Plan.load_state_dict`.
+        """
+        if self._it is not None:
+            raise RuntimeError("load_state_dict after the first batch: the loader workers hold the old plan")
+        self.plan.load_state_dict(state, replan)
+        self._pos = (self.plan.epoch, self.plan.m)
 
     @property
     def epoch(self) -> int:
@@ -339,4 +390,4 @@ class StreamLoader:
 
     def close(self) -> None:
         """Stop the loader workers."""
-        del self._it
+        self._it = None

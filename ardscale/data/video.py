@@ -163,3 +163,13 @@ def video_grid(videos: np.ndarray, cols: int) -> np.ndarray:
         r, c = divmod(b, cols)
         grid[:, r * H:(r + 1) * H, c * W:(c + 1) * W] = videos[b]
     return grid
+
+
+def write_grid(frames: np.ndarray, out: Path, fps: float, name: str = "samples") -> None:
+    """``{name}.mp4`` and ``{name}.gif`` (a grid of uint8 videos ``(N, F, H, W, 3)``, 4 per row)
+    and ``{name}.npy`` (the videos) under the folder ``out`` (created)."""
+    grid = video_grid(frames, cols=min(4, len(frames)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.mp4").write_bytes(encode_mp4(grid, fps))
+    write_gif(str(out / f"{name}.gif"), grid, fps)
+    np.save(out / f"{name}.npy", frames)

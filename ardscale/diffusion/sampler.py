@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from ..config import SampleConfig
 from ..models.dit import KVCache
 from .ad import ad_timesteps, ddim_grid
 from .schedule import GaussianDiffusion
@@ -49,32 +50,38 @@ def _window_start(start: int, first_changing: int, end: int, window: int | None)
 
 
 @torch.no_grad()
-def sample(model, diffusion: GaussianDiffusion, labels: torch.Tensor, num_frames: int,
-           num_steps: int = 50, s: int = 0, cfg_scale: float = 1.0, eta: float = 0.0,
+def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
            generator: torch.Generator | None = None, progress: bool = False,
-           context: torch.Tensor | None = None, window: int | None = None, kv_cache: bool = True,
-           clip_x0: float = 0.0) -> torch.Tensor:
-    """Generate latents ``(B, F, L, D)`` (in the DiT's scaled latent space).
+           context: torch.Tensor | None = None) -> torch.Tensor:
+    """Generate latents ``(B, F, L, D)`` (in the DiT's scaled latent space) with the settings ``sc``.
 
     Args:
         model: a DiT; ``model.config`` gives L, D and the null class for CFG.
         labels: ``(B,)`` long class labels, or a :class:`~ardscale.models.dit.TextCondition`
             (text DiT: encoded prompts; CFG then guides against the null caption).
-        num_frames: F, total frames including ``context``.
-        num_steps: DDIM steps N. s: AD timestep difference (0 = synchronous, ≥ N = auto-regressive).
-        cfg_scale: classifier-free guidance weight w; 1 disables CFG (one model call per step).
-        eta: 0 = DDIM, 1 = DDPM posterior noise.
+        sc: ``frames`` F (> 0: total frames including ``context``; a run's
+            :meth:`~ardscale.runs.RunData.resolve` fills 0 with the training length), ``steps``
+            N, ``s`` (0 = synchronous, ≥ N = auto-regressive), ``cfg_scale`` w (1 = one model call
+            per step), ``eta`` (0 = DDIM, 1 = DDPM posterior noise), ``window`` (most frames per DiT
+            call, e.g. the training length; 0 = no limit), ``kv_cache`` (reuse keys/values of
+            finished frames: same result within float tolerance; off for a bidirectional DiT,
+            ``config.causal=False``, which is fed every frame every step), ``clip_x0`` (clamp x0
+            estimates to ``[-clip_x0, clip_x0]``; 0 = off).
         generator: CPU generator for the initial noise and the eta > 0 noise (drawn for the full
-            video every iteration, so cached and uncached runs see the same noise).
+            video every iteration, so cached and uncached runs see the same noise); default: one
+            seeded with ``sc.seed``.
         context: ``(B, k, L, D)`` clean latents of the first k frames (video continuation).
-        window: most frames per DiT call (e.g. the training length); None = no limit.
-        kv_cache: reuse keys/values of finished frames (same result within float tolerance); off
-            for a bidirectional DiT (``config.causal=False``), which is fed every frame every step.
-        clip_x0: clamp x0 estimates to ``[-clip_x0, clip_x0]`` (0 = off).
     Raises:
-        ValueError: context longer than the video, a window too small for s (see above), or a
-            bidirectional DiT asked for more frames than its window.
+        ValueError: ``sc.frames`` ≤ 0, context longer than the video, a window too small for s
+            (see above), or a bidirectional DiT asked for more frames than its window.
     """
+    num_frames, num_steps, s, cfg_scale, eta = sc.frames, sc.steps, sc.s, sc.cfg_scale, sc.eta
+    window, kv_cache, clip_x0 = sc.window or None, sc.kv_cache, sc.clip_x0
+    if num_frames <= 0:
+        raise ValueError(f"frames={num_frames}: resolve the SampleConfig against its run first "
+                         "(RunData.resolve)")
+    if generator is None:
+        generator = torch.Generator().manual_seed(sc.seed)
     c = model.config
     if not c.causal:   # bidirectional (ablation): every frame reads every frame, at every step
         if window is not None and num_frames > window:

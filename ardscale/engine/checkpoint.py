@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import socket
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -32,8 +33,24 @@ def ema_path(run_dir: str, tag_: str) -> str:
     return str(Path(run_dir) / "ema" / f"{tag_}.pt")
 
 
+TAG_PREFIX = "step-"
+
+
 def tag(step: int) -> str:
-    return f"step-{step:08d}"
+    """The tag of the checkpoint after ``step`` finished global steps: ``step-NNNNNNNN``."""
+    return f"{TAG_PREFIX}{step:08d}"
+
+
+def step_of(tag_: str) -> int:
+    """The global step of a tag (the inverse of :func:`tag`).
+
+    Raises:
+        ValueError: not a tag of this form (naming it).
+    """
+    digits = tag_.removeprefix(TAG_PREFIX)
+    if not tag_.startswith(TAG_PREFIX) or not digits.isdigit():
+        raise ValueError(f"{tag_!r} is not a checkpoint tag ({TAG_PREFIX}NNNNNNNN)")
+    return int(digits)
 
 
 def latest_tag(run_dir: str, sub: str = "ckpt") -> str | None:
@@ -299,6 +316,18 @@ def _replace_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+@dataclass
+class Resume:
+    """Where a run resumes: after ``step`` finished global steps, from checkpoint ``tag`` (None:
+    a fresh start), in MLflow run ``mlflow_run_id``, with the data loader at ``data`` (its
+    ``state_dict()``)."""
+
+    step: int = 0
+    tag: str | None = None
+    mlflow_run_id: str | None = None
+    data: dict | None = None
+
+
 class CheckpointManager:
     """A run's checkpoints, built with what it saves: ``model`` and ``disc`` (DeepSpeed engines;
     the discriminator may be None) and ``ema`` (an :class:`~ardscale.engine.ema.EMA` or None).
@@ -308,7 +337,7 @@ class CheckpointManager:
     save), and the universal conversion a change of world size needs. Use:
     ``tag, universal = CheckpointManager.prepare(run_dir, world, mirror_url, has_disc)`` before
     the engines are built (DeepSpeed must know it will load a universal checkpoint), then
-    ``manager.restore()`` and ``manager.save(step, client_state)``.
+    ``manager.restore()`` (a :class:`Resume`) and ``manager.save(step, mlflow_run_id, data)``.
     """
 
     def __init__(self, run_dir: str, model, disc=None, ema=None, every: int = 1000, keep_last: int = 2,
@@ -336,25 +365,27 @@ class CheckpointManager:
                 to_universal(run_dir, t, "ckpt_disc", mirror_url)
         return t, universal
 
-    def restore(self) -> dict:
-        """Load the prepared tag into the engines and the EMA; its client state with ``tag``
-        added, or ``{}`` when the run starts fresh."""
+    def restore(self) -> Resume:
+        """Load the prepared tag into the engines and the EMA; where the run resumes (a fresh
+        :class:`Resume` when it starts fresh)."""
         client = resume(self.model, self.run_dir, which=self.tag,
                         universal=self.universal) if self.tag else None
         if not client:
-            return {}
+            return Resume()
         if self.ema is not None and Path(ema_path(self.run_dir, self.tag)).is_file():
             self.ema.load(ema_path(self.run_dir, self.tag))
         if self.disc is not None and (Path(ckpt_dir(self.run_dir, "ckpt_disc")) / self.tag).is_dir():
             resume(self.disc, self.run_dir, "ckpt_disc", which=self.tag, universal=self.universal)
-        return {**client, "tag": self.tag}
+        return Resume(client["step"], self.tag, client.get("mlflow_run_id"), client.get("data"))
 
     def should_save(self, step: int, last: bool) -> bool:
         """After ``step`` finished global steps: every ``every`` steps and at the end."""
         return last or step % self.every == 0
 
-    def save(self, step: int, client_state: dict) -> None:
-        """EMA, then the discriminator, then the model (its tag commits all), then the mirror."""
+    def save(self, step: int, mlflow_run_id: str | None, data: dict | None) -> None:
+        """EMA, then the discriminator, then the model (its tag commits all), then the mirror; the
+        tag's client state is a :class:`Resume` (``data``: the stream loader's ``state_dict()``)."""
+        client_state = asdict(Resume(step, tag(step), mlflow_run_id, data))
         if self.ema is not None:
             self.ema.save(ema_path(self.run_dir, tag(step)))
         if self.disc is not None:

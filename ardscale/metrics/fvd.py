@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..cache import fill_file_once
+from ..data.folders import FEATURES, video_dir
+from ..data.loader import load_video_clips
 from ..data.shards import join
 from .frechet import frechet_distance, kernel_distance
 from .i3d import load_i3d
@@ -153,8 +155,6 @@ class StandardReference:
 
 def main(argv=None) -> dict:
     """The real-vs-real floor: FVD/KVD (and FID/KID) of one split's clips against another's."""
-    from ..data.loader import load_video_clips
-
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("root", help="data root with video shards ({root}/videos/{split}), local or s3://")
     p.add_argument("--split", default="train")
@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
     for root, split in ((a.against_root or a.root, a.against), (a.root, a.split)):
         clips, _ = load_video_clips(root, split)
         clips = clips[torch.linspace(0, len(clips) - 1, min(a.max_clips, len(clips))).round().long()]
-        sides.append((clips, join(root, "videos", split, "_features")))
+        sides.append((clips, join(video_dir(root, split), FEATURES)))
     ref, other = (StandardReference(clips, cache, split, i3d, inception, a.fid_frames)
                   for (clips, cache), split in zip(sides, (a.against, a.split)))   # both sides cached
     metrics = ref.floor(other, suffix="")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..weights import check_sha256, package_file
+from .frechet import frechet_distance
 
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"   # 0.1.3
 SIZE = 299
@@ -109,7 +110,5 @@ def read_image_folder(folder: str | Path) -> np.ndarray:
 
 def fid_of_folders(a: str | Path, b: str | Path, path: str | Path | None = None) -> float:
     """FID between the images of two folders (Inception pool3 features, Fréchet distance)."""
-    from .frechet import frechet_distance
-
     net = InceptionFeatures(path)
     return frechet_distance(net(read_image_folder(a)), net(read_image_folder(b)))

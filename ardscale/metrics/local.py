@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..data.loader import load_video_clips
+
 
 @dataclass
 class LocalNetConfig:
@@ -181,8 +183,6 @@ def save_local(net: LocalVideoNet, report: dict, path: str) -> None:
 
 
 def main(argv=None) -> dict:
-    from ..data.loader import load_video_clips
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="dataset root with videos/train and videos/test shards")
     ap.add_argument("--out", required=True, help="checkpoint path (.pt)")

@@ -1,0 +1,88 @@
+"""The AR-VAE stages (paper Sec. 4.1) on video shards: L1 + L2 (+ LPIPS), then a PatchGAN."""
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..data.folders import video_dir
+from ..data.loader import video_sample
+from ..data.shards import list_shards, read_shard
+from ..data.stream import ShardSet
+from ..data.transforms import to_model_range
+from ..models.arvae import ARVAE
+from ..models.discriminator import PatchDiscriminator
+from ..models.vae_loss import VAELoss, capture_input
+from .spec import Models, TaskData, TaskSpec
+
+
+def make_batch(raw: dict, gen: torch.Generator) -> dict:
+    """A collated micro batch of clips (uint8) → ``{"clips": (B, F, 3, H, W)}`` in [-1, 1]."""
+    return {"clips": to_model_range(raw["clips"])}
+
+
+def load_data(cfg: Config) -> TaskData:
+    """The video shards of ``data.split``; ``data.clip_frames`` random frames per clip (0 = all)."""
+    shards = ShardSet.from_dir(video_dir(cfg.data.root, cfg.data.split))
+    k = cfg.data.clip_frames or json.loads(next(read_shard(shards.urls[0]))["json"])["num_frames"]
+    return TaskData(shards, partial(video_sample, frames=cfg.data.clip_frames), make_batch,
+                    k * cfg.vae.num_patches)
+
+
+def step_loss(models: Models, b: dict, step: int, *, objective: VAELoss) -> tuple[dict, dict]:
+    """The generator's reconstruction (+ perceptual, + adversarial from ``disc_start``) loss, and
+    the discriminator's hinge loss when the GAN is on."""
+    clips = b["clips"]                                                      # (B, F, 3, H, W)
+    last_conv = models.module.pixel_head.conv_out    # VQGAN's "last layer" for the adaptive weight
+    with capture_input(last_conv) as last:
+        fake = models.model(clips).float()
+    real = clips.flatten(0, 1)
+    gan = objective.gan_on(step, models.disc is not None)
+    g_loss, parts = objective.generator(fake, real, models.disc_frozen if gan else None,
+                                        last.get("input"), last_conv)
+    losses = {"model": g_loss}
+    if gan:
+        losses["disc"] = parts["d_loss"] = objective.discriminator(models.disc, real, fake.flatten(0, 1))
+    return losses, {"loss": g_loss.detach(), **{k: v.detach() for k, v in parts.items()}}
+
+
+def build_loss(cfg: Config):
+    return partial(step_loss, objective=VAELoss.from_config(cfg.vae_loss))
+
+
+def build_model(cfg: Config) -> ARVAE:
+    return ARVAE(cfg.vae)
+
+
+def build_discriminator(cfg: Config) -> PatchDiscriminator | None:
+    c = cfg.vae_loss
+    return PatchDiscriminator(cfg.vae.in_channels, c.disc_channels,
+                              c.disc_layers) if c.adversarial > 0 else None
+
+
+def preflight(cfg: Config) -> None:
+    """The perceptual loss's weight files exist when it is on (nothing downloads), and video
+    shards exist under ``{data.root}/videos/{data.split}``.
+
+    Raises:
+        ValueError: ``vae_loss.perceptual > 0`` without both weight files (naming the keys).
+        FileNotFoundError: no shards there (naming the folder and the shard job).
+    """
+    c = cfg.vae_loss
+    for key in ("perceptual_vgg", "perceptual_lin") if c.perceptual > 0 else ():
+        file = getattr(c, key)
+        if not file or not Path(file).is_file():
+            why = "not set" if not file else f"{file} not found"
+            raise ValueError(f"vae_loss.perceptual={c.perceptual} needs vae_loss.{key}, a local weight "
+                             f"file ({why}; nothing is downloaded). Set vae_loss.perceptual_vgg (torchvision "
+                             "vgg16 .pth) and vae_loss.perceptual_lin (LPIPS vgg.pth), or opt out of the "
+                             "perceptual loss with vae_loss.perceptual=0")
+    where = video_dir(cfg.data.root, cfg.data.split)
+    if not list_shards(where):
+        raise FileNotFoundError(f"no video shards under {where}: make them with data_prep/shard_videos.py")
+
+
+SPEC = TaskSpec("vae", build_model, load_data, build_loss, preflight, build_discriminator)

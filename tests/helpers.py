@@ -1,0 +1,42 @@
+"""What several test files build: latent shards as tools/encode_latents.py writes them, and sampling
+settings."""
+from __future__ import annotations
+
+import numpy as np
+
+from ardscale.config import SampleConfig
+from ardscale.data.folders import MANIFEST, latent_dir
+from ardscale.data.shards import npy_bytes, sidecar_url, write_json, write_shard
+
+
+def sphere(z: np.ndarray) -> np.ndarray:
+    """Latents ``(..., D)`` scaled to tokens of norm √D (the AR-VAE's contract), float16."""
+    d = z.shape[-1]
+    return (d ** 0.5 * z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(np.float16)
+
+
+def write_latent_shards(root, shards: int = 2, per_shard: int = 12, classes: int = 3, frames: int = 4,
+                        vae_id: str = "fake", sidecars: bool = False, seed: int = 0) -> str:
+    """``shards`` latent shards of ``per_shard`` clips (F=``frames``, L=32, D=4) under
+    ``{root}/latents/{vae_id}/train`` (a local folder or an fsspec URL), labels cycling over
+    ``classes`` with a class-dependent mean (label - 1), so a DiT can learn them; the manifest is
+    written last. Returns the split's folder."""
+    where = latent_dir(str(root), vae_id, "train")
+    rng = np.random.default_rng(seed)
+    for s in range(shards):
+        rows = []
+        for k in range(per_shard):
+            label = (s * per_shard + k) % classes
+            z = sphere(rng.normal(label - 1.0, 1.0, size=(frames, 32, 4)))
+            rows.append({"__key__": f"clip{s}_{k:03d}", "npy": npy_bytes(z), "json": {"label": label}})
+        url = f"{where}/shard-{s:06d}.tar"
+        write_shard(url, rows)
+        if sidecars:
+            write_json(sidecar_url(url), {"clips": per_shard})
+    write_json(f"{where}/{MANIFEST}", {"vae_id": vae_id, "num_frames": frames})
+    return where
+
+
+def sc(frames: int, steps: int, s: int = 0, cfg_scale: float = 1.0, **kw) -> SampleConfig:
+    """Sampling settings for the sampler's tests: ``frames`` F, ``steps`` N, AD ``s``, no CFG by default."""
+    return SampleConfig(s=s, steps=steps, cfg_scale=cfg_scale, frames=frames, **kw)
