@@ -323,6 +323,7 @@ def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
         FileNotFoundError: no checkpoint, no held-out shards, or no local feature network.
         ValueError: an old or unknown key; too few frames in the window for ``sample.s``.
     """
+    parse(overrides or [])                       # a bad key fails before the run loads
     run_cfg, model, tag, _ = load_trained(run_dir)
     data, e = RunData(run_cfg), parse(overrides or [], run_cfg.eval)
     held = held_out(data, e)

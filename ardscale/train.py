@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -65,6 +66,13 @@ def _event(run_dir: Path, kind: str, **fields) -> None:
     """Append a line to ``{run_dir}/events.jsonl`` (rank 0): starts, resumes, stops and why."""
     with open(run_dir / EVENTS_FILE, "a") as f:
         f.write(json.dumps({"time": time.time(), "event": kind, **fields}) + "\n")
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of a rank's randomness in one global step (timesteps, noise, CFG drop): a CRC-32 of
+    ``seed/step/rank``, the same in every process and Python version (``hash()`` of a tuple is an
+    implementation detail), so a resumed step redraws the same batch."""
+    return zlib.crc32(f"{seed}/{step}/{rank}".encode())
 
 
 def _reduce(parts: list[dict], world: int, sums: dict[str, float]) -> dict:
@@ -207,7 +215,7 @@ class Trainer:
         """One global step: per micro batch, the task's losses, then backward and ``engine.step()``
         per engine through its non-finite guard; then the EMA; returns the reduced metrics."""
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(hash((self.cfg.train.seed, step, self.rank)) & 0x7FFF_FFFF)
+        gen = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, step, self.rank))
         skipped_before = sum(g.skipped for g in self.guards.values())
         parts = []
         for _ in range(self.cfg.optim.grad_accum):

@@ -1,0 +1,58 @@
+"""One command-line dialect: ``--help`` lists every key with its default and exits 0, ``--cfg``
+prints the composed config, and a user's mistake is one line with status 2 (the traceback only
+with ARDSCALE_LOG_LEVEL=DEBUG)."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ardscale import evaluate, sample, train
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+
+
+def run(main, argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+@pytest.mark.parametrize("main,keys", [
+    (train.main, ["optim.micro_batch_size=16", "eval.sample.s=2", "data.replan=false"]),
+    (evaluate.main, ["sample.s=2", "sample.steps=50", "fvd_frames=16"]),
+    (sample.main, ["num_samples=8", "s=2", "cfg_scale=2.0", "prompts=[]"]),
+])
+def test_help_lists_every_key_with_its_default_and_exits_0(main, keys, capsys):
+    code, out, _ = run(main, ["--help"], capsys)
+    assert code == 0 and "usage: python -m ardscale." in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert set(keys) <= set(lines), sorted(lines)[:20]
+    assert "AD timestep difference" in out            # the keys' own comments explain them
+    assert run(main, [], capsys)[0] == 2              # no argument: the usage, status 2
+
+
+def test_cfg_prints_the_composed_config(capsys):
+    code, out, _ = run(train.main, [CONFIG, "train.steps=7", "--cfg", "job"], capsys)
+    cfg = yaml.safe_load(out)
+    assert code == 0 and cfg["train"]["steps"] == 7 and cfg["dit"]["hidden_size"] == 64
+
+
+@pytest.mark.parametrize("main,argv,message", [
+    (train.main, [CONFIG, "train.stepz=1"], "train.stepz"),
+    (train.main, [CONFIG, "train.steps=many"], "train.steps"),
+    (train.main, [CONFIG, "model.depth=2"], "model is now dit"),
+    (train.main, [CONFIG], "data.vae_id is empty"),
+    (evaluate.main, ["/no/such/run"], "/no/such/run: not a training run"),
+    (evaluate.main, ["/no/such/run", "s=2"], "s is now sample.s"),
+    (sample.main, ["/no/such/run", "--s", "2", "--num-samples", "4"], "--s is now s=N, --num-samples is now"),
+    (sample.main, ["/no/such/run", "bogus=1"], "Key 'bogus' not in 'SampleJob'"),
+])
+def test_a_users_mistake_is_one_line_with_status_2(main, argv, message, capsys, monkeypatch):
+    monkeypatch.delenv("ARDSCALE_LOG_LEVEL", raising=False)
+    code, _, err = run(main, argv, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    monkeypatch.setenv("ARDSCALE_LOG_LEVEL", "DEBUG")
+    code, _, err = run(main, argv, capsys)
+    assert code == 2 and "Traceback" in err and message in err
