@@ -6,6 +6,7 @@ is its schema: unknown keys and wrong types fail at load time with the offending
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,7 +156,8 @@ class EvalConfig:
 
 @dataclass
 class TrackingConfig:
-    tracking_uri: str = "sqlite:///mlruns.db"   # relative paths resolve against the launch directory
+    tracking_uri: str = ""           # MLflow store; "" = $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db
+                                     # (relative sqlite paths resolve against the launch directory)
     experiment: str = "ardscale"
     run_name: str = ""
 
@@ -232,6 +234,16 @@ def _migrate(d: dict) -> dict:
     return d
 
 
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+
+
+def tracking_uri(configured: str) -> str:
+    """The MLflow tracking URI a job uses: ``tracking.tracking_uri`` when set, else the
+    ``MLFLOW_TRACKING_URI`` environment variable (as every MLflow client reads it: a cluster's
+    tracking server), else :data:`DEFAULT_TRACKING_URI` (a local sqlite file)."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_TRACKING_URI
+
+
 def _absolute(path: str) -> str:
     return path if "://" in path or Path(path).is_absolute() else str(Path(path).resolve())
 
@@ -274,7 +286,7 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
     cfg.train.run_dir = _absolute(cfg.train.run_dir)
     cfg.train.init_from = cfg.train.init_from and _absolute(cfg.train.init_from)
     cfg.data.vae_run = cfg.data.vae_run and _absolute(cfg.data.vae_run)
-    uri = cfg.tracking.tracking_uri
+    uri = cfg.tracking.tracking_uri = tracking_uri(cfg.tracking.tracking_uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         cfg.tracking.tracking_uri = "sqlite:///" + _absolute(uri.removeprefix("sqlite:///"))
     return cfg

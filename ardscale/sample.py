@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .cli import parse, run
+from .compat import moved
 from .config import SampleConfig
 from .data.video import write_grid
 from .diffusion.sampler import sample
@@ -73,7 +74,9 @@ def generate(run_dir: str, job: SampleJob) -> dict:
         frames[:, :job.context, :2] = 255
     out = Path(job.out or Path(run_dir) / "samples" / f"{tag}-s{sc.s}-cfg{sc.cfg_scale}")
     write_grid(frames, out, data.fps)
-    info = {**asdict(sc), "out": str(out), "mp4": str(out / "samples.mp4"), "gif": str(out / "samples.gif"),
+    settings = {f.name: getattr(sc, f.name) for f in fields(SampleConfig)}
+    info = {**settings, "context": job.context, "out": str(out), "mp4": str(out / "samples.mp4"),
+            "gif": str(out / "samples.gif"),
             **({"prompts": job.prompts} if job.prompts else {"labels": y.tolist()}),
             "checkpoint": tag, "frames": frames.shape[1],
             "generate_s": round(t1 - t0, 3), "decode_s": round(t2 - t1, 3), "pixel_std": float(frames.std())}
@@ -106,3 +109,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+__getattr__ = moved(__name__, {
+    "latent_vae": "ardscale.runs.RunData(cfg).vae and .manifest",
+    "latent_manifest": "ardscale.runs.RunData(cfg).manifest",
+    "trained_classes": "ardscale.runs.RunData(cfg).classes", "video_fps": "ardscale.runs.RunData(cfg).fps",
+    "default_labels": "ardscale.runs.RunData(cfg).default_labels",
+    "default_prompts": "ardscale.runs.RunData(cfg).default_prompts",
+    "encode_prompts": "ardscale.runs.RunData(cfg).encode_prompts",
+    "conditions": "ardscale.runs.RunData(cfg).conditions",
+    "context_latents": "ardscale.runs.RunData(cfg).context_latents",
+    "decode_frames": "ardscale.runs.RunData(cfg).decode", "write_grid": "ardscale.data.video.write_grid"})

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from . import cli
+from .compat import moved
 from .config import Config, from_dict, load, to_dict
 from .data.stream import Layout, Plan, ShardStream, StreamLoader
 from .engine import checkpoint
@@ -398,3 +399,6 @@ def main(argv: list[str] | None = None):
 
 if __name__ == "__main__":
     main()
+
+
+__getattr__ = moved(__name__, {"STOP_FILE": "ardscale.runs.STOP_FILE"})

@@ -56,3 +56,15 @@ def test_a_users_mistake_is_one_line_with_status_2(main, argv, message, capsys, 
     monkeypatch.setenv("ARDSCALE_LOG_LEVEL", "DEBUG")
     code, _, err = run(main, argv, capsys)
     assert code == 2 and "Traceback" in err and message in err
+
+
+def test_mlflow_tracking_uri_env_wins_over_the_default_and_the_config_key_over_both(monkeypatch, tmp_path):
+    from ardscale.config import load
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert load(CONFIG).tracking.tracking_uri == f"sqlite:///{tmp_path}/mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert load(CONFIG).tracking.tracking_uri == "http://127.0.0.1:5000"
+    assert load(CONFIG, ["tracking.tracking_uri=sqlite:///x.db"]).tracking.tracking_uri == \
+        f"sqlite:///{tmp_path}/x.db"

@@ -16,7 +16,6 @@ SCRIPT = r'''
 import json, os, secrets, socket, subprocess, sys, threading, time
 from pathlib import Path
 
-import numpy as np
 
 out = Path(sys.argv[1])
 config = sys.argv[2]
@@ -44,22 +43,12 @@ for _ in range(150):
         time.sleep(0.2)
 
 import fsspec  # reads FSSPEC_S3_ENDPOINT_URL
-from ardscale.data.shards import npy_bytes, sidecar_url, write_json, write_shard
+sys.path.insert(0, str(Path(config).resolve().parents[1] / "tests"))
+from helpers import write_latent_shards
 
 fs = fsspec.filesystem("s3")
 fs.mkdir("nodes")
-rng = np.random.default_rng(0)
-for s in range(3):
-    rows = []
-    for k in range(16):
-        label = (s * 16 + k) % 3
-        z = rng.normal(label - 1.0, 1.0, size=(4, 32, 4))
-        z = (2 * z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(np.float16)
-        rows.append({"__key__": f"c{s}_{k:02d}", "npy": npy_bytes(z), "json": {"label": label}})
-    url = f"s3://nodes/data/latents/fake/train/shard-{s:06d}.tar"
-    write_shard(url, rows)
-    write_json(sidecar_url(url), {"clips": 16})
-write_json("s3://nodes/data/latents/fake/train/_manifest.json", {"vae_id": "fake", "num_frames": 4})
+write_latent_shards("s3://nodes/data", shards=3, per_shard=16, sidecars=True)
 
 import ray
 import ray._private.utils
@@ -147,6 +136,7 @@ moto.terminate()
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(960)   # above the cluster subprocess's own 900 s, which then fails with its stderr
 def test_node_loss_without_shared_disk_resumes_from_the_s3_mirror(tmp_path):
     pytest.importorskip("s3fs")
     exe = shutil.which("moto_server") or pytest.skip("moto_server not installed")
@@ -156,8 +146,11 @@ def test_node_loss_without_shared_disk_resumes_from_the_s3_mirror(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     repo = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [env.get("PYTHONPATH")])])
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path), config, exe], env=env,
-                          capture_output=True, text=True, timeout=900, check=False)
+    try:
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path), config, exe], env=env,
+                              capture_output=True, text=True, timeout=900, check=False)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the two-node cluster did not finish in 900 s:\n{(e.stderr or b'')[-4000:]!r}")
     assert (tmp_path / "result.json").is_file(), proc.stderr[-4000:]
     r = json.loads((tmp_path / "result.json").read_text())
     assert r["finished"] and r["resized"] == [True, True], proc.stderr[-4000:]

@@ -80,21 +80,14 @@ def test_checkpoints_mirror_to_s3_and_a_fresh_disk_resumes_from_there(s3_endpoin
     from pathlib import Path
 
     import fsspec
-    import numpy as np
+    from helpers import write_latent_shards
 
     from ardscale.config import load
-    from ardscale.data.shards import npy_bytes, write_shard
     from ardscale.engine import checkpoint
     from ardscale.train import launch
 
     root = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(16, 4, 32, 4))
-    z = (2 * z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(np.float16)   # tokens of norm √D
-    write_shard(str(root / "latents" / "fake" / "train" / "shard-000000.tar"), [
-        {"__key__": f"c{k}", "npy": npy_bytes(z[k]), "json": {"label": k % 3}} for k in range(16)])
-    write_json(str(root / "latents" / "fake" / "train" / "_manifest.json"),
-               {"vae_id": "fake", "num_frames": 4})
+    write_latent_shards(root, shards=1, per_shard=16)
     config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
     def run(run_dir, steps, url=""):

@@ -2,6 +2,7 @@
 monitor timing, logging once per line, the frozen discriminator view."""
 import io
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,8 @@ def test_rank_filtered_logging_prints_each_line_once(capsys):
     finally:
         setup_logging(0)
     out = capsys.readouterr().out
-    assert out.count("step 1 loss 0.5") == 1 and "hidden" not in out and "[rank 1] kept" in out
+    assert out.count("step 1 loss 0.5") == 1 and "hidden" not in out and "WARNING [rank 1] kept" in out
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO step 1 loss 0.5$", out.splitlines()[0])
     assert root_stream.getvalue() == ""
 
 
@@ -204,3 +206,12 @@ def test_shipped_stage_configs_chain(tmp_path):
     dit, vae = cfg("demo")[0], cfg("demo_vae")[0]
     assert (dit.dit.tokens_per_frame, dit.dit.latent_dim) == (vae.vae.tokens_per_frame, vae.vae.latent_dim)
     assert dit.data.root == vae.data.root
+
+
+def test_moved_names_fail_naming_their_new_place():
+    with pytest.raises(ImportError, match="tasks.load_trained moved: use ardscale.runs.load_trained"):
+        from ardscale.tasks import load_trained  # noqa: F401
+    with pytest.raises(ImportError, match=r"sample.default_prompts moved: use ardscale.runs.RunData\(cfg\)"):
+        from ardscale.sample import default_prompts  # noqa: F401
+    import ardscale.tasks
+    assert not hasattr(ardscale.tasks, "no_such_name")      # other names: a plain AttributeError

@@ -15,6 +15,7 @@ from ardscale.metrics import psnr, ssim
 from ardscale.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from ardscale.models.lpips import LPIPS, vgg16_features
 from ardscale.models.vae_loss import VAELoss
+from ardscale.tasks import get_task
 from ardscale.train import launch
 from data_prep.shard_videos import shard_one
 
@@ -58,10 +59,12 @@ def test_lpips_loads_public_formats_and_measures_distance(lpips_files, tmp_path)
 
 def test_perceptual_without_weight_files_is_a_clear_error_unless_opted_out(lpips_files):
     paper = str(CONFIGS / "ucf101_vae_s1.yaml")
+    preflight = get_task("vae").preflight      # before any worker (train.launch)
     with pytest.raises(ValueError, match="vae_loss.perceptual_vgg.*not set.*vae_loss.perceptual=0"):
-        load(paper)
+        preflight(load(paper))
     with pytest.raises(ValueError, match="vae_loss.perceptual_lin.*/nope.pth not found"):
-        load(paper, [f"vae_loss.perceptual_vgg={lpips_files[0]}", "vae_loss.perceptual_lin=/nope.pth"])
+        preflight(load(paper, [f"vae_loss.perceptual_vgg={lpips_files[0]}",
+                               "vae_loss.perceptual_lin=/nope.pth"]))
     assert VAELoss.from_config(load(paper, ["vae_loss.perceptual=0"]).vae_loss).lpips is None
     on = load(paper, [f"vae_loss.perceptual_vgg={lpips_files[0]}",
                       f"vae_loss.perceptual_lin={lpips_files[1]}"])

@@ -161,4 +161,3 @@ def check_vae(vae_id: str, vae_run: str, manifest: dict) -> None:
         if digest != got:
             raise ValueError(f"data.vae_run={vae_run} has weights {digest}, but the latents come from "
                              f"VAE {got}: re-encode with tools/encode_latents.py --vae-run {vae_run}")
-

@@ -2,8 +2,9 @@
 
 DeepSpeed writes a tag's files first and the ``latest`` pointer last; ``ardscale.json`` in the
 tag marks it complete after that. A crash mid-save therefore leaves the previous complete tag
-as the one :func:`latest_tag` returns. ``client_state`` carries the global step (which fixes
-the data position, see :class:`ardscale.data.loader.StepBatches`) and the MLflow run id.
+as the one :func:`latest_tag` returns. ``client_state`` is a :class:`Resume`: the global step,
+the tag, the MLflow run id and the data position
+(:meth:`ardscale.data.stream.StreamLoader.state_dict`).
 """
 from __future__ import annotations
 

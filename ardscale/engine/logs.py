@@ -3,7 +3,8 @@
 ``setup_logging(rank)`` gives the ``ardscale`` logger one stdout handler (and no propagation to
 the root logger, whose handlers Ray or a notebook may have set: a second handler printed each
 line twice). Records from other ranks pass only with ``extra={"all_ranks": True}``. The level
-comes from ``ARDSCALE_LOG_LEVEL`` (DEBUG, INFO, WARNING; default INFO).
+comes from ``ARDSCALE_LOG_LEVEL`` (DEBUG, INFO, WARNING; default INFO). Each line carries its
+time and level: ``2026-11-29 16:44:29 INFO step 10 loss …``.
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def setup_logging(rank: int = 0, level: str | None = None) -> logging.Logger:
         logger.removeHandler(h)
     handler = logging.StreamHandler(sys.stdout)
     handler.ardscale = True
-    handler.setFormatter(logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"))
+    who = "" if rank == 0 else f"[rank {rank}] "
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {who}%(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
     handler.addFilter(RankFilter(rank))
     logger.addHandler(handler)
     return logger

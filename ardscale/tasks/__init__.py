@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+from ..compat import moved
 from . import dit, vae
 from .spec import LossFn, Models, TaskData, TaskSpec
 
@@ -25,3 +26,6 @@ def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
         raise ValueError(f"task: unknown task {name!r}: expected one of {sorted(TASKS)}")
     return TASKS[name]
+
+
+__getattr__ = moved(__name__, {"load_trained": "ardscale.runs.load_trained"})
