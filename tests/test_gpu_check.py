@@ -4,9 +4,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     out = tmp_path / "gpu"
     env = {**os.environ, "OUT": str(out)}

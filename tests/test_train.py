@@ -206,6 +206,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(latent_root, tmp_path):
     assert [x["step"] for x in rows(run)] == list(range(steps + 2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_ema_equals_the_average_of_the_checkpointed_weights(latent_root, tmp_path, zero):
     from ardscale.models.dit import DiT
