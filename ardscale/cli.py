@@ -32,9 +32,12 @@ def parse(schema, overrides: list[str]):
         ValueError: an argument that is not ``key=value`` (an old ``--flag``, say).
         omegaconf / Hydra errors: an unknown key, a wrong type, an unparsable value (named).
     """
+    names = {f.name for f in dataclasses.fields(schema)}
     for o in overrides:
         if "=" not in o or o.startswith("-"):
-            raise ValueError(f"{o!r}: arguments are key=value (see --help)")
+            key = o.lstrip("-").split("=")[0].replace("-", "_")
+            hint = f" ({o.split('=')[0]} is now {key}=…)" if o.startswith("--") and key in names else ""
+            raise ValueError(f"{o!r}: arguments are key=value{hint}; see --help")
     tree: dict = {}
     for o in OverridesParser.create().parse_overrides(list(overrides)):
         *parents, key = o.key_or_group.split(".")

@@ -58,7 +58,7 @@ for split in train test; do
 done
 
 log "training the ucf101_local feature network (fvd_local / fid_local) on the real train clips"
-python -m ardscale.metrics.local --root "$OUT/data" --out "$OUT/ucf101_local.pt" --epochs 10 2>"$OUT/ucf101_local.log" | tail -n 1
+python -m ardscale.metrics.local root="$OUT/data" out="$OUT/ucf101_local.pt" epochs=10 2>"$OUT/ucf101_local.log" | tail -n 1
 
 COMMON=(data.root="$OUT/data" tracking.tracking_uri="sqlite:///$OUT/mlruns.db")
 log "training the AR-VAE, stage 1: single frames, reconstruction loss (Ray job)"

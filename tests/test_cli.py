@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from ardscale import evaluate, sample, train
+from ardscale.metrics import fvd, local
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
@@ -18,17 +19,19 @@ def run(main, argv, capsys):
     return e.value.code, out, err
 
 
-@pytest.mark.parametrize("main,keys", [
-    (train.main, ["optim.micro_batch_size=16", "eval.sample.s=2", "data.replan=false"]),
-    (evaluate.main, ["sample.s=2", "sample.steps=50", "fvd_frames=16"]),
-    (sample.main, ["num_samples=8", "s=2", "cfg_scale=2.0", "prompts=[]"]),
+@pytest.mark.parametrize("main,keys,comment", [
+    (train.main, ["optim.micro_batch_size=16", "eval.sample.s=2", "data.replan=false"], "AD timestep"),
+    (evaluate.main, ["sample.s=2", "sample.steps=50", "fvd_frames=16"], "AD timestep difference"),
+    (sample.main, ["num_samples=8", "s=2", "cfg_scale=2.0", "prompts=[]"], "a text DiT's prompts"),
+    (fvd.main, ["split=train", "against=test", "max_clips=256"], "clips per side"),
+    (local.main, ["root=''", "out=''", "epochs=20"], "channels of the first stage"),
 ])
-def test_help_lists_every_key_with_its_default_and_exits_0(main, keys, capsys):
+def test_help_lists_every_key_with_its_default_and_exits_0(main, keys, comment, capsys):
     code, out, _ = run(main, ["--help"], capsys)
     assert code == 0 and "usage: python -m ardscale." in out
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert set(keys) <= set(lines), sorted(lines)[:20]
-    assert "AD timestep difference" in out            # the keys' own comments explain them
+    assert comment in out                             # the keys' own comments explain them
     assert run(main, [], capsys)[0] == 2              # no argument: the usage, status 2
 
 
@@ -47,6 +50,9 @@ def test_cfg_prints_the_composed_config(capsys):
     (evaluate.main, ["/no/such/run", "s=2"], "s is now sample.s"),
     (sample.main, ["/no/such/run", "--s", "2", "--num-samples", "4"], "--s is now s=N, --num-samples is now"),
     (sample.main, ["/no/such/run", "bogus=1"], "Key 'bogus' not in 'SampleJob'"),
+    (local.main, ["--root", "/data"], "--root is now root=…"),
+    (local.main, ["epochs=2"], "root= (the dataset root) and out= (the checkpoint path) are required"),
+    (fvd.main, ["/no/such/root", "split=train"], "no video shards under /no/such/root/videos/test"),
 ])
 def test_a_users_mistake_is_one_line_with_status_2(main, argv, message, capsys, monkeypatch):
     monkeypatch.delenv("ARDSCALE_LOG_LEVEL", raising=False)

@@ -244,8 +244,8 @@ def test_standard_metrics_with_the_original_networks(dit_run, vae_run, local, st
     assert vs["rfvd9"] > 0 and vs["rfid"] > 0 and vs["rfvd9_real"] == 3 and "rfvd_local" in vs
     assert {f.name.rsplit("-", 1)[0]: f.stat().st_mtime_ns for f in cache.glob("*.npy")} == files
     # real against real: a set against itself is 0
-    floor = fvd_floor([str(root9), "--split", "train", "--against", "train", "--max-clips", "3",
-                       "--fid-frames", "1", "--out", str(work / "floor.json")])["metrics"]
+    floor = fvd_floor([str(root9), "split=train", "against=train", "max_clips=3", "fid_frames=1",
+                       f"out={work / 'floor.json'}"])["metrics"]
     assert floor["fvd9"] < 1e-6 and floor["fid"] < 1e-6 and (floor["fvd9_real"], floor["fvd9_fake"]) == (3, 3)
     assert json.loads((work / "floor.json").read_text())["metrics"] == floor
 

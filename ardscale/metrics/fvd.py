@@ -18,15 +18,15 @@ Real features are computed once and cached beside the shards
 clips' pixels, so other clips, frames, fps or size never reuse a file). The cache is filled with
 the atomic first-use rule of :mod:`ardscale.cache` (local) or one object write (``s3://``).
 
-``python -m ardscale.metrics.fvd ROOT --split train --against test`` measures the real-vs-real floor.
+``python -m ardscale.metrics.fvd ROOT split=train against=test`` measures the real-vs-real floor.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .. import cli
 from ..cache import fill_file_once
 from ..data.folders import FEATURES, video_dir
 from ..data.loader import load_video_clips
@@ -153,33 +154,47 @@ class StandardReference:
         return out
 
 
-def main(argv=None) -> dict:
+@dataclass
+class FloorJob:
     """The real-vs-real floor: FVD/KVD (and FID/KID) of one split's clips against another's."""
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("root", help="data root with video shards ({root}/videos/{split}), local or s3://")
-    p.add_argument("--split", default="train")
-    p.add_argument("--against", default="test", help="the reference split")
-    p.add_argument("--against-root", default="", help="its data root (default: root)")
-    p.add_argument("--max-clips", type=int, default=256, help="clips per side, spread over the split")
-    p.add_argument("--fid-frames", type=int, default=2)
-    p.add_argument("--out", default="", help="write the report (JSON) here")
-    a = p.parse_args(argv)
+
+    split: str = "train"             # the clips scored as if generated
+    against: str = "test"            # the reference split
+    against_root: str = ""           # its data root (default: ROOT)
+    max_clips: int = 256             # clips per side, spread over the split
+    fid_frames: int = 2              # frames per clip for FID/KID (0 = none)
+    out: str = ""                    # write the report (JSON) here
+
+
+def floor(root: str, a: FloorJob) -> dict:
+    """The real-vs-real floor of ``a.split`` under ``root`` against ``a.against`` (both cached)."""
     i3d, inception = I3DFeatures(), InceptionFeatures() if a.fid_frames else None
     sides = []
-    for root, split in ((a.against_root or a.root, a.against), (a.root, a.split)):
-        clips, _ = load_video_clips(root, split)
+    for where, split in ((a.against_root or root, a.against), (root, a.split)):
+        clips, _ = load_video_clips(where, split)
         clips = clips[torch.linspace(0, len(clips) - 1, min(a.max_clips, len(clips))).round().long()]
-        sides.append((clips, join(video_dir(root, split), FEATURES)))
+        sides.append((clips, join(video_dir(where, split), FEATURES)))
     ref, other = (StandardReference(clips, cache, split, i3d, inception, a.fid_frames)
                   for (clips, cache), split in zip(sides, (a.against, a.split)))   # both sides cached
-    metrics = ref.floor(other, suffix="")
-    report = {"clips": f"{a.split} of {a.root}", "reference": f"{a.against} of {a.against_root or a.root}",
-              "metrics": metrics}
+    report = {"clips": f"{a.split} of {root}", "reference": f"{a.against} of {a.against_root or root}",
+              "metrics": ref.floor(other, suffix="")}
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _job(argv: list[str]) -> dict:
+    if "=" in argv[0]:
+        raise ValueError(f"the first argument is the data root (video shards under ROOT/videos/SPLIT), "
+                         f"not {argv[0]!r}")
+    report = floor(argv[0], cli.parse(FloorJob, argv[1:]))
     print(json.dumps(report, indent=2))
     return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return cli.run(_job, argv, __doc__, "python -m ardscale.metrics.fvd ROOT", FloorJob)
 
 
 if __name__ == "__main__":

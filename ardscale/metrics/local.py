@@ -8,11 +8,10 @@ per frame ``(N, T, C)`` (→ ``fid_local``: Fréchet distance over frames) and t
 ``(N, C)`` (→ ``fvd_local``). Inputs are uint8 clips ``(N, T, H, W, 3)``, resized to the trained
 ``image_size`` when they differ. It is trained on real clips only, never on samples.
 
-    python -m ardscale.metrics.local --root runs/demo/data --out runs/ucf101_local.pt
+    python -m ardscale.metrics.local root=runs/demo/data out=runs/ucf101_local.pt
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .. import cli
 from ..data.loader import load_video_clips
 
 
@@ -99,7 +99,7 @@ class LocalFeatures:
     def __init__(self, path: str, device: str = "cpu", batch_size: int = 32):
         if not Path(path).is_file():
             raise FileNotFoundError(f"no local feature network at {path}: train one with "
-                                    "`python -m ardscale.metrics.local --root DATA --out PATH`")
+                                    "`python -m ardscale.metrics.local root=DATA out=PATH`")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         self.net = LocalVideoNet(LocalNetConfig(**ckpt["config"]))
         self.net.load_state_dict(ckpt["state_dict"])
@@ -182,22 +182,32 @@ def save_local(net: LocalVideoNet, report: dict, path: str) -> None:
     Path(path).with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", required=True, help="dataset root with videos/train and videos/test shards")
-    ap.add_argument("--out", required=True, help="checkpoint path (.pt)")
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
+@dataclass
+class LocalJob:
+    """Train ``ucf101_local`` on a data root's real clips."""
+
+    root: str = ""                   # dataset root with videos/train and videos/test shards (required)
+    out: str = ""                    # checkpoint path (.pt; required); its report is written beside it
+    epochs: int = 20
+    width: int = 32                  # channels of the first stage
+    seed: int = 0
+
+
+def _job(argv: list[str]) -> dict:
+    a = cli.parse(LocalJob, argv)
+    if not a.root or not a.out:
+        raise ValueError("root= (the dataset root) and out= (the checkpoint path) are required")
     train, test = load_video_clips(a.root, "train"), load_video_clips(a.root, "test")
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     cfg = LocalNetConfig(width=a.width, image_size=int(train[0].shape[2]))
     net, report = train_local(train, test, cfg, epochs=a.epochs, seed=a.seed)
     report.update(data=a.root, classes=sorted(set(train[1].tolist())))
     save_local(net, report, a.out)
     print(json.dumps(report))
     return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return cli.run(_job, argv, __doc__, "python -m ardscale.metrics.local root=DATA out=PATH", LocalJob)
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def preflight(cfg: Config) -> None:
     if cfg.train.eval_every and not Path(cfg.eval.local).is_file():
         raise FileNotFoundError(f"train.eval_every={cfg.train.eval_every} needs eval.local, the "
                                 f"ucf101_local feature network ({cfg.eval.local} not found): train it with "
-                                "`python -m ardscale.metrics.local --root DATA --out PATH`, or set "
+                                "`python -m ardscale.metrics.local root=DATA out=PATH`, or set "
                                 "train.eval_every=0")
     where = latent_dir(cfg.data.root, cfg.data.vae_id, cfg.data.split)
     if read_json(join(where, MANIFEST)) is None:
