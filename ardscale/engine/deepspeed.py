@@ -7,11 +7,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"   # package data
 
 
 def deepspeed_fragment(name: str) -> dict:
-    """The DeepSpeed settings of ``optim.deepspeed``: a name in ``configs/deepspeed/`` or a YAML path.
+    """The DeepSpeed settings of ``optim.deepspeed``: a name in ``ardscale/configs/deepspeed/`` or a
+    YAML path.
 
     Raises:
         FileNotFoundError: no such file. ValueError: no ``zero_optimization.stage`` 0-3 in it.
@@ -29,7 +30,7 @@ def deepspeed_fragment(name: str) -> dict:
 
 def ds_config(o, world_size: int, use_bf16: bool, load_universal: bool = False) -> dict:
     """The DeepSpeed JSON config from an ``optim`` config section ``o``: the ZeRO settings of
-    ``o.deepspeed`` (configs/deepspeed/) plus batch sizes (train_batch_size = micro · accum ·
+    ``o.deepspeed`` (ardscale/configs/deepspeed/) plus batch sizes (train_batch_size = micro · accum ·
     world), clipping and precision."""
     return {
         **deepspeed_fragment(o.deepspeed),
