@@ -76,7 +76,7 @@ class OptimConfig:
     grad_clip: float = 1.0
     micro_batch_size: int = 16       # per worker (paper: 16 per GPU)
     grad_accum: int = 1              # paper: 8
-    deepspeed: str = "zero2"         # configs/deepspeed/{name}.yaml (zero1/zero2/zero3) or a YAML path
+    deepspeed: str = "zero2"         # zero1 / zero2 / zero3 (ardscale/configs/deepspeed/) or a YAML path
     ema_decay: float = 0.0           # EMA of all parameters (paper: used; e.g. 0.9999); 0 = off
 
 
@@ -160,6 +160,9 @@ class TrackingConfig:
                                      # (relative sqlite paths resolve against the launch directory)
     experiment: str = "ardscale"
     run_name: str = ""
+    system_metrics: bool = True      # CPU / memory (and GPU, with nvidia-ml-py) sampled into the run
+    log_model: bool = True           # the final (EMA) weights as an MLflow model, with config and vae_id
+    registered_model: str = ""       # register that model under this name in the MLflow registry
 
 
 @dataclass

@@ -31,8 +31,8 @@ pools all segments.
 
 An AR-VAE run: ``rfvd_local`` and ``rfvd16`` (``rkvd16``, ``rfid``) of reconstructions against the
 originals, with PSNR/SSIM. Every run writes ``report.json`` and a grid video under ``out`` (default
-``RUN_DIR/eval/<tag>-…``) and logs the metrics (prefix ``eval/``) at the checkpoint's step to the
-run's MLflow run.
+``RUN_DIR/eval/<tag>-…``) and logs the metrics (prefix ``eval/``) at the checkpoint's step to a
+child run of the training's MLflow run (``eval-<run>-<out>``, the ``eval`` settings as its params).
 """
 from __future__ import annotations
 
@@ -150,10 +150,15 @@ def reconstruct(vae, real: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _log(run_cfg, run_dir: str, metrics: dict, step: int, out: Path) -> str | None:
-    """Log the scalar metrics (``eval/`` prefix) and the report to the run's MLflow run."""
+def _log(run_cfg, run_dir: str, metrics: dict, step: int, out: Path, e: EvalConfig) -> str | None:
+    """Log the scalar metrics (``eval/`` prefix, at the checkpoint's ``step``), the report and the
+    grid to a child run of the training's MLflow run, named after ``out`` and holding the
+    ``eval`` settings as params: an evaluation after training adds a run beside the training's
+    ``eval/*`` curves instead of a second value at their last step."""
     tracker = Tracker(run_cfg.tracking.tracking_uri, run_cfg.tracking.experiment)
-    tracker.start(mlflow_run_id(run_dir), f"eval-{Path(run_dir).name}", {})
+    tracker.start(None, f"eval-{Path(run_dir).name}-{out.name}", {"eval": asdict(e)},
+                  parent_run_id=mlflow_run_id(run_dir))
+    tracker.set_tags({"checkpoint": checkpoint.tag(step), "task": run_cfg.task})
     tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step)
     for name in ("report.json", "samples.mp4", "samples.gif"):
         if (out / name).is_file():
@@ -346,7 +351,7 @@ def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
     write_grid(fake[:16].numpy(), out, data.fps)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if e.mlflow:
-        report["mlflow_run_id"] = _log(run_cfg, run_dir, metrics, checkpoint.step_of(tag), out)
+        report["mlflow_run_id"] = _log(run_cfg, run_dir, metrics, checkpoint.step_of(tag), out, e)
     report["out"] = str(out)
     return report
 

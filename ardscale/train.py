@@ -11,15 +11,22 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
+import tempfile
 import threading
 import time
 import zlib
 from pathlib import Path
 
+import ray
+import ray.train
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
+from ray.experimental import internal_kv
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from . import cli
 from .compat import moved
@@ -33,7 +40,7 @@ from .engine.flops import peak_tflops
 from .engine.guard import NonFiniteGuard
 from .engine.launch import init_ray
 from .engine.logs import setup_logging
-from .engine.tracking import Tracker
+from .engine.tracking import Tracker, git_state
 from .monitor import hooks_for
 from .runs import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, MLFLOW_RUN_ID, STOP_FILE
 from .tasks import Models, TaskData, get_task
@@ -97,17 +104,24 @@ def _reduce(parts: list[dict], world: int, sums: dict[str, float]) -> dict:
     return out
 
 
+def stop_key(run_name: str) -> str:
+    """The key in Ray's internal KV store (the GCS, reachable from every node) that asks the
+    training of Ray Train run ``run_name`` to stop: no shared disk needed."""
+    return f"ardscale:stop:{run_name}"
+
+
 class _Stop:
-    """A stop request (SIGTERM: preemption, ``ray job stop``, Kubernetes eviction; or the file
-    ``{run_dir}/STOP``) asks for a checkpoint and a clean exit at the end of the current step.
+    """A stop request asks for a checkpoint and a clean exit at the end of the current step: SIGTERM
+    (preemption, ``ray job stop``, Kubernetes eviction), the file ``{run_dir}/STOP`` on rank 0's
+    disk (an operator), or under Ray Train the key :func:`stop_key` in Ray's KV store.
 
     In-process, this process's SIGTERM handler sets it. Under Ray Train the training function
-    does not run on the main thread, so the driver's handler writes the STOP file instead, and rank
-    0 looks for it after every step.
+    does not run on the main thread, so the driver's handler sets the KV key (and writes the STOP
+    file beside it), and rank 0 looks for both after every step.
     """
 
-    def __init__(self, run_dir: Path, rank: int):
-        self.requested, self.run_dir, self.rank = False, run_dir, rank
+    def __init__(self, run_dir: Path, rank: int, kv_key: str | None = None):
+        self.requested, self.run_dir, self.rank, self.kv_key = False, run_dir, rank, kv_key
         self.own_signal = threading.current_thread() is threading.main_thread()
         if self.own_signal:
             signal.signal(signal.SIGTERM, self._handle)
@@ -116,13 +130,30 @@ class _Stop:
         print("SIGTERM: saving a checkpoint after this step, then exiting", file=sys.stderr, flush=True)
         self.requested = True
 
+    def _asked_here(self) -> bool:
+        if self.requested or (self.run_dir / STOP_FILE).exists():
+            return True
+        return self.kv_key is not None and internal_kv._internal_kv_exists(self.kv_key)
+
     def agreed(self) -> bool:
         """True on every rank when any rank was asked to stop."""
-        asked = self.requested or (self.rank == 0 and (self.run_dir / STOP_FILE).exists())
+        asked = self.requested or (self.rank == 0 and self._asked_here())
         flag = torch.tensor([float(asked)])
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+
+def report_to_ray(run_dir: Path, step: int, metrics: dict) -> None:
+    """Every rank, after the checkpoint of ``step``: its files of the tag and the step's metrics to
+    ``ray.train.report``, which merges the ranks' files into one checkpoint on
+    ``scale.storage_path`` named by the tag. ``trainer.fit()``'s Result then carries the last
+    metrics and the newest complete checkpoint (a run-dir-shaped folder that
+    :func:`~ardscale.engine.checkpoint.load_weights` reads)."""
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".ray-report-") as tmp:
+        checkpoint.stage_rank_files(str(run_dir), step, Path(tmp))
+        ray.train.report({**metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=checkpoint.tag(step))
 
 
 def _throughput(data: TaskData, cfg: Config, dt: float, world: int) -> dict:
@@ -155,18 +186,36 @@ def _stream(cfg: Config, data: TaskData, rank: int, world: int, state: dict | No
     return loader
 
 
-def _open_run(cfg_dict: dict, cfg: Config, resume: Resume, rank: int, world: int) -> tuple[Tracker, str]:
-    """The MLflow run (the checkpoint's, when resuming) and the run dir's files (rank 0)."""
+def run_tags(cfg: Config, world: int, zero_stage: int) -> dict:
+    """Where a run came from, as MLflow tags: git commit (MLflow's own key) and dirty flag, world
+    size, ZeRO stage, nodes, the Ray job, the task and, for a DiT, the latents' ``vae_id``. All
+    ranks call it (the node count is gathered)."""
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
+    nodes = [None] * world
+    dist.all_gather_object(nodes, node)
+    commit, dirty = git_state()
+    tags = {"mlflow.source.git.commit": commit, "git.dirty": dirty, "world_size": world,
+            "zero_stage": zero_stage, "nodes": len(set(nodes)), "task": cfg.task}
+    if ray.is_initialized():
+        tags["ray.job_id"] = ray.get_runtime_context().get_job_id()
+    return tags | ({"vae_id": cfg.data.vae_id} if cfg.task == "dit" else {})
+
+
+def _open_run(cfg_dict: dict, cfg: Config, resume: Resume, rank: int, tags: dict) -> tuple[Tracker, str]:
+    """The MLflow run (the checkpoint's, when resuming) with its ``tags``, and the run dir's files
+    (rank 0)."""
     start = resume.step
     tracker = Tracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, enabled=rank == 0)
-    run_id = tracker.start(resume.mlflow_run_id, cfg.tracking.run_name, cfg_dict)
+    run_id = tracker.start(resume.mlflow_run_id, cfg.tracking.run_name, cfg_dict,
+                           system_metrics=cfg.tracking.system_metrics)
+    tracker.set_tags(tags)
     run_dir = Path(cfg.train.run_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         _trim_metrics(run_dir / METRICS_FILE, start)
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg_dict))
         (run_dir / MLFLOW_RUN_ID).write_text(run_id)
-        _event(run_dir, "start", step=start, world_size=world, resumed_from=resume.tag)
+        _event(run_dir, "start", step=start, world_size=tags["world_size"], resumed_from=resume.tag)
         if start == 0:
             tracker.log_artifact(str(run_dir / CONFIG_FILE))
     if dist.is_initialized():  # ranks > 0 learn the run id for the checkpoint from rank 0
@@ -181,7 +230,7 @@ class Trainer:
     ``Trainer(cfg, cfg_dict).train()`` runs :meth:`train_step` per global step, then the monitor
     hooks and the checkpoint when they are due, until ``train.steps`` or a halt (:meth:`_halt`)."""
 
-    def __init__(self, cfg: Config, cfg_dict: dict):
+    def __init__(self, cfg: Config, cfg_dict: dict, under_ray: bool = False):
         self.cfg, self.rank, self.world = cfg, dist.get_rank(), dist.get_world_size()
         self.spec, t = get_task(cfg.task), cfg.train
         torch.manual_seed(t.seed)  # identical initial weights on every rank
@@ -203,14 +252,19 @@ class Trainer:
                                       t.checkpoint_url, tag, universal)
         resume = self.ckpt.restore()
         self.start, self.run_dir = resume.step, Path(t.run_dir)
-        self.tracker, self.run_id = _open_run(cfg_dict, cfg, resume, self.rank, self.world)
+        tags = run_tags(cfg, self.world, self.engine.zero_optimization_stage())
+        self.tracker, self.run_id = _open_run(cfg_dict, cfg, resume, self.rank, tags)
+        self.tracker.log_shards(self.data.shards.urls[0].rsplit("/", 1)[0], cfg.data.split,
+                                self.data.shards.digest())
         self.hooks = hooks_for(cfg, self.tracker, self.ema, zero3) if self.rank == 0 else []
         self.models = Models(self.engine, self.engine.module, self.disc,
                              None if self.disc is None else frozen(self.disc.module))
         self.engines = {"model": self.engine, "disc": self.disc}
         self.guards = {"model": NonFiniteGuard(), "disc": NonFiniteGuard()}
         self.loader = _stream(cfg, self.data, self.rank, self.world, resume.data)
-        self.stop, self.bad_run = _Stop(self.run_dir, self.rank), 0
+        self.under_ray = under_ray
+        kv_key = stop_key(ray.train.get_context().get_experiment_name()) if under_ray else None
+        self.stop, self.bad_run = _Stop(self.run_dir, self.rank, kv_key), 0
 
     def train_step(self, step: int) -> dict:
         """One global step: per micro batch, the task's losses, then backward and ``engine.step()``
@@ -251,11 +305,29 @@ class Trainer:
                     metrics.update(hook(self.engine.module, done))
             if self.ckpt.should_save(done, last):
                 self.ckpt.save(done, self.run_id, self.loader.state_dict())
+                if self.under_ray:
+                    report_to_ray(self.run_dir, done, metrics)
             if halt:
                 return self._halt(halt, done, metrics)
         self.loader.close()
+        if self.rank == 0 and cfg.tracking.log_model:
+            self._log_model(cfg.train.steps)
         self.tracker.end()
         return metrics
+
+    def _log_model(self, step: int) -> None:
+        """The final weights (the EMA's when kept) as an MLflow model, with the config and vae_id
+        (rank 0; none under ZeRO-3 without an EMA: the module is partitioned)."""
+        if self.ema is None and self.engine.zero_optimization_stage() == 3:
+            log.warning("no MLflow model: ZeRO-3 partitions the weights; keep an EMA (optim.ema_decay)")
+            return
+        module = self.spec.build_model(self.cfg)   # a plain copy: the engine's holds DeepSpeed's hooks
+        weights = self.ema.shadow if self.ema is not None else self.engine.module.state_dict()
+        module.load_state_dict({k: v.detach().float().cpu() for k, v in weights.items()})
+        meta = {"task": self.cfg.task, "checkpoint": checkpoint.tag(step), "ema": self.ema is not None,
+                **({"vae_id": self.cfg.data.vae_id} if self.cfg.task == "dit" else {})}
+        self.tracker.log_model(module, [str(self.run_dir / CONFIG_FILE)], meta,
+                               self.cfg.tracking.registered_model)
 
     def _log(self, step: int, metrics: dict, last: bool) -> None:
         if self.rank != 0:
@@ -284,15 +356,16 @@ class Trainer:
         return {**metrics, "stopped": 1.0}   # under Ray: a clean return, so Ray does not retry
 
 
-def train_worker(cfg_dict: dict) -> dict:
-    """Per-worker entry point (Ray Train ``train_loop_per_worker``, or in-process); the last metrics.
+def train_worker(cfg_dict: dict, under_ray: bool = True) -> dict:
+    """Per-worker entry point (Ray Train ``train_loop_per_worker``, or in-process with
+    ``under_ray=False``); the last metrics.
 
     ``$VARS`` in ``train.run_dir`` expand here, on the worker's node (a node-local disk such as
     ``$TMPDIR``: with ``train.checkpoint_url`` set, nodes need no shared disk)."""
     setup_logging(dist.get_rank())
     t = cfg_dict["train"]
     cfg_dict = {**cfg_dict, "train": {**t, "run_dir": os.path.expandvars(t["run_dir"])}}
-    return Trainer(from_dict(cfg_dict), cfg_dict).train()
+    return Trainer(from_dict(cfg_dict), cfg_dict, under_ray).train()
 
 
 def _run_in_process(cfg: Config) -> dict:
@@ -301,8 +374,6 @@ def _run_in_process(cfg: Config) -> dict:
     The group is kept for the life of the process: DeepSpeed caches process groups, so a second
     launch in the same process must find the same group rather than a new one.
     """
-    import socket
-
     if not dist.is_initialized():
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -310,7 +381,7 @@ def _run_in_process(cfg: Config) -> dict:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
                           LOCAL_RANK="0")
         dist.init_process_group("gloo", rank=0, world_size=1)
-    return train_worker(to_dict(cfg))
+    return train_worker(to_dict(cfg), under_ray=False)
 
 
 def check_resources(have: dict, s) -> None:
@@ -341,29 +412,30 @@ def launch(cfg: Config):
     get_task(cfg.task).preflight(cfg)   # before any worker: a typo in vae_id fails here, not in Ray
     if cfg.scale.num_workers == 0:
         return _run_in_process(cfg)
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    ray = init_ray()
-    s = cfg.scale
+    ray_ = init_ray()
+    s, t = cfg.scale, cfg.train
     workers = (s.min_workers, s.num_workers) if 0 < s.min_workers < s.num_workers else s.num_workers
     if s.check_resources:
-        check_resources(ray.cluster_resources(), s)
+        check_resources(ray_.cluster_resources(), s)
+    name = ray_run_name(cfg)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=to_dict(cfg),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
-        run_config=RunConfig(name=Path(cfg.train.run_dir).name,
-                             storage_path=s.storage_path or str(Path(cfg.train.run_dir) / "ray"),
-                             failure_config=FailureConfig(max_failures=s.max_failures)),
+        run_config=RunConfig(name=name, storage_path=s.storage_path or str(Path(t.run_dir) / "ray"),
+                             failure_config=FailureConfig(max_failures=s.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_last or None),
+                             worker_runtime_env={"env_vars": _git_env()}),
     )
-    stop_file = Path(cfg.train.run_dir) / STOP_FILE
+    stop_file = Path(t.run_dir) / STOP_FILE
     stop_file.unlink(missing_ok=True)
+    internal_kv._internal_kv_del(stop_key(name))   # a request left by an earlier driver
 
     def forward_sigterm(signum, frame):  # the workers save and return; see _Stop
         print("SIGTERM: asking the workers to checkpoint and stop", file=sys.stderr, flush=True)
+        request_stop(name)
         stop_file.parent.mkdir(parents=True, exist_ok=True)
         stop_file.touch()
 
@@ -374,10 +446,31 @@ def launch(cfg: Config):
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
-    if stop_file.exists():
-        stop_file.unlink()
+    stopped = internal_kv._internal_kv_exists(stop_key(name))
+    internal_kv._internal_kv_del(stop_key(name))
+    if stop_file.exists() or stopped:
+        stop_file.unlink(missing_ok=True)
         raise SystemExit(143)
     return result
+
+
+def _git_env() -> dict[str, str]:
+    """The driver's git state for the workers' run tags (their copy of the code has no ``.git``)."""
+    commit, dirty = git_state()
+    return {"ARDSCALE_GIT_COMMIT": commit, "ARDSCALE_GIT_DIRTY": "1" if dirty else "0"}
+
+
+def ray_run_name(cfg: Config) -> str:
+    """The Ray Train run's name: the run dir's (its storage under ``scale.storage_path``, and the
+    key of its stop request)."""
+    return Path(cfg.train.run_dir).name
+
+
+def request_stop(run_name: str) -> None:
+    """Ask the Ray Train run ``run_name`` (the run dir's name) to checkpoint and stop after its
+    current step, from any process connected to the Ray cluster (the driver's SIGTERM handler, an
+    operator's script): the workers need no shared disk to see it."""
+    internal_kv._internal_kv_put(stop_key(run_name), b"1")
 
 
 def _print_config(argv: list[str]) -> None:

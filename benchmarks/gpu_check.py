@@ -12,7 +12,7 @@ training part says so and uses torch's AdamW.
    fp32 sdpa reference on the same inputs (max abs error of the output and of dq/dk/dv), and the
    KV-cache shape (queries = the last frames of the keys), forward only.
 2. ``train``: the paper-size DiT (1152×28, 16 heads, F=16, L=32; Table 6) with FoPP timesteps and
-   the x0 loss, DeepSpeed ZeRO-2 (configs/deepspeed/zero2.yaml), bf16, FlexAttention,
+   the x0 loss, DeepSpeed ZeRO-2 (ardscale/configs/deepspeed/zero2.yaml), bf16, FlexAttention,
    torch.compile: tokens/s, TFLOPS and MFU from :func:`ardscale.engine.flops.dit_train_flops`.
 3. ``sampling``: paper-size DiT and AR-VAE (random weights), bf16, DDIM-50, CFG 3: F=16 s=0 and
    F=128 s=5 (sliding window of 16), generation and decode time per video.

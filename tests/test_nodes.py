@@ -112,11 +112,39 @@ t.join(timeout=400)
 finished = not t.is_alive() and done.get("r") is not None and done["r"].error is None
 # Then the world size changes (2 → 1 → 2 workers): the universal conversion happens on rank 0's
 # disk and reaches the other node through the mirror.
-resized = []
+resized, last = [], None
 for workers, steps in ((1, 12), (2, 14)):
     c = cfg("killed")
     c.scale.num_workers, c.train.steps = workers, steps
-    resized.append(launch(c).error is None)
+    last = launch(c)
+    resized.append(last.error is None)
+# Ray Train's Result: the newest checkpoint, both ranks' files (from two nodes) merged on storage_path
+saved = Path(last.checkpoint.path)
+reported = {"name": saved.name, "metrics_step": last.metrics["step"],
+            "files": sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file())}
+# A stop request reaches both ranks without a shared disk: the driver's node (the head) is not
+# rank 0's, so only the key in Ray's KV store can carry it.
+from ardscale.train import ray_run_name, request_stop
+stop = {}
+def stopped():
+    c = cfg("stopped")
+    c.train.steps, c.train.ckpt_every = 100000, 100000
+    try:
+        launch(c)
+    except SystemExit as e:
+        stop["code"] = e.code
+t = threading.Thread(target=stopped)
+t.start()
+deadline = time.time() + 300
+def running():
+    return any(len(f.read_text().splitlines()) >= 3 for f in (out / "stopped").glob("*/metrics.jsonl"))
+while time.time() < deadline and not running():
+    time.sleep(0.2)
+request_stop(ray_run_name(cfg("stopped")))
+t.join(timeout=300)
+stop["tags"] = sorted(p.rsplit("/", 1)[-1] for p in fs.glob("nodes/ckpt/stopped/ckpt/step-*"))
+stop["rows"] = max(len(f.read_text().splitlines()) for f in (out / "stopped").glob("*/metrics.jsonl"))
+stop["stop_files"] = [str(p) for p in out.rglob("STOP")]
 logs = [out / "killed" / n / "events.jsonl" for n in ("a", "b", "c")]
 events = sorted((json.loads(l) for f in logs if f.is_file() for l in f.read_text().splitlines()),
                 key=lambda e: e["time"])
@@ -127,7 +155,8 @@ result = {"finished": finished, "victim": victim, "resized": resized,
           "ref": losses("ref"), "killed": losses("killed"),
           "starts": [e for e in events if e["event"] == "start"],
           "dirs": sorted(p.name for p in (out / "killed").iterdir()),
-          "c_files": sorted(str(p.relative_to(c_dir)) for p in c_dir.rglob("*") if p.is_file())}
+          "c_files": sorted(str(p.relative_to(c_dir)) for p in c_dir.rglob("*") if p.is_file()),
+          "reported": reported, "stop": stop}
 (out / "result.json").write_text(json.dumps(result))
 ray.shutdown()
 cluster.shutdown()
@@ -166,3 +195,13 @@ def test_node_loss_without_shared_disk_resumes_from_the_s3_mirror(tmp_path):
     assert len(r["universal_on"]) == 2 and r["victim"] not in r["universal_on"], r["universal_on"]
     for step in range(10):
         assert abs(ref[step] - killed[step]) < 1e-6, (step, ref[step], killed[step])
+    # trainer.fit()'s Result: the last step's metrics and its checkpoint, both ranks' shards merged
+    rep = r["reported"]
+    assert rep["name"] == "step-00000014" and rep["metrics_step"] == 14
+    assert sum("optim_states" in f for f in rep["files"]) == 2
+    assert "ckpt/step-00000014/ardscale.json" in rep["files"]
+    # the stop request: a checkpoint at the step it was seen, status 143, no STOP file anywhere
+    stop = r["stop"]
+    assert stop["code"] == 143 and stop["rows"] < 100000, stop
+    assert stop["tags"] == [f"step-{stop['rows']:08d}"], stop
+    assert stop["stop_files"] == []

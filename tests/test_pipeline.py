@@ -210,10 +210,14 @@ def test_evaluate_dit_long_videos_and_vae_reconstructions(dit_run, vae_run, loca
     assert m["fvd_local"] > 0 and m["fid_local"] > 0 and len(m["fvd_local_segments"]) == 2
     assert m["gen_s_per_video"] > 0
     assert json.loads((Path(rep["out"]) / "report.json").read_text())["metrics"] == m
-    hist = mlflow.MlflowClient().get_metric_history(mlflow_run_id(dit_run), "eval/fvd_local")
-    # training's, then evaluate's
-    assert [h.step for h in hist] == [1, 2, 2] and hist[-1].value == m["fvd_local"]
-    assert all(h.value > 0 for h in hist)
+    client = mlflow.MlflowClient()
+    hist = client.get_metric_history(mlflow_run_id(dit_run), "eval/fvd_local")
+    assert [h.step for h in hist] == [1, 2] and all(h.value > 0 for h in hist)       # training's own
+    child = client.get_run(rep["mlflow_run_id"])     # evaluate's: a child run, at the checkpoint's step
+    assert child.data.tags["mlflow.parentRunId"] == mlflow_run_id(dit_run)
+    assert [(h.step, h.value) for h in client.get_metric_history(child.info.run_id, "eval/fvd_local")] == \
+        [(2, m["fvd_local"])]
+    assert child.data.params["eval.sample.steps"] == "4"
     vrep = evaluate(vae_run[0], [f"local={local}", "split=train", "mlflow=false", "standard=false"])
     assert vrep["metrics"]["rfvd_local"] >= 0 and 5 < vrep["metrics"]["psnr"] < 40
     with pytest.raises(FileNotFoundError, match="ardscale.metrics.local"):
@@ -250,16 +254,64 @@ def test_standard_metrics_with_the_original_networks(dit_run, vae_run, local, st
     assert json.loads((work / "floor.json").read_text())["metrics"] == floor
 
 
-def test_ablation_tables_and_continuation_drift(vae_run, latents, local, clip, work):
-    """Two Table 3 variants (1 seed, 2 steps), a Table 2 sweep over s, and the drift study on
-    8-frame clips of the same video (twice the training length), 2 real frames given."""
-    common = ["--local", local, "--per-class", "2", "--split", "train", "--tracking-uri",
-              f"sqlite:///{work}/ablate.db", "--out", str(work / "ablate")]
-    t3 = ablate(["table3", "--root", str(vae_run[1]), "--vae-id", latents[1]["vae_id"], "--variants", "fopp",
-                 "eps", "--seeds", "1", "--steps", "2", "--set", "optim.micro_batch_size=2", *common])
+def test_ablation_tables_and_continuation_drift(vae_run, latents, local, clip, work, ray_local):
+    """Table 3 as a Ray Tune sweep: two variants (1 seed, 2 steps), one trial each, side by side on
+    the 2 CPUs, one MLflow parent run over the two training runs. The eps run is stopped after its
+    first step (its STOP file), which fails its trial; the same command again resumes it from its
+    checkpoint and leaves the finished fopp trial alone, and once more trains nothing. Then a
+    Table 2 sweep over s, and the drift study on 8-frame clips of the same video (twice the
+    training length), 2 real frames given."""
+    out, uri = work / "ablate", f"sqlite:///{work}/ablate.db"
+    common = ["--local", local, "--per-class", "2", "--split", "train", "--tracking-uri", uri,
+              "--out", str(out)]
+    table3 = ["table3", "--root", str(vae_run[1]), "--vae-id", latents[1]["vae_id"], "--variants", "fopp",
+              "eps", "--seeds", "1", "--steps", "2", "--set", "optim.micro_batch_size=2", *common]
+
+    def steps(run: str) -> list[int]:
+        return [json.loads(line)["step"] for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+
+    (out / "eps-s0").mkdir(parents=True)
+    (out / "eps-s0" / "STOP").touch()
+    with pytest.raises(RuntimeError, match="eps-s0.*asked to stop"):
+        ablate(table3)
+    assert steps("fopp-s0") == [0, 1] and steps("eps-s0") == [0] and not (out / "eps-s0" / "STOP").exists()
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("ardscale-ablate").experiment_id
+    runs = client.search_runs([exp], "tags.ablation = 'table3'")
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [("eps-s0", "KILLED"),
+                                                                     ("fopp-s0", "FINISHED")]
+    # side by side: the eps run trained and stopped while the fopp trial ran (Tune's result.json)
+    fopp = json.loads(next(out.glob("tune/table3-*/fopp-s0/result.json")).read_text().splitlines()[-1])
+    eps = [json.loads(line)["time"] for line in (out / "eps-s0" / "events.jsonl").read_text().splitlines()]
+    assert fopp["timestamp"] - fopp["time_total_s"] < eps[-1] and eps[0] < fopp["timestamp"]
+    fopp_rows = (out / "fopp-s0" / "metrics.jsonl").read_text()
+
+    t3 = ablate(table3)   # resumes the sweep: eps from its step-1 checkpoint, fopp is not trained again
+    assert (out / "fopp-s0" / "metrics.jsonl").read_text() == fopp_rows and steps("eps-s0") == [0, 1]
+    events = [json.loads(line) for line in (out / "eps-s0" / "events.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events] == [("start", 0), ("stop", 1), ("start", 1)]
+    assert events[-1]["resumed_from"] == "step-00000001"
     assert set(t3["results"]) == {"fopp", "eps"}
     assert all(r[0]["fvd_local"] > 0 for r in t3["results"].values())
-    assert (work / "ablate" / "table3.md").read_text().count("\n") == 4
+    assert [r[0]["run"] for r in t3["results"].values()] == [str(out / "fopp-s0"), str(out / "eps-s0")]
+    assert (out / "table3.md").read_text().count("\n") == 4
+    assert json.loads((out / "table3.json").read_text())["results"] == t3["results"]
+    # MLflow: one parent run (the sweep), the two training runs its children
+    parent = t3["mlflow_parent_run_id"]
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted((r.info.run_name, r.info.status) for r in children) == [("eps-s0", "FINISHED"),
+                                                                         ("fopp-s0", "FINISHED")]
+    top = [r for r in client.search_runs([exp]) if "mlflow.parentRunId" not in r.data.tags]
+    assert [(r.info.run_id, r.info.status) for r in top] == [(parent, "FINISHED")]
+    assert Path(t3["tune_dir"]).parent == out / "tune"
+
+    rows = {run: (out / run / "metrics.jsonl").read_text() for run in ("fopp-s0", "eps-s0")}
+    again = ablate(table3)   # a finished sweep: restored, nothing trained or evaluated again
+    assert again["results"] == t3["results"] and again["mlflow_parent_run_id"] == parent
+    assert {run: (out / run / "metrics.jsonl").read_text() for run in rows} == rows
+    assert len((out / "eps-s0" / "events.jsonl").read_text().splitlines()) == 3
+    assert len(client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'")) == 2
+
     t2 = ablate(["table2", "--dit-run", str(work / "ablate" / "fopp-s0"), "--s-values", "0", "4", *common])
     assert [r["s"] for r in t2["results"]] == [0, 4] and all(r["gen_s_per_video"] > 0 for r in t2["results"])
     long_root = work / "long8"

@@ -96,6 +96,14 @@ def test_two_worker_ray_deepspeed_zero2_step(latent_root, tmp_path, ray_local):
     assert len(optim_shards) == 2, optim_shards   # ZeRO-2: one optimizer partition per rank
     state, tag = checkpoint.load_weights(run)
     assert tag == "step-00000002" and "blocks.0.attn.qkv.weight" in state
+    # Ray Train's Result: the last step's metrics and the newest checkpoint, every rank's files
+    # merged on scale.storage_path (default {run_dir}/ray), readable like a run dir
+    assert result.metrics["step"] == 2 and result.metrics["loss"] == pytest.approx(loss[1])
+    saved = Path(result.checkpoint.path)
+    assert saved.name == "step-00000002" and saved.is_relative_to(Path(run) / "ray")
+    assert sorted(p.name for p in (saved / "ckpt" / "step-00000002").glob("*optim_states.pt")) == optim_shards
+    again, again_tag = checkpoint.load_weights(str(saved))
+    assert again_tag == tag and all(torch.equal(again[k], state[k]) for k in state)
 
 
 def test_init_from_starts_a_new_run_from_previous_stage_weights(latent_root, tmp_path):
@@ -382,9 +390,12 @@ def test_elastic_worker_range_runs(latent_root, tmp_path, ray_local):
 
 @pytest.mark.slow
 def test_stop_request_under_ray_checkpoints_and_exits_143(latent_root, tmp_path, ray_local):
-    """What the driver's SIGTERM handler does (write {run_dir}/STOP), seen from the Ray workers."""
+    """What the driver's SIGTERM handler does (a key in Ray's KV store, no shared disk needed),
+    seen from the Ray workers."""
     import threading
     import time
+
+    from ardscale.train import request_stop
 
     run = tmp_path / "stop_ray"
     out = {}
@@ -401,7 +412,7 @@ def test_stop_request_under_ray_checkpoints_and_exits_143(latent_root, tmp_path,
     metrics, deadline = run / "metrics.jsonl", time.time() + 180
     while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
         time.sleep(0.1)
-    (run / "STOP").touch()
+    request_stop(run.name)
     t.join(timeout=180)
     assert not t.is_alive() and out.get("code") == 143
     steps = len(losses(str(run)))

@@ -7,18 +7,31 @@
 
 ``table3`` trains one DiT per variant and seed at equal compute (configs/demo.yaml, the same steps
 and batch), evaluates each (``fvd_local``, ``fid_local``: 8 videos per held-out class, AD s=2,
-50 DDIM steps, CFG 2) and reports mean ± spread over seeds. Variants: the FoPP timestep scheduler
-against the independent, equal and naive ones; causal against bidirectional attention; x0
-against eps prediction. ``table2`` evaluates one trained DiT at several AD steps ``s`` (0 =
-synchronous … N = auto-regressive): ``fvd_local`` and generation time per video. ``drift``
-continues the first ``--context`` frames of longer held-out clips (``--clips``: a data root whose
-``videos/{split}`` shards hold e.g. 24-frame clips, made by data_prep/shard_videos.py
-``--num-frames 24``) at each ``--s-values`` and plots, per frame index, PSNR to the real future and
-``fvd_local`` of the window ending there (:mod:`ardscale.drift`), with ``drift.png``.
+50 DDIM steps, CFG 2) and reports mean ± spread over seeds. The runs are a Ray Tune grid on the
+Ray cluster (``RAY_ADDRESS`` or ``ray start``, else a local one): one trial per variant and seed,
+each training in its own worker process as one in-process run (``scale.num_workers=0``) on
+``--cpus-per-trial`` CPUs, side by side as the cluster allows (``--max-concurrent``). The Tune
+experiment is ``{out}/tune/table3-HASH`` (HASH: of the options that make the runs and their
+evaluation); running the same command again resumes it: finished trials are kept, interrupted or
+failed ones start again, and their training continues from the run dir's newest checkpoint. With
+several nodes, ``--out`` (and the data) must be on storage every node sees. A training stopped on
+request (its run dir's ``STOP`` file) fails its trial; the next run of the command resumes it.
+
+Variants: the FoPP timestep scheduler against the independent, equal and naive ones; causal
+against bidirectional attention; x0 against eps prediction.
+
+``table2`` evaluates one trained DiT at several AD steps ``s`` (0 = synchronous … N =
+auto-regressive): ``fvd_local`` and generation time per video. ``drift`` continues the first
+``--context`` frames of longer held-out clips (``--clips``: a data root whose ``videos/{split}``
+shards hold e.g. 24-frame clips, made by data_prep/shard_videos.py ``--num-frames 24``) at each
+``--s-values`` and plots, per frame index, PSNR to the real future and ``fvd_local`` of the window
+ending there (:mod:`ardscale.drift`), with ``drift.png``.
 
 Runs are tagged (``ablation``, ``variant``) in the MLflow experiment ``ardscale-ablate`` of
-``--tracking-uri``; ``tools/compare_runs.py --tag ablation=table3`` plots them. Results go to
-``--out`` as ``table3.json`` / ``table2.json`` and Markdown tables.
+``--tracking-uri``; ``tools/compare_runs.py --tag ablation=table3`` plots them. A ``table3`` sweep
+is one MLflow run (named ``table3-HASH``) whose children are its training runs
+(``tools/compare_runs.py --parent ID``). Results go to ``--out`` as ``table3.json`` /
+``table2.json`` and Markdown tables.
 """
 from __future__ import annotations
 
@@ -38,27 +51,70 @@ VARIANTS = {
     "bidirectional": ["dit.causal=false"],
     "eps": ["diffusion.prediction=eps"],
 }
+EXPERIMENT = "ardscale-ablate"
+# The options that make table3's runs and their evaluation: the sweep's Tune experiment is named by
+# their hash, so the same command resumes it and another one starts its own.
+TABLE3_OPTIONS = ("root", "vae_id", "local", "variants", "seeds", "steps", "set", "ddim_steps", "per_class",
+                  "split", "max_real", "s", "real_root", "tracking_uri", "out")
 
 
-def _train(a, name: str, seed: int, extra: list[str]) -> str:
-    import mlflow
-
+def _config(opts: dict, name: str, seed: int):
+    """The training config of one table3 run: configs/demo.yaml, in-process (``scale.num_workers=0``)."""
     from ardscale.config import load
-    from ardscale.runs import mlflow_run_id
+
+    run_dir = str(Path(opts["out"]) / f"{name}-s{seed}")
+    return load(CONFIG, [f"data.root={opts['root']}", f"data.vae_id={opts['vae_id']}",
+                         f"train.run_dir={run_dir}", f"train.seed={seed}", f"train.steps={opts['steps']}",
+                         "scale.num_workers=0", "train.sample_every=0",
+                         f"tracking.tracking_uri={opts['tracking_uri']}", f"tracking.experiment={EXPERIMENT}",
+                         f"tracking.run_name={name}-s{seed}", *VARIANTS[name], *opts["set"]])
+
+
+def _trial(config: dict, opts: dict) -> None:
+    """One Ray Tune trial of ``table3``: trains the variant ``config["variant"]`` with the seed
+    ``config["seed"]`` in this process, as one training run of ``configs/demo.yaml``
+    (``scale.num_workers=0``: a one-process gloo group, DeepSpeed on this worker's CPUs or GPU),
+    evaluates it and reports ``{"run": run dir, "eval": metrics}`` to Tune.
+
+    The training run is the MLflow child of the sweep's run ``opts["parent_run_id"]``. A trial
+    started again (a resumed sweep) uses the same run dir, so the training continues from its newest
+    checkpoint (a finished one trains no step) and is evaluated again. A training stopped on request
+    (the run dir's STOP file) fails the trial, which the next ``table3`` resumes.
+    """
+    import os
+
+    if Path(opts["cwd"]).is_dir():
+        os.chdir(opts["cwd"])   # Tune starts a trial in its own folder; the paths are the driver's
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")   # before ardscale imports deepspeed
+    torch.set_num_threads(opts["cpus_per_trial"])   # the trials side by side share the node's cores
+    import mlflow
+    from ray import tune
+
+    from ardscale.evaluate import evaluate
+    from ardscale.runs import STOP_FILE, mlflow_run_id
     from ardscale.train import launch
 
-    run_dir = str(Path(a.out) / f"{name}-s{seed}")
-    cfg = load(CONFIG, [f"data.root={a.root}", f"data.vae_id={a.vae_id}", f"train.run_dir={run_dir}",
-                        f"train.seed={seed}", f"train.steps={a.steps}", "scale.num_workers=0",
-                        "train.sample_every=0", f"tracking.tracking_uri={a.tracking_uri}",
-                        "tracking.experiment=ardscale-ablate", f"tracking.run_name={name}-s{seed}", *extra,
-                        *a.set])
-    launch(cfg)
-    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
-    run_id = mlflow_run_id(run_dir)
-    mlflow.MlflowClient().set_tag(run_id, "ablation", "table3")
-    mlflow.MlflowClient().set_tag(run_id, "variant", name)
-    return run_dir
+    name, seed, a = config["variant"], config["seed"], argparse.Namespace(**opts)
+    cfg = _config(opts, name, seed)
+    run_dir = str(Path(opts["out"]) / f"{name}-s{seed}")   # as given (the config's is absolute)
+    try:
+        last = launch(cfg)
+    finally:   # the training run (once it has one, failed or not) as the sweep run's child
+        if run_id := mlflow_run_id(run_dir):
+            client = mlflow.MlflowClient(cfg.tracking.tracking_uri)
+            for key, value in {"ablation": "table3", "variant": name, "sweep": opts["sweep"],
+                               "mlflow.parentRunId": opts["parent_run_id"]}.items():
+                client.set_tag(run_id, key, value)
+    if last.get("stopped"):   # in-process, a stop request ends the training cleanly, before its steps
+        (Path(run_dir) / STOP_FILE).unlink(missing_ok=True)
+        raise RuntimeError(f"{run_dir}: the training was asked to stop (STOP file) before "
+                           f"train.steps={a.steps}; run the same table3 command again to resume it")
+    rep = evaluate(run_dir, [f"local={a.local}", f"per_class={a.per_class}", f"sample.s={a.s}",
+                             f"sample.steps={a.ddim_steps}", f"split={a.split}", *_standard(a)])
+    metrics = {k: v for k, v in rep["metrics"].items() if isinstance(v, float)}
+    print(name, seed, metrics, flush=True)
+    tune.report({"run": run_dir, "eval": metrics})
 
 
 def _standard(a) -> list[str]:
@@ -73,25 +129,103 @@ def _spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
-def table3(a) -> dict:
-    from ardscale.evaluate import evaluate
+def _trial_name(trial) -> str:
+    return f"{trial.config['variant']}-s{trial.config['seed']}"
 
+
+def _parent_run(client, experiment_id: str, sweep: str, exp_dir: Path, a) -> str:
+    """The sweep's MLflow run (the parent of every trial's training run): the one this sweep made
+    before (its id in the sweep's Tune folder), running again, or a new one."""
+    from mlflow.exceptions import MlflowException
+
+    id_file = exp_dir / "mlflow_parent_run_id"
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+        try:
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        except MlflowException as e:   # deleted, or another tracking store
+            print(f"table3: the sweep's MLflow run {run_id} is gone ({e.error_code}); starting a new one")
+    run = client.create_run(experiment_id, run_name=sweep, tags={"sweep": sweep, "ablation_sweep": "table3"})
+    for key, value in {"variants": ",".join(a.variants), "seeds": a.seeds, "train.steps": a.steps,
+                       "set": " ".join(a.set), "tune_dir": str(exp_dir)}.items():
+        client.log_param(run.info.run_id, key, value)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(run.info.run_id)
+    return run.info.run_id
+
+
+def table3(a) -> dict:
+    """Every variant × seed as one Ray Tune grid: a trial per run (:func:`_trial`), side by side
+    as the cluster's CPUs allow (``--cpus-per-trial`` each), in the Tune experiment
+    ``{out}/tune/table3-HASH`` (HASH: of the options that make the runs and their evaluation).
+    Running the same command again restores that experiment: finished trials are kept as they are,
+    interrupted and failed ones run again and resume their training from the run dir."""
+    if not a.variants or a.seeds < 1:
+        raise ValueError("table3: no runs to make (--variants, --seeds)")
+    import hashlib
+    import os
+
+    import mlflow
+    from ray import tune
+
+    from ardscale.engine.launch import init_ray
+    from ardscale.engine.tracking import Tracker
+
+    opts = {k: getattr(a, k) for k in TABLE3_OPTIONS}
+    sweep = "table3-" + hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:8]
+    storage = Path(a.out, "tune").resolve()
+    exp_dir = storage / sweep
+    cfg = _config(opts, a.variants[0], 0)   # a bad --set fails here, before any trial
+    # The experiment (and a sqlite store's tables) made here, so the trials do not race to make them.
+    tracker = Tracker(cfg.tracking.tracking_uri, cfg.tracking.experiment)
+    client = mlflow.MlflowClient(cfg.tracking.tracking_uri)
+    experiment_id = tracker.mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    parent = _parent_run(client, experiment_id, sweep, exp_dir, a)
+    opts |= {"sweep": sweep, "parent_run_id": parent, "cpus_per_trial": a.cpus_per_trial, "cwd": os.getcwd()}
+    gpus = a.gpus_per_trial or (1 if cfg.scale.use_gpu else 0)
+    init_ray()
+    trainable = tune.with_resources(tune.with_parameters(_trial, opts=opts),
+                                    {"cpu": a.cpus_per_trial, "gpu": gpus})
+    if tune.Tuner.can_restore(str(exp_dir)):
+        print(f"table3: resuming the sweep in {exp_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"variant": tune.grid_search(list(a.variants)),
+                         "seed": tune.grid_search(list(range(a.seeds)))},
+            # A fresh worker process per trial: the in-process training keeps its gloo group (and
+            # DeepSpeed its caches) for the life of the process.
+            tune_config=tune.TuneConfig(max_concurrent_trials=a.max_concurrent or None, reuse_actors=False,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(name=sweep, storage_path=str(storage), verbose=1))
+    status = "KILLED"   # unless the sweep ends (FINISHED) or fails (FAILED)
+    try:
+        grid = tuner.fit()
+        by_run = {(r.config["variant"], r.config["seed"]): r for r in grid}
+        bad = [f"{v}-s{s}: {r.error or 'no result (interrupted)'}" for (v, s), r in by_run.items()
+               if r.error or "eval" not in (r.metrics or {})]
+        if bad:
+            status = "FAILED" if any(r.error for r in by_run.values()) else "KILLED"
+            raise RuntimeError(f"table3 ({exp_dir}): " + "; ".join(bad)
+                               + ". Run the same command again to resume the sweep.")
+        status = "FINISHED"
+    finally:
+        client.set_terminated(parent, status)
     results = {}
     for name in a.variants:
         for seed in range(a.seeds):
-            run = _train(a, name, seed, VARIANTS[name])
-            rep = evaluate(run, [f"local={a.local}", f"per_class={a.per_class}", f"sample.s={a.s}",
-                                 f"sample.steps={a.ddim_steps}", f"split={a.split}", *_standard(a)])
-            results.setdefault(name, []).append({"seed": seed, "run": run, **{
-                k: v for k, v in rep["metrics"].items() if isinstance(v, float)}})
-            print(name, seed, results[name][-1], flush=True)
+            m = by_run[(name, seed)].metrics
+            results.setdefault(name, []).append({"seed": seed, "run": m["run"], **m["eval"]})
     keys = [k for k in ("fvd16", "kvd16", "fid", "fvd_local", "fid_local")
             if all(k in r for rows in results.values() for r in rows)]
     lines = ["| variant | " + " | ".join(keys) + " | runs |", "|---" * (len(keys) + 2) + "|"]
     for name, rows in results.items():
         cells = " | ".join(_spread([r[k] for r in rows]) for k in keys)
         lines.append(f"| {name} | {cells} | {len(rows)} |")
-    return {"results": results, "markdown": "\n".join(lines)}
+    return {"results": results, "markdown": "\n".join(lines), "sweep": sweep, "tune_dir": str(exp_dir),
+            "mlflow_parent_run_id": parent}
 
 
 def table2(a) -> dict:
@@ -229,6 +363,12 @@ def main(argv=None) -> dict:
     p.add_argument("--real-root", default="", help="table2/3: a data root of 16-frame clips: report FVD16, "
                    "KVD16, FID (ardscale.metrics.fvd) beside fvd_local; empty = fvd_local only")
     p.add_argument("--s-values", type=int, nargs="*", default=[0, 1, 2, 5, 10, 25, 50])
+    p.add_argument("--cpus-per-trial", type=int, default=1,
+                   help="table3: CPUs of each run (a Ray Tune trial); trials run side by side as CPUs allow")
+    p.add_argument("--gpus-per-trial", type=float, default=0,
+                   help="table3: GPUs of each trial (0: one with --set scale.use_gpu=true, else none)")
+    p.add_argument("--max-concurrent", type=int, default=0,
+                   help="table3: at most this many trials at once (0: as many as the CPUs allow)")
     p.add_argument("--tracking-uri", default="sqlite:///runs/ablate/mlruns.db")
     p.add_argument("--out", default="runs/ablate")
     a = p.parse_args(argv)

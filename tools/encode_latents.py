@@ -178,11 +178,14 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
     if todo:
         init_ray()
         actors = min(num_actors, len(todo))
-        # Half a CPU per decoder and per CPU encoder: N actors on N cores still leave room for the
-        # decoders, so decoding overlaps encoding instead of waiting for an actor to finish.
+        # A fixed pool of ``actors`` encoders (ActorPoolStrategy(size=...); map_batches'
+        # ``concurrency=`` is deprecated for this since Ray 2.51). Half a CPU per decoder and per CPU
+        # encoder: N actors on N cores still leave room for the decoders, so decoding overlaps
+        # encoding instead of waiting for an actor to finish.
         ray.data.from_items(todo).map(decode_shard, num_cpus=0.5).map_batches(
             ShardEncoder, fn_constructor_kwargs={"vae_run": vae_run, "tag": tag, "text": text}, batch_size=1,
-            concurrency=actors, num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 0.5).materialize()
+            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor,
+            num_cpus=0 if gpus_per_actor else 0.5).materialize()
     # The manifest sums every shard's sidecar, so a resumed job reports the whole split.
     stats = [read_json(sidecar_url(d)) for d in dsts]
     count = sum(r["count"] for r in stats)

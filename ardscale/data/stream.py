@@ -82,6 +82,11 @@ class ShardSet:
     def num_samples(self) -> int:
         return int(sum(self.sizes))
 
+    def digest(self) -> str:
+        """``crc32/count`` of the shards' file names and sample counts (so a moved root matches)."""
+        listing = "\n".join(f"{u.rstrip('/').rsplit('/', 1)[-1]}:{n}" for u, n in zip(self.urls, self.sizes))
+        return f"{zlib.crc32(listing.encode()):08x}/{len(self.sizes)}"
+
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
@@ -173,10 +178,7 @@ class Plan:
     def fingerprint(self) -> dict:
         """What fixes the order of every epoch: the seed, the shuffle window and the shard list
         (a digest of the shards' file names and sample counts, so a moved root still matches)."""
-        listing = "\n".join(f"{u.rstrip('/').rsplit('/', 1)[-1]}:{n}" for u, n in zip(self.shards.urls,
-                                                                                   self.shards.sizes))
-        return {"seed": self.seed, "shuffle_shards": self.shuffle_shards,
-                "shards": f"{zlib.crc32(listing.encode()):08x}/{len(self.shards.sizes)}"}
+        return {"seed": self.seed, "shuffle_shards": self.shuffle_shards, "shards": self.shards.digest()}
 
     def load_state_dict(self, state: dict, replan: bool = False) -> None:
         """Resume at a checkpoint's position (:meth:`state`). A position saved under another

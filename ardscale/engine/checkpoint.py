@@ -213,6 +213,34 @@ def _rank_files(tag_dir: Path, rank: int) -> list[Path]:
     return mine
 
 
+def stage_rank_files(run_dir: str, step: int, dest: Path, subs=("ckpt_disc", "ckpt")) -> Path:
+    """Link (or copy, across file systems) the files of the tag of ``step`` that this rank wrote
+    into ``dest``, laid out as a run dir (``ckpt/step-…/…``; rank 0 adds the markers, ``latest``
+    and the EMA file). Every rank's ``dest`` merged is the whole checkpoint, which
+    :func:`load_weights` reads like a run dir: what each rank hands to ``ray.train.report``."""
+    t, rank = tag(step), ranks.rank()
+    for sub in subs:
+        tag_dir = Path(ckpt_dir(run_dir, sub)) / t
+        if not tag_dir.is_dir():
+            continue
+        files = _rank_files(tag_dir, rank) + ([tag_dir / "ardscale.json"] if rank == 0 else [])
+        for f in files:
+            _link(f, dest / sub / t / f.name)
+        if rank == 0:
+            (dest / sub / "latest").write_text(t)
+    if rank == 0 and Path(ema_path(run_dir, t)).is_file():
+        _link(Path(ema_path(run_dir, t)), dest / "ema" / f"{t}.pt")
+    return dest
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:   # another file system
+        shutil.copy2(src, dst)
+
+
 def push(run_dir: str, url: str, step: int, keep_last: int, subs=("ckpt_disc", "ckpt")) -> None:
     """Upload the complete tag of ``step`` (all ranks call this; the marker and ``latest`` last)."""
     import fsspec

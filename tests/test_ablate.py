@@ -1,0 +1,32 @@
+"""tools/ablate.py table3's pieces that need no training (the sweep itself runs in
+tests/test_pipeline.py::test_ablation_tables_and_continuation_drift)."""
+import argparse
+
+import mlflow
+import pytest
+
+from tools.ablate import _parent_run
+from tools.ablate import main as ablate
+
+
+def test_table3_without_runs_fails_before_ray(tmp_path):
+    with pytest.raises(ValueError, match="no runs"):
+        ablate(["table3", "--variants", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow   # MLflow's sqlite schema: ~5 s
+def test_sweep_parent_run_is_reopened_by_the_same_sweep(tmp_path):
+    """The sweep's MLflow run is made once; a resumed sweep reopens it (RUNNING again); a new one is
+    made when it was deleted (or is in no store of that URI)."""
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    exp = client.create_experiment("ablate")
+    a = argparse.Namespace(variants=["fopp", "eps"], seeds=1, steps=2, set=[])
+    exp_dir = tmp_path / "tune" / "table3-x"
+    first = _parent_run(client, exp, "table3-x", exp_dir, a)
+    client.set_terminated(first, "FAILED")
+    assert _parent_run(client, exp, "table3-x", exp_dir, a) == first
+    run = client.get_run(first)
+    assert run.info.status == "RUNNING" and run.info.run_name == "table3-x"
+    assert run.data.params["variants"] == "fopp,eps" and run.data.tags["sweep"] == "table3-x"
+    client.delete_run(first)
+    assert _parent_run(client, exp, "table3-x", exp_dir, a) not in (first, None)
