@@ -40,6 +40,7 @@ from ardscale.config import SampleConfig
 from ardscale.diffusion.sampler import sample
 from ardscale.diffusion.schedule import GaussianDiffusion
 from ardscale.diffusion.timesteps import sample_timesteps
+from ardscale.engine.deepspeed import DEEPSPEED_CONFIGS
 from ardscale.engine.flops import dit_train_flops, peak_tflops
 from ardscale.models import attention as attn
 from ardscale.models.arvae import ARVAE, ARVAEConfig
@@ -122,7 +123,7 @@ def _engine(model: torch.nn.Module, micro: int, bf16: bool):
             opt.zero_grad(set_to_none=True)
         return model, step, f"torch AdamW, autocast ({e.name} not installed)", torch.float32
     _dist_init()
-    zero = yaml.safe_load((ROOT / "configs" / "deepspeed" / "zero2.yaml").read_text())
+    zero = yaml.safe_load((DEEPSPEED_CONFIGS / "zero2.yaml").read_text())
     config = {**zero, "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": 1,
               "train_batch_size": micro, "gradient_clipping": 1.0, "bf16": {"enabled": bf16},
               "steps_per_print": 10**9}

@@ -145,10 +145,15 @@ def installed(tmp_path_factory):
     - The checkout's editable install stays visible through the system site-packages, but its finder
       comes after the venv's site-packages on the path; the tests check where ardscale came from.
     """
-    import importlib.util
+    import importlib.metadata
 
-    for build_tool in ("pip", "setuptools"):    # found, not imported: setuptools patches distutils
-        if importlib.util.find_spec(build_tool) is None:
+    # their installed metadata, not importlib.util.find_spec: finding "pip" trips setuptools'
+    # distutils shim for the rest of this process, and DeepSpeed's op builder (torch's
+    # cpp_extension imports setuptools) then fails in every later in-process training test
+    for build_tool in ("pip", "setuptools"):
+        try:
+            importlib.metadata.version(build_tool)
+        except importlib.metadata.PackageNotFoundError:
             pytest.skip(f"no {build_tool} to build the wheel with")
     base = tmp_path_factory.mktemp("wheel")
     src = base / "src"
