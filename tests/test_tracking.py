@@ -61,7 +61,8 @@ def test_a_run_tracked_by_an_mlflow_server_over_http(mlflow_server, tmp_path, mo
     shards = write_latent_shards(root)
     run = str(tmp_path / "run")
     cfg = load(CONFIG, [f"data.root={root}", "data.vae_id=fake", f"train.run_dir={run}", "train.steps=6",
-                        "train.log_every=1", "optim.ema_decay=0.9", "tracking.experiment=served"])
+                        "train.log_every=1", "optim.ema_decay=0.9", "tracking.experiment=served",
+                        "tracking.log_model=true", "tracking.system_metrics=true"])
     assert cfg.tracking.tracking_uri == mlflow_server
     launch(cfg)
     client = mlflow.MlflowClient(mlflow_server)

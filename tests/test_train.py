@@ -87,7 +87,8 @@ def test_dit_loss_falls_on_learnable_latents(latent_root, tmp_path):
 def test_two_worker_ray_deepspeed_zero2_step(latent_root, tmp_path, ray_local):
     run = str(tmp_path / "ray2")
     result = launch(load(CONFIG, overrides(latent_root, run, **{"scale.num_workers": 2, "train.steps": 2,
-                                                               "train.ckpt_every": 2})))
+                                                               "train.ckpt_every": 2,
+                                                               "tracking.log_model": True})))
     assert result.error is None
     loss = losses(run)
     assert sorted(loss) == [0, 1] and all(np.isfinite(v) for v in loss.values())
@@ -104,6 +105,12 @@ def test_two_worker_ray_deepspeed_zero2_step(latent_root, tmp_path, ray_local):
     assert sorted(p.name for p in (saved / "ckpt" / "step-00000002").glob("*optim_states.pt")) == optim_shards
     again, again_tag = checkpoint.load_weights(str(saved))
     assert again_tag == tag and all(torch.equal(again[k], state[k]) for k in state)
+    import mlflow  # rank 0 logged the final weights as an MLflow model (a plain copy, not the engine's)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns.db")
+    experiment = mlflow.get_experiment_by_name("ardscale").experiment_id
+    models = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")
+    [model] = [m for m in models if m.source_run_id == (Path(run) / "mlflow_run_id").read_text().strip()]
+    assert model.name == "model"
 
 
 def test_init_from_starts_a_new_run_from_previous_stage_weights(latent_root, tmp_path):
