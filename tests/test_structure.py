@@ -215,3 +215,12 @@ def test_moved_names_fail_naming_their_new_place():
         from ardscale.sample import default_prompts  # noqa: F401
     import ardscale.tasks
     assert not hasattr(ardscale.tasks, "no_such_name")      # other names: a plain AttributeError
+
+
+def test_checkpoint_tags_and_their_steps_round_trip():
+    from ardscale.engine import checkpoint
+
+    assert checkpoint.tag(1234) == "step-00001234" and checkpoint.step_of("step-00001234") == 1234
+    for bad in ("latest", "step-", "step-12a", "ckpt-00000001"):
+        with pytest.raises(ValueError, match="is not a checkpoint tag"):
+            checkpoint.step_of(bad)
