@@ -125,6 +125,15 @@ class SampleConfig:
     kv_cache: bool = True            # reuse keys/values of finished frames (same samples, fewer FLOPs)
     clip_x0: float = 0.0             # clamp x0 estimates to ±clip_x0 (0 = off)
     seed: int = 0                    # initial noise (and eta noise)
+    mode: str = "eager"              # eager | static: preallocated KV cache, same shapes every DiT call |
+                                     # compiled: static + torch.compile (CUDA graphs on CUDA)
+
+    def __post_init__(self):
+        if self.mode not in SAMPLE_MODES:
+            raise ValueError(f"sample mode={self.mode!r}: expected one of {SAMPLE_MODES}")
+
+
+SAMPLE_MODES = ("eager", "static", "compiled")
 
 
 @dataclass

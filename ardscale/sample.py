@@ -79,7 +79,9 @@ def generate(run_dir: str, job: SampleJob) -> dict:
             "gif": str(out / "samples.gif"),
             **({"prompts": job.prompts} if job.prompts else {"labels": y.tolist()}),
             "checkpoint": tag, "frames": frames.shape[1],
-            "generate_s": round(t1 - t0, 3), "decode_s": round(t2 - t1, 3), "pixel_std": float(frames.std())}
+            "generate_s": round(t1 - t0, 3), "decode_s": round(t2 - t1, 3),
+            "frames_per_s": round(frames.shape[0] * frames.shape[1] / (t2 - t0), 2),   # end to end
+            "pixel_std": float(frames.std())}
     (out / "samples.json").write_text(json.dumps(info, indent=2))
     run_id = mlflow_run_id(run_dir)
     if job.mlflow and run_id:

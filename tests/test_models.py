@@ -5,7 +5,8 @@ import torch
 from ardscale.models import attention as attn
 from ardscale.models.arvae import ARVAE, ARVAEConfig
 from ardscale.models.attention import block_causal_mask
-from ardscale.models.dit import DiT, DiTConfig, KVCache
+from ardscale.models.dit import DiT, DiTConfig
+from ardscale.models.kv_cache import KVCache
 
 
 def randomized(model):
@@ -203,6 +204,16 @@ def test_arvae_windowed_decode():
         assert torch.allclose(win[:, :3], full[:, :3], atol=1e-6)
         assert torch.allclose(win[:, 4], vae.decode(z[:, 2:5])[:, -1], atol=1e-6)
         assert torch.equal(vae.decode(z, window=6), full)
+
+
+def test_arvae_batched_window_decode_equals_one_window_per_call():
+    vae = randomized(ARVAE(ARVAEConfig.tiny(temporal=True)))
+    z = torch.randn(2, 11, vae.config.tokens_per_frame, vae.config.latent_dim)
+    with torch.no_grad():
+        tails = [vae.decode(z[:, i - 3:i + 1])[:, -1:] for i in range(4, 11)]
+        ref = torch.cat([vae.decode(z[:, :4]), *tails], dim=1)
+        for frames_per_call in (1, 8, 256):   # one window, two, all seven per call
+            assert (vae.decode(z, 4, frames_per_call) - ref).abs().max() < 1e-6
 
 
 def test_dit_activation_checkpointing_gives_the_same_gradients():

@@ -13,11 +13,14 @@ keep their latents (the paper's mask) and are not computed:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm import tqdm
 
 from ..config import SampleConfig
-from ..models.dit import KVCache
+from ..models.attention import resolve_backend
+from ..models.kv_cache import KVCache, StaticKVCache
 from .ad import ad_timesteps, ddim_grid
 from .schedule import GaussianDiffusion
 
@@ -49,6 +52,75 @@ def _window_start(start: int, first_changing: int, end: int, window: int | None)
     return end - window
 
 
+@dataclass(frozen=True)
+class Call:
+    """One DiT call of the AD loop, from composition ``row`` to ``row + 1`` (frame indices)."""
+
+    row: int
+    start: int   # first frame of the window (frame positions count from it)
+    lo: int      # first frame fed to the DiT (frames start … lo-1 are in the KV cache)
+    end: int     # one past the last frame fed (the last frame that changes, for a causal DiT)
+    clean: int   # leading clean frames among lo … end-1: final, they join the KV cache
+
+
+def plan_calls(rows: torch.Tensor, causal: bool, window: int | None, kv_cache: bool) -> list[Call]:
+    """The DiT calls that take the compositions ``rows`` ``(R, F)`` to the last (all clean).
+
+    Raises:
+        ValueError: a window too small for the frames in flight (see :func:`frames_in_flight`).
+    """
+    num_frames = rows.shape[1]
+    calls, start, cached = [], 0, 0
+    for i in range(len(rows) - 1):
+        cur, nxt = rows[i], rows[i + 1]
+        changing = (cur != nxt).nonzero().flatten()                  # frames this iteration moves
+        end = int(changing[-1]) + 1 if causal else num_frames
+        new_start = _window_start(start, int(changing[0]), end, window)
+        if new_start != start:
+            start, cached = new_start, 0   # positions shift with the window: the cache is stale
+        lo = start + (cached if kv_cache else 0)
+        clean = int((cur[lo:end] == 0).cumprod(0).sum())  # clean frames lead the input (rows non-decreasing)
+        calls.append(Call(i, start, lo, end, clean))
+        cached += clean if kv_cache else 0
+    return calls
+
+
+def denoise(model, diffusion: GaussianDiffusion, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+            y, cfg_scale: float, eta: float, clip_x0: float, noise: torch.Tensor | None = None,
+            cache=None, commit: int = 0) -> torch.Tensor:
+    """One AD iteration on frames ``x`` ``(B, n, L, D)``: predict x0 at ``t`` ``(B, n)`` (with CFG
+    when ``cfg_scale`` ≠ 1: ``y`` then holds B conditions and B null ones), then a DDIM step to
+    ``t_next``; frames with ``t_next == t`` come back unchanged. ``cache``/``commit``: see
+    :meth:`~ardscale.models.dit.DiT.forward`. Returns ``(B, n, L, D)``."""
+    x_in, t_in = x, t.clamp(min=0)   # clean frames enter at the least-noisy index
+    guided = cfg_scale != 1.0
+    if guided:
+        x_in, t_in = torch.cat([x_in, x_in]), torch.cat([t_in, t_in])
+    out = model(x_in, t_in, y, cache, commit)                               # (B or 2B, n, L, D)
+    if guided:
+        cond, uncond = out.chunk(2)
+        out = uncond + cfg_scale * (cond - uncond)
+    x0 = diffusion.to_x0(out, x, t, clip_x0)
+    return diffusion.ddim_step(x, x0, t, t_next, eta, noise)
+
+
+COMPILE_BACKEND = "inductor"   # tests swap in a counting or aot_eager backend
+_COMPILED: dict[tuple, object] = {}
+
+
+def compiled_denoise(device: torch.device):
+    """:func:`denoise` under ``torch.compile`` (one per device type, kept for the process):
+    ``mode="reduce-overhead"`` (CUDA graphs) on CUDA, inductor's default on the CPU; full graph,
+    static shapes. With a :class:`~ardscale.models.kv_cache.StaticKVCache` every call of a video has
+    the same shapes, so it compiles once per (model, video length, batch) and replays after."""
+    key = (device.type, str(COMPILE_BACKEND))
+    if key not in _COMPILED:
+        mode = "reduce-overhead" if device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
+        _COMPILED[key] = torch.compile(denoise, backend=COMPILE_BACKEND, mode=mode, dynamic=False,
+                                       fullgraph=True)
+    return _COMPILED[key]
+
+
 @torch.no_grad()
 def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
            generator: torch.Generator | None = None, progress: bool = False,
@@ -66,63 +138,94 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
             call, e.g. the training length; 0 = no limit), ``kv_cache`` (reuse keys/values of
             finished frames: same result within float tolerance; off for a bidirectional DiT,
             ``config.causal=False``, which is fed every frame every step), ``clip_x0`` (clamp x0
-            estimates to ``[-clip_x0, clip_x0]``; 0 = off).
+            estimates to ``[-clip_x0, clip_x0]``; 0 = off), ``mode`` (``eager``: a growing KV
+            cache, each call only the frames that need it; ``static``: a preallocated KV cache and
+            every call the same number of frames, the most any call needs (``kv_cache`` ignored);
+            ``compiled``: ``static`` under :func:`compiled_denoise`. All three give the same
+            video within float tolerance).
         generator: CPU generator for the initial noise and the eta > 0 noise (drawn for the full
             video every iteration, so cached and uncached runs see the same noise); default: one
             seeded with ``sc.seed``.
         context: ``(B, k, L, D)`` clean latents of the first k frames (video continuation).
     Raises:
         ValueError: ``sc.frames`` ≤ 0, context longer than the video, a window too small for s
-            (see above), or a bidirectional DiT asked for more frames than its window.
+            (see above), a bidirectional DiT asked for more frames than its window or for the
+            static / compiled mode.
     """
-    num_frames, num_steps, s, cfg_scale, eta = sc.frames, sc.steps, sc.s, sc.cfg_scale, sc.eta
-    window, kv_cache, clip_x0 = sc.window or None, sc.kv_cache, sc.clip_x0
-    if num_frames <= 0:
-        raise ValueError(f"frames={num_frames}: resolve the SampleConfig against its run first "
+    if sc.frames <= 0:
+        raise ValueError(f"frames={sc.frames}: resolve the SampleConfig against its run first "
                          "(RunData.resolve)")
-    if generator is None:
-        generator = torch.Generator().manual_seed(sc.seed)
-    c = model.config
+    generator = generator or torch.Generator().manual_seed(sc.seed)
+    c, window = model.config, sc.window or None
     if not c.causal:   # bidirectional (ablation): every frame reads every frame, at every step
-        if window is not None and num_frames > window:
-            raise ValueError(f"a bidirectional DiT generates at most window={window} frames, "
-                             f"not {num_frames}")
-        kv_cache = False
+        if window is not None and sc.frames > window:
+            raise ValueError(f"a bidirectional DiT generates at most window={window} frames, not {sc.frames}")
+        if sc.mode != "eager":
+            raise ValueError(f"sample mode={sc.mode!r} needs a causal DiT (a KV cache); use mode=eager")
     device = next(model.parameters()).device
-    B = len(labels)
-    k = 0 if context is None else context.shape[1]
-    if k >= num_frames:
-        raise ValueError(f"context has {k} frames; num_frames={num_frames} leaves none to generate")
+    B, k = len(labels), 0 if context is None else context.shape[1]
+    if k >= sc.frames:
+        raise ValueError(f"context has {k} frames; num_frames={sc.frames} leaves none to generate")
     # (B, F, L, D)
-    x = torch.randn(B, num_frames, c.tokens_per_frame, c.latent_dim, generator=generator).to(device)
+    x = torch.randn(B, sc.frames, c.tokens_per_frame, c.latent_dim, generator=generator).to(device)
     if k:
         x[:, :k] = context.to(device, x.dtype)
-    grid = ddim_grid(num_steps, diffusion.num_timesteps)   # index bookkeeping stays on the CPU
-    rows = composition_rows(num_frames, num_steps, s, k)   # (R, F) DDIM indices per frame; 0 = clean
-    guided = cfg_scale != 1.0
-    y = (model.with_null(labels) if guided else labels).to(device)   # B or 2B conditions
-    start, cache = 0, KVCache()
-    for i in tqdm(range(len(rows) - 1), desc="sampling", disable=not progress):
-        cur, nxt = rows[i], rows[i + 1]
-        changing = (cur != nxt).nonzero().flatten()                  # frames this iteration moves
-        noise = torch.randn(x.shape, generator=generator).to(device) if eta > 0 else None
-        end = int(changing[-1]) + 1 if c.causal else num_frames
-        new_start = _window_start(start, int(changing[0]), end, window)
-        if new_start != start:
-            start, cache = new_start, KVCache()   # positions shift with the window: cache is stale
-        lo = start + (cache.num_frames if kv_cache else 0)
-        clean = int((cur[lo:end] == 0).cumprod(0).sum())  # clean frames lead the input (rows non-decreasing)
-        t = grid[cur[lo:end]].to(device).expand(B, -1)                 # (B, n) with n = end - lo
-        t_next = grid[nxt[lo:end]].to(device).expand(B, -1)
-        x_in, t_in = x[:, lo:end], t.clamp(min=0)   # clean frames enter at the least-noisy index
-        if guided:
-            x_in, t_in = torch.cat([x_in, x_in]), torch.cat([t_in, t_in])
-        # (B or 2B, n, L, D)
-        out = model(x_in, t_in, y, cache if kv_cache else None, clean if kv_cache else 0)
-        if guided:
-            cond, uncond = out.chunk(2)
-            out = uncond + cfg_scale * (cond - uncond)
-        x0 = diffusion.to_x0(out, x[:, lo:end], t, clip_x0)
-        x[:, lo:end] = diffusion.ddim_step(x[:, lo:end], x0, t, t_next, eta,
-                                           None if noise is None else noise[:, lo:end])
+    rows = composition_rows(sc.frames, sc.steps, sc.s, k)   # (R, F) DDIM indices per frame; 0 = clean
+    calls = plan_calls(rows, c.causal, window, (sc.kv_cache and c.causal) or sc.mode != "eager")
+    run = _run_eager if sc.mode == "eager" else _run_static
+    y = (model.with_null(labels) if sc.cfg_scale != 1.0 else labels).to(device)   # B or 2B conditions
+    return run(model, diffusion.to(device), x, y, rows, calls, sc, generator, progress)
+
+
+def _times(diffusion: GaussianDiffusion, sc: SampleConfig, rows: torch.Tensor, call: Call, frames: slice,
+           batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDPM indices ``(B, n)`` of ``frames`` at the call's row and the next (-1 = clean)."""
+    grid = ddim_grid(sc.steps, diffusion.num_timesteps)   # index bookkeeping stays on the CPU
+    cur, nxt = rows[call.row, frames], rows[call.row + 1, frames]
+    return grid[cur].to(device).expand(batch, -1), grid[nxt].to(device).expand(batch, -1)
+
+
+def _noise(x: torch.Tensor, sc: SampleConfig, generator: torch.Generator) -> torch.Tensor | None:
+    """The full video's eta noise for one iteration (drawn whatever the call computes)."""
+    return torch.randn(x.shape, generator=generator).to(x.device) if sc.eta > 0 else None
+
+
+def _run_eager(model, diffusion, x, y, rows, calls, sc, generator, progress):
+    """Each call feeds frames ``lo … end-1``; clean leading frames join a growing :class:`KVCache`."""
+    cache, start = KVCache(), 0
+    for call in tqdm(calls, desc="sampling", disable=not progress):
+        noise = _noise(x, sc, generator)
+        if call.start != start:
+            cache, start = KVCache(), call.start
+        use = sc.kv_cache and model.config.causal
+        frames = slice(call.lo, call.end)
+        t, t_next = _times(diffusion, sc, rows, call, frames, x.shape[0], x.device)
+        x[:, frames] = denoise(model, diffusion, x[:, frames], t, t_next, y, sc.cfg_scale, sc.eta, sc.clip_x0,
+                               None if noise is None else noise[:, frames], cache if use else None,
+                               call.clean if use else 0)
+    return x
+
+
+def _run_static(model, diffusion, x, y, rows, calls, sc, generator, progress):
+    """Every call feeds the same number of frames, ``width`` (the most any call needs), into a
+    :class:`StaticKVCache` of the window's frames: frames ``lo … lo+width-1``, ``lo`` moved back
+    over cached (final) frames where the window ends sooner. Frames past ``end`` ride along
+    unchanged (``t_next == t``); their keys/values land past every query that reads them and are
+    overwritten before any later query does."""
+    width = max(call.end - call.lo for call in calls)
+    span = min(sc.window or sc.frames, sc.frames)
+    cache = StaticKVCache.for_model(model, len(y), span)
+    step = compiled_denoise(x.device) if sc.mode == "compiled" else denoise
+    if sc.mode == "compiled" and x.device.type == "cpu" and COMPILE_BACKEND == "inductor" \
+            and resolve_backend(model.config.attn_backend, x.device) == "flex":
+        raise ValueError("inductor cannot compile FlexAttention on the CPU (torch 2.13): sample with "
+                         "dit.attn_backend=auto (SDPA on the CPU) or mode=static")
+    for call in tqdm(calls, desc="sampling", disable=not progress):
+        noise = _noise(x, sc, generator)
+        lo = min(call.lo, call.start + span - width)
+        cache.set_offset(lo - call.start)
+        frames = slice(lo, lo + width)
+        t, t_next = _times(diffusion, sc, rows, call, frames, x.shape[0], x.device)
+        x[:, frames] = step(model, diffusion, x[:, frames].clone(), t, t_next, y, sc.cfg_scale, sc.eta,
+                            sc.clip_x0, None if noise is None else noise[:, frames].clone(), cache)
     return x

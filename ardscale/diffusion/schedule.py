@@ -5,6 +5,7 @@ Every function takes timesteps of shape ``(B, F)``: one DDPM index per frame, ``
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -64,6 +65,16 @@ class GaussianDiffusion:
         self.betas = make_betas(schedule, num_timesteps, beta_start, beta_end)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
         self._abar_ext = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])
+
+    def to(self, device) -> GaussianDiffusion:
+        """This schedule with its tables on ``device`` (a copy; self if already there): a compiled
+        sampler step then reads them without a host-to-device copy, which CUDA graphs cannot hold."""
+        if self._abar_ext.device == torch.device(device):
+            return self
+        moved = copy.copy(self)
+        moved.betas, moved.alphas_cumprod, moved._abar_ext = (
+            v.to(device) for v in (self.betas, self.alphas_cumprod, self._abar_ext))
+        return moved
 
     def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``alphas_cumprod`` at ``t`` ``(B, F)`` broadcast to ``like`` ``(B, F, L, D)``; index -1 = clean."""

@@ -189,20 +189,24 @@ class BlockCausalSelfAttention(SelfAttention):
             raise ValueError(f"unknown attention backend {backend!r}: expected one of {BACKENDS}")
         self.backend, self.causal = backend, causal
 
-    def forward(self, x: torch.Tensor, tokens_per_frame: int,
-                past: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``x`` ``(B, Fq*L, C)``; ``past`` = cached keys/values ``(B, H, Fc*L, Dh)`` of the frames
-        before x. Returns the output ``(B, Fq*L, C)`` and x's own keys/values (for the cache)."""
+    def forward(self, x: torch.Tensor, tokens_per_frame: int, cache=None, layer: int = 0) -> torch.Tensor:
+        """``x`` ``(B, Fq*L, C)`` → ``(B, Fq*L, C)``. ``cache``: a
+        :class:`~ardscale.models.kv_cache.KVCache` or :class:`~ardscale.models.kv_cache.StaticKVCache`
+        holding the frames before x; ``layer`` indexes its buffers.
+
+        Raises:
+            ValueError: a cache on a bidirectional (``causal=False``) attention.
+        """
         q, k, v = self._qkv(x)
-        new_kv = (k, v)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        backend = resolve_backend(self.backend, x.device)
+        if cache is not None:
+            if not self.causal:
+                raise ValueError("a bidirectional DiT (causal=False) has no KV cache: every frame "
+                                 "reads later frames, so no frame's keys/values are final")
+            return self._out(cache.attend(layer, q, k, v, backend))
         if self.causal:
-            out = attention(q, k, v, tokens_per_frame, resolve_backend(self.backend, x.device))
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)
-        return self._out(out), new_kv
+            return self._out(attention(q, k, v, tokens_per_frame, backend))
+        return self._out(F.scaled_dot_product_attention(q, k, v))
 
 
 class Mlp(torch.nn.Sequential):

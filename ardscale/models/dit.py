@@ -18,7 +18,8 @@ order, so causality is unchanged.
 
 Because frame i only reads frames <= i, a frame whose input no longer changes (a finished,
 clean frame during sampling) has fixed keys/values in every layer: :class:`KVCache` keeps them
-so that later calls compute only the frames after it.
+so that later calls compute only the frames after it; :class:`StaticKVCache` (models/kv_cache.py) is
+the same with preallocated buffers, for a compiled sampler step.
 """
 from __future__ import annotations
 
@@ -98,32 +99,6 @@ class TextCondition:
     def cat(self, other: TextCondition) -> TextCondition:
         return TextCondition(*(torch.cat([a, b]) for a, b in zip(
             (self.tokens, self.mask, self.pooled), (other.tokens, other.mask, other.pooled), strict=True)))
-
-
-class KVCache:
-    """Per-layer keys/values ``(B, H, Fc*L, Dh)`` of the first ``num_frames`` frames of a video, and
-    (text DiT) each layer's text keys/values, computed by the first call and reused after it.
-
-    Only frames whose input is final may enter (during sampling: clean frames, whose earlier
-    frames are clean too). The next :meth:`DiT.forward` then takes the frames after them.
-    """
-
-    def __init__(self):
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self.num_frames = 0
-        self.text: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def past(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return (self.keys[layer], self.values[layer]) if self.num_frames else None
-
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        if layer == len(self.keys):
-            self.keys.append(k)
-            self.values.append(v)
-        else:
-            self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)
-            self.values[layer] = torch.cat([self.values[layer], v], dim=2)
 
 
 class LabelEmbedder(nn.Embedding):
@@ -218,21 +193,22 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, tokens_per_frame: int,
-                past: tuple[torch.Tensor, torch.Tensor] | None = None, text=None):
-        """Returns the block output ``(B, F*L, C)`` and the attention keys/values of x. ``text``:
-        ``(keys, values, mask)`` of the captions for the cross-attention (text DiT)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor, tokens_per_frame: int, cache=None, layer: int = 0,
+                text=None) -> torch.Tensor:
+        """The block output ``(B, F*L, C)``. ``cache``/``layer``: the KV cache and this block's index
+        in it. ``text``: ``(keys, values, mask)`` of the captions for the cross-attention (text DiT)."""
         B, N, C = x.shape
         F = N // tokens_per_frame
         mods = self.adaLN_modulation(c)[:, :, None]                      # (B, F, 1, 6C)
         sh1, sc1, g1, sh2, sc2, g2 = mods.chunk(6, dim=-1)
         per_frame = lambda h: h.view(B, F, tokens_per_frame, C)
-        a, kv = self.attn(modulate(per_frame(self.norm1(x)), sh1, sc1).view(B, N, C), tokens_per_frame, past)
+        a = self.attn(modulate(per_frame(self.norm1(x)), sh1, sc1).view(B, N, C), tokens_per_frame,
+                      cache, layer)
         x = per_frame(x) + g1 * per_frame(a)
         if self.cross is not None:   # every token reads the captions: no frame reads another here
             x = x + per_frame(self.cross(x.view(B, N, C), mask=text[2], kv=text[:2]))
         x = x + g2 * per_frame(self.mlp(modulate(self.norm2(x), sh2, sc2).view(B, N, C)))
-        return x.view(B, N, C), kv
+        return x.view(B, N, C)
 
 
 class DiT(nn.Module):
@@ -245,14 +221,17 @@ class DiT(nn.Module):
             :class:`TextCondition` with ``config.condition="text"``.
         drop: ``(B,)`` bool, labels (captions) replaced by the null class (caption): CFG training,
             see :class:`LabelEmbedder` / :class:`TextEmbedder`.
-        cache: a :class:`KVCache` holding the frames before x (x's frames are then at positions
-            ``cache.num_frames …``); None = x is the whole video.
-        cache_frames: append the keys/values of x's first ``cache_frames`` frames to ``cache``;
+        cache: a :class:`~ardscale.models.kv_cache.KVCache` holding the frames before x (x's frames
+            are then at positions ``cache.num_frames …``), or a
+            :class:`~ardscale.models.kv_cache.StaticKVCache` (x's frames at ``cache.offset …``);
+            None = x is the whole video.
+        cache_frames: (KVCache) append the keys/values of x's first ``cache_frames`` frames to ``cache``;
             the caller promises those frames are final.
     Returns:
         ``(B, F, L, D)`` predicted clean latents. Output of frame i depends only on frames <= i.
     Raises:
-        ValueError: if ``L``/``D`` differ from the config or t's shape is not ``(B, F)``.
+        ValueError: if ``L``/``D`` differ from the config or t's shape is not ``(B, F)``, or a
+            cache is given to a bidirectional DiT.
     """
 
     def __init__(self, config: DiTConfig):
@@ -293,7 +272,7 @@ class DiT(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache: KVCache | None = None,
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache=None,
                 cache_frames: int = 0, drop: torch.Tensor | None = None) -> torch.Tensor:
         B, F, L, D = x.shape
         c = self.config
@@ -304,27 +283,26 @@ class DiT(nn.Module):
             raise ValueError(f"timesteps must have shape (B, F)=({B}, {F}), got {tuple(t.shape)}")
         H = c.hidden_size
         x = x.to(self.x_embedder.weight.dtype)   # fp32 latents into a bf16 engine
-        first = cache.num_frames if cache is not None else 0
-        frame_pos = sinusoidal(torch.arange(first, first + F, device=x.device), H)  # (F, H): any length
-        h = self.x_embedder(x) + self.token_pos + frame_pos[:, None].to(x.dtype)
+        pos = cache.positions(F, x.device) if cache is not None else torch.arange(F, device=x.device)
+        h = self.x_embedder(x) + self.token_pos + sinusoidal(pos, H)[:, None].to(x.dtype)  # any length
         cond, text = self._condition(y, drop, cache)
         cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + cond[:, None]     # (B, F, H)
         h = h.reshape(B, F * L, H)
         ckpt = c.grad_checkpointing and self.training and torch.is_grad_enabled()
+        if cache is not None:
+            cache.begin(F, cache_frames, L)
         for i, blk in enumerate(self.blocks):
             txt = None if text is None else text[i]
             if ckpt:
-                h, (k, v) = checkpoint(blk, h, cond, L, None, txt, use_reentrant=False)
+                h = checkpoint(blk, h, cond, L, None, i, txt, use_reentrant=False)
             else:
-                h, (k, v) = blk(h, cond, L, cache.past(i) if cache is not None else None, txt)
-            if cache is not None and cache_frames:
-                cache.extend(i, k[:, :, :cache_frames * L], v[:, :, :cache_frames * L])
+                h = blk(h, cond, L, cache, i, txt)
         if cache is not None:
-            cache.num_frames += cache_frames
+            cache.end()
         shift, scale = self.adaLN_final(cond)[:, :, None].chunk(2, dim=-1)      # (B, F, 1, H) each
         return self.out(modulate(self.norm_final(h).view(B, F, L, H), shift, scale))
 
-    def _condition(self, y, drop, cache: KVCache | None):
+    def _condition(self, y, drop, cache):
         """The per-video conditioning vector ``(B, H)`` (class, or pooled caption) and, for a text
         DiT, each block's caption ``(keys, values, mask)`` (from ``cache`` once computed)."""
         if self.config.condition == "class":
@@ -336,7 +314,7 @@ class DiT(nn.Module):
         if cached:
             return pooled, cache.text
         text = [(*blk.cross.context_kv(tokens), mask) for blk in self.blocks]
-        if cache is not None:
+        if cache is not None and cache.keeps_text:
             cache.text = text
         return pooled, text
 
