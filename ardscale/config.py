@@ -78,6 +78,7 @@ class OptimConfig:
     grad_accum: int = 1              # paper: 8
     deepspeed: str = "zero2"         # zero1 / zero2 / zero3 (ardscale/configs/deepspeed/) or a YAML path
     ema_decay: float = 0.0           # EMA of all parameters (paper: used; e.g. 0.9999); 0 = off
+    fused: str = "auto"              # fused AdamW kernel: auto (on CUDA) | true | false (CPU: off by default)
 
 
 @dataclass
@@ -94,7 +95,9 @@ class TrainConfig:
     checkpoint_url: str = ""         # a mirror of the checkpoints on any fsspec URL (s3://…)
     init_from: str = ""              # run dir whose newest weights start this run (a previous stage)
     max_nonfinite_steps: int = 5     # this many steps in a row with a NaN/inf loss: save and stop
-    peak_tflops: float = 0.0         # per device, for MFU (0: 989 on an H100-class GPU, none on CPU)
+    peak_tflops: float = 0.0         # MFU peak per device (0: GPU datasheet bf16; CPU: measured matmul rate)
+    profile_at: int = 0              # torch.profiler from this optimizer step on (0 = off): run_dir/profile
+    profile_steps: int = 3           # steps profiled from profile_at (trace, op table, phase shares; MLflow)
 
 
 @dataclass

@@ -27,14 +27,15 @@ from omegaconf import OmegaConf
 from ray.experimental import internal_kv
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from torch.profiler import record_function
 
 from . import cli
 from .compat import moved
 from .config import Config, from_dict, load, to_dict
 from .data.stream import Layout, Plan, ShardStream, StreamLoader
-from .engine import checkpoint
+from .engine import checkpoint, profile
 from .engine.checkpoint import CheckpointManager, Resume
-from .engine.deepspeed import build_engine, frozen
+from .engine.deepspeed import build_engine, frozen, fused_adamw
 from .engine.ema import EMA
 from .engine.flops import peak_tflops
 from .engine.guard import NonFiniteGuard
@@ -46,6 +47,7 @@ from .runs import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, MLFLOW_RUN_ID, STOP_FI
 from .tasks import Models, TaskData, get_task
 
 log = logging.getLogger("ardscale.train")
+PROFILE_DIR = "profile"   # {run_dir}/profile/rank{r}.*, and the run's MLflow artifacts
 
 
 def _trim_metrics(path: Path, start: int) -> None:
@@ -156,14 +158,16 @@ def report_to_ray(run_dir: Path, step: int, metrics: dict) -> None:
                          checkpoint_dir_name=checkpoint.tag(step))
 
 
-def _throughput(data: TaskData, cfg: Config, dt: float, world: int) -> dict:
+def _throughput(data: TaskData, cfg: Config, dt: float, world: int, step: int, peak: float | None) -> dict:
+    """Step time, samples/s, tokens/s and, when the task counts its FLOPs, model TFLOPS per device and
+    MFU against ``peak`` TFLOPS (:func:`~ardscale.engine.flops.peak_tflops`)."""
     samples = cfg.optim.micro_batch_size * cfg.optim.grad_accum * world
     out = {"step_time_s": dt, "samples_per_s": samples / dt,
            "tokens_per_s": samples * data.tokens_per_sample / dt}
-    if data.flops_per_sample:
-        tflops = data.flops_per_sample * samples / world / dt / 1e12
+    flops = data.flops_per_sample(step) if callable(data.flops_per_sample) else data.flops_per_sample
+    if flops:
+        tflops = flops * samples / world / dt / 1e12
         out["tflops_per_device"] = tflops
-        peak = peak_tflops(cfg.train.peak_tflops)
         if peak:
             out["mfu"] = tflops / peak
     if torch.cuda.is_available():
@@ -265,6 +269,11 @@ class Trainer:
         self.under_ray = under_ray
         kv_key = stop_key(ray.train.get_context().get_experiment_name()) if under_ray else None
         self.stop, self.bad_run = _Stop(self.run_dir, self.rank, kv_key), 0
+        # once, before the first step: on a CPU this measures the matmul rate (engine/flops.py)
+        self.peak = peak_tflops(t.peak_tflops, self.engine.device.type)
+        cuda = self.engine.device.type == "cuda"
+        self.profiler = profile.StepProfiler(t.profile_at, t.profile_steps, self.run_dir / PROFILE_DIR,
+                                             self.rank, cuda, self._log_profile)
 
     def train_step(self, step: int) -> dict:
         """One global step: per micro batch, the task's losses, then backward and ``engine.step()``
@@ -273,29 +282,34 @@ class Trainer:
         gen = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, step, self.rank))
         skipped_before = sum(g.skipped for g in self.guards.values())
         parts = []
-        for _ in range(self.cfg.optim.grad_accum):
-            batch = {k: v.to(self.engine.device) for k, v in self.data.batch(self.loader.next(), gen).items()}
-            losses, metrics = self.loss(self.models, batch, step)
+        for _ in range(self.cfg.optim.grad_accum):   # record_function: the phases of a profile
+            with record_function("data"):
+                raw = self.data.batch(self.loader.next(), gen)
+                batch = {k: v.to(self.engine.device) for k, v in raw.items()}
+            with record_function("forward"):
+                losses, metrics = self.loss(self.models, batch, step)
             for name, loss in losses.items():
                 self.guards[name].backward_step(self.engines[name], loss)
             parts.append({k: v.float().cpu() for k, v in metrics.items()})
         skipped = sum(g.skipped for g in self.guards.values()) - skipped_before
         if self.ema is not None:
-            self.ema.update(self.engine.module)
+            with record_function("ema"):
+                self.ema.update(self.engine.module)
         self.bad_run = self.bad_run + 1 if skipped else 0
         faults = {"data/skipped_shards": len(self.loader.faults["shards"]),
                   "data/skipped_samples": self.loader.faults["samples"]}
         metrics = {**_reduce(parts, self.world, faults), "epoch": self.loader.epoch,
                    "lr": self.engine.get_lr()[0],
                    "grad_norm": self.engine.get_global_grad_norm(), "nonfinite_skipped": skipped,
-                   **_throughput(self.data, self.cfg, time.perf_counter() - t0, self.world)}
+                   **_throughput(self.data, self.cfg, time.perf_counter() - t0, self.world, step, self.peak)}
         return {k: float(v) for k, v in metrics.items() if v is not None}
 
     def train(self) -> dict:
         """Steps from the checkpoint's to ``train.steps``; returns the last step's metrics."""
         cfg, metrics = self.cfg, {}
         for step in range(self.start, cfg.train.steps):
-            metrics = self.train_step(step)
+            with self.profiler.step(step):
+                metrics = self.train_step(step)
             halt = ("nonfinite" if self.bad_run >= cfg.train.max_nonfinite_steps
                     else "stop" if self.stop.agreed() else None)
             done, last = step + 1, step + 1 == cfg.train.steps or halt is not None
@@ -310,6 +324,7 @@ class Trainer:
             if halt:
                 return self._halt(halt, done, metrics)
         self.loader.close()
+        self.profiler.close()
         if self.rank == 0 and cfg.tracking.log_model:
             self._log_model(cfg.train.steps)
         self.tracker.end()
@@ -336,13 +351,21 @@ class Trainer:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if step % self.cfg.train.log_every == 0 or last:
             self.tracker.log_metrics(metrics, step)
-            log.info("step %6d loss %.5f %.1f samples/s", step, metrics["loss"], metrics["samples_per_s"])
+            mfu = f", MFU {100 * metrics['mfu']:.1f} %" if "mfu" in metrics else ""
+            log.info("step %6d loss %.5f %.1f samples/s%s", step, metrics["loss"], metrics["samples_per_s"],
+                     mfu)
+
+    def _log_profile(self, folder: Path) -> None:
+        """A finished profile's files to MLflow under ``profile/`` (rank 0's tracker; no-op elsewhere)."""
+        for file in sorted(folder.iterdir()):
+            self.tracker.log_artifact(str(file), PROFILE_DIR)
 
     def _halt(self, reason: str, step: int, metrics: dict) -> dict:
         """Every early stop ends here, after its checkpoint: a non-finite loss fails the run; a stop
         request (SIGTERM, STOP file) exits with 143 in-process and returns cleanly under Ray."""
         nonfinite = reason == "nonfinite"
         self.loader.close()
+        self.profiler.close()
         if self.rank == 0:
             _event(self.run_dir, "stop", step=step,
                    reason="nonfinite loss" if nonfinite else "stop request (SIGTERM or STOP file)")
@@ -410,6 +433,8 @@ def launch(cfg: Config):
     ``min_workers`` and ``num_workers`` when set; a restart resumes from the newest checkpoint,
     through a universal checkpoint when the worker count changed), or in-process."""
     get_task(cfg.task).preflight(cfg)   # before any worker: a typo in vae_id fails here, not in Ray
+    fused_adamw(cfg.optim.fused, False)   # the same for the keys that only the workers read
+    profile.check(cfg.train.profile_at, cfg.train.profile_steps)
     if cfg.scale.num_workers == 0:
         return _run_in_process(cfg)
     ray_ = init_ray()

@@ -58,10 +58,48 @@ def lr_factor(step: int, base_lr: float, warmup_steps: int, lr_steps: list[int],
     return warm * value / base_lr if base_lr else warm
 
 
+FUSED = {"auto": None, "true": True, "false": False}
+
+
+def fused_adamw(value: str, on_cuda: bool) -> bool:
+    """Whether AdamW runs torch's fused kernel (one launch for all of a ZeRO partition's parameters)
+    under ``optim.fused`` = ``value``: ``auto`` on CUDA only, so CPU runs keep the plain
+    implementation and their numbers; ``true``/``false`` (any case) force it (CPU has a fused
+    kernel too).
+
+    Raises:
+        ValueError: another value, naming ``optim.fused``.
+    """
+    choice = FUSED.get(str(value).lower(), "?")
+    if choice == "?":
+        raise ValueError(f"optim.fused={value!r}: expected one of {sorted(FUSED)}")
+    return on_cuda if choice is None else choice
+
+
+def adamw(params: list, lr: float, betas: tuple[float, float], weight_decay: float, fused: bool):
+    """torch AdamW, ``fused`` or not. Not fused is torch's default (``fused=None``: the foreach
+    kernels on CUDA, the plain loop on CPU); an explicit ``False`` would turn foreach off on CUDA.
+
+    DeepSpeed ZeRO 1/2/3 take it as a client optimizer (``torch.optim.AdamW`` is in
+    ``ZERO_SUPPORTED_OPTIMIZERS``; the flag does not change its type) and call its ``step()`` on
+    their flat fp32 partitions, one tensor per group, on the engine's device. A checkpoint restores
+    its param groups with the saver's flags, so a hook puts the asked ``fused`` back after every
+    ``load_state_dict``: a run resumed on other hardware uses its own setting.
+    """
+    opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
+
+    def keep_setting(optimizer):
+        for group in optimizer.param_groups:
+            group.update(fused=fused or None, foreach=None)
+
+    opt.register_load_state_dict_post_hook(keep_setting)
+    return opt
+
+
 def build_engine(model: torch.nn.Module, o, world_size: int, use_gpu: bool, lr: float | None = None,
                  betas: tuple[float, float] | None = None, load_universal: bool = False):
-    """Wrap ``model`` in a DeepSpeed engine with torch AdamW and linear warm-up to a constant LR,
-    per the ``optim`` config section ``o``.
+    """Wrap ``model`` in a DeepSpeed engine with torch AdamW (fused per ``optim.fused``:
+    :func:`fused_adamw`) and linear warm-up to a constant LR, per the ``optim`` config section ``o``.
 
     bf16 on CUDA (``use_gpu`` and one is present), fp32 on CPU (``DS_ACCELERATOR=cpu``, gloo).
     ``lr``/``betas`` override ``o`` (a GAN discriminator's own optimizer, which keeps its LR after
@@ -73,8 +111,8 @@ def build_engine(model: torch.nn.Module, o, world_size: int, use_gpu: bool, lr: 
     import deepspeed
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr or o.lr, betas=tuple(betas or o.betas),
-                                  weight_decay=o.weight_decay)
+    fused = fused_adamw(o.fused, use_cuda)
+    optimizer = adamw(params, lr or o.lr, tuple(betas or o.betas), o.weight_decay, fused)
     base = lr or o.lr
     steps, values = ([], []) if lr else (o.lr_steps, o.lr_values)   # the LR phases are the model's
     factor = lambda s: lr_factor(s, base, o.warmup_steps, steps, values)

@@ -16,10 +16,24 @@ caption's MLP 2·(C·H + H²).
 Only what the model computes is counted: the linear terms equal what
 ``torch.utils.flop_counter`` measures on a forward (tested). Training = 3 × forward (backward
 is twice the forward). Embedding lookups, norms and softmax are not counted, as usual for MFU.
+
+Models without a formula (the AR-VAE and its discriminator) are counted by
+:func:`forward_flops`: ``torch.utils.flop_counter`` on one forward of meta tensors (no memory, no
+compute; SDPA decomposes into the two matmuls the DiT formula counts as attention).
+
+The peak an MFU is measured against (:func:`peak_tflops`): ``train.peak_tflops`` when set; on a
+GPU the datasheet's dense bf16 peak (:data:`PEAK_TFLOPS`); on a CPU the dense fp32 matmul rate this
+process achieves (:func:`cpu_matmul_tflops`). A CPU MFU is against the achievable matmul rate, not
+a datasheet peak: it says how much of what the cores can do the step uses.
 """
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable
+
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 # Dense bf16 peak TFLOPS per device, by name.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0}
@@ -45,11 +59,45 @@ def dit_train_flops(cfg, num_frames: int) -> float:
     return 3.0 * sum(dit_forward_flops(cfg, num_frames))
 
 
-def peak_tflops(configured: float) -> float | None:
-    """``configured`` if set, else the table value of the visible CUDA device, else None (CPU)."""
+def forward_flops(fn: Callable[[], object]) -> float:
+    """FLOPs that ``torch.utils.flop_counter`` counts while ``fn()`` runs (matmuls, convolutions,
+    attention: 2 per multiply-add). ``fn`` should run one forward on meta tensors (a model built
+    under ``torch.device("meta")``): nothing is allocated or computed, any size counts in ms."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn()
+    return float(counter.get_total_flops())
+
+
+def measured_train_flops(fn: Callable[[], object]) -> float:
+    """Training FLOPs (3 × forward, as :func:`dit_train_flops`) of the forward ``fn`` runs; see
+    :func:`forward_flops`."""
+    return 3.0 * forward_flops(fn)
+
+
+@functools.cache
+def cpu_matmul_tflops(size: int = 1024, reps: int = 10) -> float:
+    """The dense fp32 matmul rate this process achieves on its CPU threads, in TFLOPS: the best of
+    ``reps`` ``size × size`` matmuls after one warm-up (about 0.2 s on 2 cores; the best, so that a
+    moment of contention does not lower it). Measured once per process (cached) with the thread
+    setting of that moment: the achievable rate, not a datasheet peak."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=gen) for _ in range(2))
+    best = float("inf")
+    for _ in range(reps + 1):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * size**3 / best / 1e12
+
+
+def peak_tflops(configured: float, device: str = "auto") -> float | None:
+    """The per-device peak TFLOPS an MFU is measured against: ``configured`` if > 0; else on
+    ``device="cuda"`` (or ``"auto"`` with a GPU visible) the table value of the GPU's name (None
+    when not in :data:`PEAK_TFLOPS`); on ``device="cpu"`` :func:`cpu_matmul_tflops`; with
+    ``"auto"`` and no GPU, None (benchmarks that report no CPU MFU)."""
     if configured > 0:
         return configured
-    if torch.cuda.is_available():
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         name = torch.cuda.get_device_name()
         return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    return None
+    return cpu_matmul_tflops() if device == "cpu" else None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 
 class NonFiniteGuard:
@@ -30,12 +31,14 @@ class NonFiniteGuard:
             loss = sum((p * 0).sum() for p in engine.module.parameters() if p.requires_grad)
         else:
             self._finite_in_step = True
-        engine.backward(loss)
+        with record_function("backward"):   # the phases of engine/profile.py's trace
+            engine.backward(loss)
         boundary = engine.is_gradient_accumulation_boundary()
         if boundary and not self._finite_in_step:
             for group in engine.optimizer.param_groups:   # the LR scheduler resets it after the step
                 group["lr"] = 0.0
-        engine.step()
+        with record_function("optimizer"):
+            engine.step()
         if boundary:
             self._finite_in_step = False
         return skip

@@ -28,7 +28,9 @@ class TaskData:
     decode: Callable[[dict, int], dict]
     batch: Callable[[dict, torch.Generator], dict]
     tokens_per_sample: int                 # for tokens/s
-    flops_per_sample: float | None = None  # training FLOPs, for MFU
+    # training FLOPs per sample for MFU, or a function of the global step (a GAN's discriminator
+    # joins at its start step); engine/flops.py
+    flops_per_sample: float | Callable[[int], float] | None = None
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ..data.loader import video_sample
 from ..data.shards import list_shards, read_shard
 from ..data.stream import ShardSet
 from ..data.transforms import to_model_range
+from ..engine.flops import measured_train_flops
 from ..models.arvae import ARVAE
 from ..models.discriminator import PatchDiscriminator
 from ..models.vae_loss import VAELoss, capture_input
@@ -24,12 +26,43 @@ def make_batch(raw: dict, gen: torch.Generator) -> dict:
     return {"clips": to_model_range(raw["clips"])}
 
 
+DISC_PASSES = 10
+"""Discriminator forwards' worth of FLOPs per training step with the GAN on: its own step, 3 × on the
+real and on the fake frames; the generator's adversarial term and its adaptive weight, a forward and
+an input-gradient pass through the frozen discriminator each (2 × forward)."""
+
+
+def _meta_forward(build: Callable[[Config], torch.nn.Module], cfg: Config, shape: tuple) -> Callable:
+    """One forward of ``build(cfg)`` on zeros of ``shape``, all on the meta device (for a FLOP count)."""
+    def run():
+        with torch.device("meta"):
+            module, x = build(cfg), torch.zeros(shape)
+        module(x)
+    return run
+
+
+def train_flops(cfg: Config, frames: int) -> Callable[[int], float]:
+    """Training FLOPs per clip of ``frames`` frames at a global step, for MFU: the AR-VAE's 3 × forward,
+    plus, from ``vae_loss.disc_start`` on, :data:`DISC_PASSES` discriminator forwards of the clip's
+    frames. Both are counted on meta tensors (:func:`~ardscale.engine.flops.forward_flops`). The
+    perceptual loss's VGG is left out: MFU counts the model trained, as for the DiT."""
+    c = cfg.vae
+    frame = (c.in_channels, c.image_size, c.image_size)
+    model = measured_train_flops(_meta_forward(build_model, cfg, (1, frames, *frame)))
+    with torch.device("meta"):   # meta: building it here must not draw from the seeded CPU generator
+        gan = build_discriminator(cfg) is not None
+    if not gan:
+        return lambda step: model
+    disc = DISC_PASSES / 3 * measured_train_flops(_meta_forward(build_discriminator, cfg, (frames, *frame)))
+    return lambda step: model + (disc if step >= cfg.vae_loss.disc_start else 0.0)
+
+
 def load_data(cfg: Config) -> TaskData:
     """The video shards of ``data.split``; ``data.clip_frames`` random frames per clip (0 = all)."""
     shards = ShardSet.from_dir(video_dir(cfg.data.root, cfg.data.split))
     k = cfg.data.clip_frames or json.loads(next(read_shard(shards.urls[0]))["json"])["num_frames"]
     return TaskData(shards, partial(video_sample, frames=cfg.data.clip_frames), make_batch,
-                    k * cfg.vae.num_patches)
+                    k * cfg.vae.num_patches, train_flops(cfg, k))
 
 
 def step_loss(models: Models, b: dict, step: int, *, objective: VAELoss) -> tuple[dict, dict]:
