@@ -2,7 +2,9 @@
 
 For F=16 (s = 0, 5, 15) and F=128 (s = 5), N=50 DDIM steps, batch 2, no CFG: wall time, DiT
 calls and frame-evaluations (frames fed to the DiT, summed over calls), and the largest
-difference between the cached and uncached videos.
+difference between the cached and uncached videos. Then the sampler's modes (``eager``,
+``static``, ``compiled``; the compiled one timed on its second video, after the compile) at
+F=16 and F=128 with s=5.
 
     python benchmarks/sampling.py            # writes benchmarks/results/sampling.json
 """
@@ -56,10 +58,22 @@ if __name__ == "__main__":
         cached["speedup"] = round(plain["seconds"] / cached["seconds"], 2)
         rows += [plain, cached]
         print(json.dumps(plain), json.dumps(cached), sep="\n", flush=True)
+    modes = []
+    for frames in (16, 128):
+        ref = None
+        for mode in ("eager", "static", "compiled", "compiled"):
+            sc = SampleConfig(s=5, steps=50, cfg_scale=1.0, frames=frames, mode=mode)
+            t0 = time.perf_counter()
+            z = sample(model, GaussianDiffusion(1000), torch.tensor([1, 2]), sc)
+            row = {"F": frames, "s": 5, "mode": mode, "seconds": round(time.perf_counter() - t0, 3)}
+            ref = z if ref is None else ref
+            row["max_abs_diff_vs_eager"] = float((z - ref).abs().max())
+            modes.append(row)
+            print(json.dumps(row), flush=True)
     c = model.config
     out = {"device": f"CPU ({platform.processor() or platform.machine()}), 2 threads",
            "torch": torch.__version__,
            "model": f"DiTConfig.tiny(): hidden {c.hidden_size}, depth {c.depth}, L={c.tokens_per_frame}",
-           "batch": 2, "results": rows}
+           "batch": 2, "results": rows, "modes": modes}
     path = Path(__file__).parent / "results" / "sampling.json"
     path.write_text(json.dumps(out, indent=2))

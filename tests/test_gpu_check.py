@@ -25,6 +25,8 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     assert t["engine"].startswith("deepspeed") and "ZeRO-2" in t["engine"]
     assert t["tokens_per_s"] > 0 and t["tflops"] > 0 and t["mfu"] is None  # no peak on a CPU
     for case in ("F4_s0", "F12_s3"):
-        assert r["sampling"][case]["generate_s"] > 0 and r["sampling"][case]["decode_s"] > 0
+        eager, compiled = r["sampling"][f"{case}_eager"], r["sampling"][f"{case}_compiled"]
+        assert eager["generate_s"] > 0 and eager["decode_s"] > 0 and compiled["frames_per_s"] > 0
+        assert compiled["max_abs_diff_vs_eager"] < 1e-5   # fp32 on the CPU: the same video
     assert r["encode"]["clips_per_s"] > 0
     assert (out / "gpu_check.log").stat().st_size > 0

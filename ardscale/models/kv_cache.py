@@ -107,10 +107,13 @@ class StaticKVCache:
 
     @classmethod
     def for_model(cls, model, batch: int, max_frames: int) -> StaticKVCache:
-        """A cache sized for the DiT ``model`` (its config, parameter dtype and device)."""
+        """A cache sized for the DiT ``model`` (its config and device; the autocast dtype when
+        autocast is on, else its parameters' dtype)."""
         c, p = model.config, next(model.parameters())
+        autocast = torch.is_autocast_enabled(p.device.type)   # keys/values then come in autocast's dtype
+        dtype = torch.get_autocast_dtype(p.device.type) if autocast else p.dtype
         return cls(c.depth, batch, c.num_heads, c.hidden_size // c.num_heads, max_frames,
-                   c.tokens_per_frame, p.dtype, p.device)
+                   c.tokens_per_frame, dtype, p.device)
 
     def set_offset(self, frame: int) -> None:
         self.offset.fill_(frame)
