@@ -13,7 +13,9 @@ training part says so and uses torch's AdamW.
    KV-cache shape (queries = the last frames of the keys), forward only.
 2. ``train``: the paper-size DiT (1152×28, 16 heads, F=16, L=32; Table 6) with FoPP timesteps and
    the x0 loss, DeepSpeed ZeRO-2 (ardscale/configs/deepspeed/zero2.yaml), bf16, FlexAttention,
-   torch.compile: tokens/s, TFLOPS and MFU from :func:`ardscale.engine.flops.dit_train_flops`.
+   torch.compile, fused AdamW, micro batch 64 (``--micro``): tokens/s, TFLOPS and MFU from
+   :func:`ardscale.engine.flops.dit_train_flops`; then a profile of 3 steps in ``DIR/profile``
+   (trace, operator table, forward / backward / optimizer shares).
 3. ``sampling``: paper-size DiT and AR-VAE (random weights), bf16, DDIM-50, CFG 3: F=16 s=0 and
    F=128 s=5 (sliding window of 16), generation and decode time per video and frames/s end to
    end, for the eager sampler and the compiled static-cache step (``sample.mode=compiled``: one
@@ -34,6 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,6 +47,7 @@ from ardscale.diffusion.schedule import GaussianDiffusion
 from ardscale.diffusion.timesteps import sample_timesteps
 from ardscale.engine.deepspeed import DEEPSPEED_CONFIGS
 from ardscale.engine.flops import dit_train_flops, peak_tflops
+from ardscale.engine.profile import StepProfiler
 from ardscale.models import attention as attn
 from ardscale.models.arvae import ARVAE, ARVAEConfig
 from ardscale.models.dit import DiT, DiTConfig
@@ -110,19 +114,26 @@ def _dist_init() -> None:
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
 
 
+def device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _engine(model: torch.nn.Module, micro: int, bf16: bool):
     """DeepSpeed ZeRO-2 (the project's zero2.yaml) when importable, else torch AdamW under autocast:
     (module, step fn, name, input dtype). DeepSpeed's bf16 casts the module, so it takes bf16 inputs."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    cuda = device_of(model).type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True if cuda else None)   # fused on CUDA
     try:
         import deepspeed
         import yaml
     except ImportError as e:
         def step(loss):
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            with record_function("backward"):
+                loss.backward()
+            with record_function("optimizer"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
         return model, step, f"torch AdamW, autocast ({e.name} not installed)", torch.float32
     _dist_init()
     zero = yaml.safe_load((DEEPSPEED_CONFIGS / "zero2.yaml").read_text())
@@ -132,14 +143,18 @@ def _engine(model: torch.nn.Module, micro: int, bf16: bool):
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
 
     def step(loss):
-        engine.backward(loss)
-        engine.step()
+        with record_function("backward"):
+            engine.backward(loss)
+        with record_function("optimizer"):
+            engine.step()
     dtype = torch.bfloat16 if bf16 else torch.float32
     return engine, step, f"deepspeed {deepspeed.__version__} ZeRO-2", dtype
 
 
-def check_train(device: torch.device, tiny: bool, micro: int = 16) -> dict:
-    """Paper-size DiT training steps: tokens/s, TFLOPS and MFU (3 warm-up steps, then timed)."""
+def check_train(device: torch.device, tiny: bool, micro: int = 64, out_dir: str = ".") -> dict:
+    """Paper-size DiT training steps: tokens/s, TFLOPS and MFU (3 warm-up steps, then timed), fused
+    AdamW on CUDA; then a profile of 3 steps (:class:`ardscale.engine.profile.StepProfiler`: trace,
+    operator table, forward / backward / optimizer shares) under ``out_dir/profile``."""
     cfg = DiTConfig.tiny(attn_backend="sdpa") if tiny else DiTConfig(attn_backend="flex")
     F, micro, reps = (4, 2, 2) if tiny else (16, micro, 8)
     bf16 = device.type == "cuda"
@@ -154,12 +169,20 @@ def check_train(device: torch.device, tiny: bool, micro: int = 16) -> dict:
         t = sample_timesteps("fopp", micro, F, diffusion.num_timesteps, generator=gen)
         x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=gen))
         y = torch.randint(0, cfg.num_classes + 1, (micro,), generator=gen)
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16 and dtype == torch.float32):
+        with record_function("forward"), \
+                torch.autocast(device.type, torch.bfloat16, enabled=bf16 and dtype == torch.float32):
             pred = fwd(x_t.to(device, dtype), t.to(device), y.to(device))
-        step((pred.float() - x0.to(device)).pow(2).mean())
+            loss = (pred.float() - x0.to(device)).pow(2).mean()
+        step(loss)
 
     _timed(one_step, device, 3)
     times = _timed(one_step, device, reps)
+    profiler = StepProfiler(1, 3, Path(out_dir) / "profile", 0, device.type == "cuda")
+    for i in range(4):   # step 0: the profiler's warm-up
+        with profiler.step(i):
+            one_step()
+            _sync(device)
+    prof = json.loads((Path(out_dir) / "profile" / "rank0.json").read_text())
     per_step = sorted(times)[len(times) // 2]
     tflops = dit_train_flops(cfg, F) * micro / per_step / 1e12
     peak = peak_tflops(0.0)
@@ -168,7 +191,11 @@ def check_train(device: torch.device, tiny: bool, micro: int = 16) -> dict:
             "compiled": device.type == "cuda", "step_s_median": per_step,
             "tokens_per_s": micro * F * 32 / per_step,
             "tflops": tflops, "peak_tflops": peak, "mfu": tflops / peak if peak else None,
-            "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+            "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+            "fused_adamw": device.type == "cuda",
+            "profile": {"step_ms": prof["step_ms"],
+                        **{k: {m: round(x, 4) for m, x in v.items()} for k, v in prof["phases"].items()},
+                        "files": str(Path(out_dir) / "profile")}}
 
 
 def check_sampling(device: torch.device, tiny: bool) -> dict:
@@ -198,7 +225,8 @@ def check_sampling(device: torch.device, tiny: bool) -> dict:
 
 def _sample_and_decode(dit, vae, frames: int, s: int, steps: int, window: int, mode: str,
                        device: torch.device) -> dict:
-    """Seconds to generate one video (the last of three runs: the first compiles) and to decode it."""
+    """Seconds to generate one video (the last of two runs, three when compiled: the first compiles)
+    and to decode it."""
     z = {}
     sc = SampleConfig(s=s, steps=steps, cfg_scale=3.0, frames=frames, window=window, mode=mode)
 
@@ -207,7 +235,7 @@ def _sample_and_decode(dit, vae, frames: int, s: int, steps: int, window: int, m
 
     bf16 = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
     with bf16:
-        times = _timed(generate, device, 3)
+        times = _timed(generate, device, 3 if mode == "compiled" else 2)
     with torch.no_grad(), bf16:
         dec_s = _timed(lambda: vae.decode(z["latents"] / 0.5, window), device, 2)[-1]
     gen_s = times[-1]
@@ -232,7 +260,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for gpu_check.json")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, for the CPU")
-    ap.add_argument("--micro", type=int, default=16, help="training micro batch (clips)")
+    ap.add_argument("--micro", type=int, default=64, help="training micro batch (clips)")
     ap.add_argument("--parts", default="attention,train,sampling,encode", help="comma-separated parts to run")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -245,7 +273,7 @@ def main(argv=None) -> dict:
         check = checks[name]
         start = time.perf_counter()
         try:
-            extra = (args.micro,) if name == "train" else ()
+            extra = (args.micro, args.out) if name == "train" else ()
             report[name] = check(device, args.tiny, *extra)
         except Exception:  # noqa: BLE001 - record it; the remaining parts still run
             report[name] = {"error": traceback.format_exc(limit=4)}

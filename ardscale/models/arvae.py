@@ -216,7 +216,7 @@ class ARVAE(nn.Module):
         z = nnf.normalize(z, dim=-1) * c.latent_dim ** 0.5
         return z.view(B, F, c.tokens_per_frame, c.latent_dim)
 
-    def decode(self, latents: torch.Tensor, window: int | None = None, frames_per_call: int = 256
+    def decode(self, latents: torch.Tensor, window: int | None = None, frames_per_call: int | None = None
                ) -> torch.Tensor:
         """Latents ``(B, F, L, D)`` (any norm) → video ``(B, F, C, H, W)`` (≈[-1, 1]); frame i uses
         latents of frames <= i only.
@@ -225,15 +225,18 @@ class ARVAE(nn.Module):
         decoded from the latents of frames ``i-window+1 … i`` only, as the sampler's sliding
         window does. Those windows are stacked along the batch and decoded about
         ``frames_per_call`` frames at a time (each keeps its last frame): the same result as one
-        window per call, in F/window times fewer calls. The windows cannot share a cache: a frame's
-        tokens after the first temporal block depend on every frame of its window, so the same
-        frame differs from window to window.
+        window per call, in fewer, larger calls. Default: 256 on CUDA, where small calls are
+        launch-bound; one window per call on the CPU, where batching measured 0.74-0.8× as fast
+        (BENCHMARKS.md). The windows cannot share a cache: a frame's tokens after the first
+        temporal block depend on every frame of its window, so the same frame differs from window
+        to window.
         """
         B, F = latents.shape[:2]
         if window is None or F <= window:
             return self._decode(latents)
         # (B·(F-window), window, L, D): the window ending at each frame i = window … F-1
         windows = latents.unfold(1, window, 1)[:, 1:].permute(0, 1, 4, 2, 3).flatten(0, 1)
+        frames_per_call = frames_per_call or (256 if latents.is_cuda else window)
         per_call = max(1, frames_per_call // window)
         tails = [self._decode(chunk)[:, -1] for chunk in windows.split(per_call)]
         tail = torch.cat(tails).view(B, F - window, *tails[0].shape[1:])
