@@ -45,7 +45,8 @@ class DiffusionConfig:
     beta_end: float = 0.02
     timestep_scheduler: str = "fopp"   # fopp | fopp_dp | equal | independent | naive
     prediction: str = "x0"           # x0 (paper) | eps | v: what the DiT outputs
-    scale_factor: float = 0.5        # latents are multiplied by this before the DiT (paper Sec. 4.1)
+    scale_factor: float = 0.5        # latents × this enter the DiT; 1/√D: unit-norm tokens (paper Sec. 4.1)
+                                     # as the official code; any other value is refused (data/loader.py)
 
 
 @dataclass
@@ -130,13 +131,18 @@ class SampleConfig:
     seed: int = 0                    # initial noise (and eta noise)
     mode: str = "eager"              # eager | static: preallocated KV cache, same shapes every DiT call |
                                      # compiled: static + torch.compile (CUDA graphs on CUDA)
+    grid: str = "trailing"           # DDIM timesteps: trailing {19,…,999} | leading (official) {1,…,981}
+                                     # for N=50, T=1000 (diffusers' names; diffusion/ad.py ddim_grid)
 
     def __post_init__(self):
         if self.mode not in SAMPLE_MODES:
             raise ValueError(f"sample mode={self.mode!r}: expected one of {SAMPLE_MODES}")
+        if self.grid not in SAMPLE_GRIDS:
+            raise ValueError(f"sample grid={self.grid!r}: expected one of {SAMPLE_GRIDS}")
 
 
 SAMPLE_MODES = ("eager", "static", "compiled")
+SAMPLE_GRIDS = ("trailing", "leading")
 
 
 @dataclass

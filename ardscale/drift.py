@@ -34,10 +34,12 @@ from .metrics.local import LocalFeatures
 from .runs import RunData
 
 
-def encode_clips(vae, clips: torch.Tensor, scale_factor: float, batch_size: int = 16) -> torch.Tensor:
-    """uint8 clips ``(N, F, H, W, 3)`` → DiT-space latents ``(N, F, L, D)`` (``scale_factor · z``)."""
+def encode_clips(data: RunData, clips: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """uint8 clips ``(N, F, H, W, 3)`` → DiT-space latents ``(N, F, L, D)`` (``scale_factor · z``,
+    the scale checked: :meth:`~ardscale.runs.RunData.to_dit`)."""
     with torch.no_grad():
-        return torch.cat([vae.encode(to_model_range(c)) for c in clips.split(batch_size)]) * scale_factor
+        z = torch.cat([data.vae.encode(to_model_range(c)) for c in clips.split(batch_size)])
+    return data.to_dit(z, "the run's AR-VAE encoding")
 
 
 @torch.no_grad()
@@ -55,7 +57,7 @@ def continue_clips(dit, data: RunData, clips: torch.Tensor, labels: torch.Tensor
     out = []
     for c, y in tqdm(list(zip(clips.split(batch_size), labels.split(batch_size))),
                      desc=f"continuing (s={sc.s})", file=sys.stderr):
-        ctx = encode_clips(data.vae, c[:, :context], data.cfg.diffusion.scale_factor)
+        ctx = encode_clips(data, c[:, :context])
         z = sample(dit, diffusion, y, sc, generator=gen, context=ctx)
         out.append(torch.from_numpy(data.decode(z, sc.window)))
     return torch.cat(out)
@@ -63,7 +65,7 @@ def continue_clips(dit, data: RunData, clips: torch.Tensor, labels: torch.Tensor
 
 def reconstruct_long(data: RunData, clips: torch.Tensor, window: int) -> torch.Tensor:
     """The ``recon`` reference: uint8 clips through the run's AR-VAE (decoder window of training length)."""
-    z = encode_clips(data.vae, clips, data.cfg.diffusion.scale_factor)
+    z = encode_clips(data, clips)
     return torch.from_numpy(data.decode(z, window))
 
 

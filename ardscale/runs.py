@@ -26,7 +26,7 @@ import yaml
 
 from .config import Config, SampleConfig, from_dict
 from .data.folders import MANIFEST, REPORT, latent_dir, video_dir
-from .data.loader import load_latents
+from .data.loader import check_latent_scale, load_latents
 from .data.shards import join, list_shards, read_json, read_shard
 from .data.transforms import to_uint8
 from .engine import checkpoint
@@ -172,14 +172,25 @@ class RunData:
         random clips of ``split``.
 
         Raises:
-            ValueError: ``num_frames`` leaves nothing of the clips to continue.
+            ValueError: ``num_frames`` leaves nothing of the clips to continue; the latent scale
+                contract broken (:meth:`to_dit`).
         """
         d = self.cfg.data
         lat, labels, _ = load_latents(d.root, d.vae_id, split)
         if num_frames >= lat.shape[1] + 1:
             raise ValueError(f"context={num_frames} exceeds the {lat.shape[1]} frames of the {split} latents")
         pick = torch.randperm(len(lat), generator=torch.Generator().manual_seed(seed))[:n]
-        return lat[pick, :num_frames] * self.cfg.diffusion.scale_factor, labels[pick]
+        return self.to_dit(lat[pick, :num_frames], latent_dir(d.root, d.vae_id, split)), labels[pick]
+
+    def to_dit(self, z: torch.Tensor, where: str) -> torch.Tensor:
+        """AR-VAE latents ``(..., L, D)`` (tokens of norm √D) → the DiT's scale, ``scale_factor · z``.
+
+        Raises:
+            ValueError: those tokens are not unit-norm (:func:`~ardscale.data.loader.check_latent_scale`:
+                ``diffusion.scale_factor`` is not 1/√D, or ``z`` is not the AR-VAE's), naming ``where``.
+        """
+        check_latent_scale(z, self.cfg.diffusion.scale_factor, where)
+        return z * self.cfg.diffusion.scale_factor
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, window: int | None = None) -> np.ndarray:

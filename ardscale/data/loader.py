@@ -103,6 +103,28 @@ def check_token_norms(latents: torch.Tensor, where: str, rtol: float = 0.01) -> 
                          "tools/encode_latents.py")
 
 
+def check_latent_scale(latents: torch.Tensor, scale_factor: float, where: str, rtol: float = 1e-3) -> None:
+    """The contract where latents meet the DiT: tokens of ``scale_factor · latents`` ``(..., D)`` have
+    mean L2 norm 1 (within ``rtol``; the AR-VAE normalises exactly and float16 rounding averages out).
+
+    That is the official code's DiT input: it L2-normalises every ``scale_factor · z`` token
+    (``norm_preprocess: True`` in its DiT configs, ``F.normalize`` after the rescale in
+    ``_preprocess_batch``, src/ardiff/base.py), so there the factor cannot change the scale; here
+    it does, and only ``scale_factor = 1/√D`` reproduces it (paper Sec. 4.1: 0.5 for D = 4, as
+    every config in configs/). Hence an error, not a warning.
+
+    Raises:
+        ValueError: the measured norm off 1 (naming ``diffusion.scale_factor``, the measured norm and
+            the factor that fits).
+    """
+    mean = latents.float().norm(dim=-1).mean().item()
+    if abs(scale_factor * mean - 1.0) > rtol:
+        fit = 1 / max(mean, 1e-12)
+        raise ValueError(f"diffusion.scale_factor={scale_factor:g} puts the tokens of the latents under "
+                         f"{where} at mean L2 norm {scale_factor * mean:.4g} before the DiT; expected 1 (the "
+                         f"official unit-norm tokens): set diffusion.scale_factor={fit:.4g} (1/√D)")
+
+
 def latent_sample(sample: dict, seed: int) -> dict:
     """A latent shard's sample → ``{"x0": (F, L, D) float32, "y": label}`` (in loader workers)."""
     return {"x0": load_npy(sample["npy"]).astype(np.float32), "y": json.loads(sample["json"])["label"]}

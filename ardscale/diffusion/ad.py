@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..config import SAMPLE_GRIDS
+
 
 def ad_timesteps(num_frames: int, num_steps: int, s: int) -> torch.Tensor:
     """The timestep compositions visited at inference, as DDIM step indices ``(I, F)`` long.
@@ -38,7 +40,31 @@ def ad_timesteps(num_frames: int, num_steps: int, s: int) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-def ddim_grid(num_steps: int, num_timesteps: int) -> torch.Tensor:
-    """Map DDIM step index ``n ∈ 0…N`` to a DDPM index ``(N+1,)`` long: 0 → -1 (clean), N → T-1."""
+def ddim_grid(num_steps: int, num_timesteps: int, spacing: str = "trailing") -> torch.Tensor:
+    """Map DDIM step index ``n ∈ 0…N`` to a DDPM index: ``(N+1,)`` long, 0 → -1 (clean) for both
+    spacings (diffusers' ``timestep_spacing`` names, Lin et al. 2024, Table 2):
+
+    - ``trailing`` (ours): ``n → round(n·T/N) - 1``, the last index T-1 = pure noise at n = N;
+      N=50, T=1000: {19, 39, …, 999}.
+    - ``leading`` (the official code): ``n → (n-1)·(T // N) + 1`` for n ≥ 1; N=50, T=1000:
+      {1, 21, …, 981}. The official sampler (src/ardiff/modules/fifoddim.py, the one
+      src/ardiff/base.py imports; ``make_schedule``, ``ddim_discretize="uniform"``) takes
+      ``make_ddim_timesteps`` (src/ardiff/modules/utils.py, lines 46-60): ``range(0, T, T // N) + 1``,
+      and treats the initial noise as level 981.
+      Two departures: when N does not divide T that range has more than N entries (the official
+      runs them all; we keep N, as diffusers' "leading" does), and its last step lands on
+      ``alphas_cumprod[0]`` (one β₀ of noise left) where n = 0 here is clean.
+
+    Raises:
+        ValueError: an unknown ``spacing``, or N outside 1…T.
+    """
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"DDIM steps N={num_steps} must be in 1…{num_timesteps} (the DDPM steps T)")
     n = torch.arange(num_steps + 1, dtype=torch.float64)
-    return (n * num_timesteps / num_steps).round().long() - 1
+    if spacing == "trailing":
+        return (n * num_timesteps / num_steps).round().long() - 1
+    if spacing == "leading":
+        grid = (n.long() - 1) * (num_timesteps // num_steps) + 1
+        grid[0] = -1
+        return grid
+    raise ValueError(f"DDIM spacing={spacing!r}: expected one of {SAMPLE_GRIDS}")

@@ -180,7 +180,7 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
 def _times(diffusion: GaussianDiffusion, sc: SampleConfig, rows: torch.Tensor, call: Call, frames: slice,
            batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """DDPM indices ``(B, n)`` of ``frames`` at the call's row and the next (-1 = clean)."""
-    grid = ddim_grid(sc.steps, diffusion.num_timesteps)   # index bookkeeping stays on the CPU
+    grid = ddim_grid(sc.steps, diffusion.num_timesteps, sc.grid)   # index bookkeeping stays on the CPU
     cur, nxt = rows[call.row, frames], rows[call.row + 1, frames]
     return grid[cur].to(device).expand(batch, -1), grid[nxt].to(device).expand(batch, -1)
 

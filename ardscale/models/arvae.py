@@ -8,7 +8,8 @@ The latent contract (as the official code, ``use_l2_norm`` in src/vae/titok_kl.p
 ``norm_preprocess`` in src/ardiff/base.py): every D-dim token the encoder returns has L2 norm
 ``√D`` (per-component RMS 1), and the decoder L2-normalises its input again, so a token and any
 positive rescaling of it decode to the same video. The DiT sees ``scale_factor · z``: with the
-paper's 0.5 and D=4 that is the official unit-norm token (per-component RMS 0.5). The paper's
+paper's 0.5 and D=4 that is the official unit-norm token (per-component RMS 0.5); any other
+product is refused where latents meet the DiT (``check_latent_scale``, data/loader.py). The paper's
 "features output by the first normalization layer of the video decoder" are these tokens.
 
 Decoder: per frame, L latent tokens plus N shared learnable patch (mask) tokens go through
@@ -20,10 +21,27 @@ official ``TiTok_KL_wT`` (src/vae/blocks_kl_wt.py):
 - fine: each patch position attends over the same position in frames <= t;
 - coarse: the latent and patch tokens of frame t cross-attend to the latent tokens of frames <= t.
 
-Their output projections start at zero, so a stage-2 model extended to stage 3 computes exactly
-the stage-2 function (frames decoded jointly = frames decoded one at a time) until training
-moves them. The official zero-initialises every parameter of these blocks, which leaves them
-without gradient except for the output bias; we zero only the output projections.
+Initialisation. The official ``TiTokDecoder.__init__`` (src/vae/blocks_kl_wt.py, lines 278-282)
+wraps each fine block (``ResidualAttentionBlock`` without MLP: LayerNorm + ``nn.MultiheadAttention``)
+and coarse block (``CrossAttentionBlock``: three LayerNorms + ``nn.MultiheadAttention``) in
+``zero_module`` (lines 32-38, every parameter zeroed). But ``TiTok_KL_wT.__init__``
+(src/vae/titok_kl_wt.py, line 61) then calls ``self.apply(self._init_weights)`` over the whole
+model, and ``_init_weights`` (lines 74-92) re-initialises those same modules: LayerNorm weight 1,
+bias 0; ``nn.MultiheadAttention`` ``in_proj_weight`` and ``out_proj.weight`` truncated normal with
+std 0.01, biases 0 (``apply`` visits children first, so ``out_proj``, an ``nn.Linear``, first gets
+the Linear branch's std 0.02 and then its parent's 0.01). So the zeroing is undone: the official
+temporal blocks start small and random, and since stage 3 loads the stage-2 checkpoint with
+``strict=False`` (py_scripts/vae_train_kl.py, lines 445-449) they keep that init, and stage 3 does
+not start at the stage-2 function. We zero only the output projections (``fine.proj``,
+``coarse.proj``) and leave the rest at PyTorch's defaults: a stage-2 model extended to stage 3
+computes exactly the stage-2 function (frames decoded jointly = frames decoded one at a time), and
+still every parameter learns (the projections get gradient at once, the rest after their first
+update); zeroing everything, as ``zero_module`` alone would, leaves gradient only to the output bias.
+
+Training. Stage 3 trains every parameter in the paper (Sec. 4.1, lr 1e-4); the official stage-3
+script (shell_scripts/stage1_vae_scripts/sky_vae_train_ftwt.sh, lines 33 and 40) trains only
+parameters whose name contains ``temporal`` (``--trainable_module_key=temporal``, filtered in
+py_scripts/vae_train_kl.py, lines 312-326) at lr 1e-6: ``vae.trainable=temporal``.
 Departure: the official decoder has a class token and no frame position; we have neither.
 """
 from __future__ import annotations
@@ -56,6 +74,15 @@ class ARVAEConfig:
     latent_dim: int = 4          # D
     temporal: bool = False       # stage 3: temporal blocks in the decoder (zero-initialised outputs)
     pixel_channels: int = 128    # channels of the pixel head's last (full-resolution) level
+    trainable: str = "all"       # parameters trained: all (paper) | temporal: only the temporal blocks
+                                 # (the official stage-3 script, at lr 1e-6); needs vae.temporal=true
+
+    def __post_init__(self):
+        if self.trainable not in VAE_TRAINABLE:
+            raise ValueError(f"vae.trainable={self.trainable!r}: expected one of {VAE_TRAINABLE}")
+        if self.trainable == "temporal" and not self.temporal:
+            raise ValueError("vae.trainable=temporal trains only the temporal blocks, but vae.temporal=false "
+                             "builds none: set vae.temporal=true (stage 3) or vae.trainable=all")
 
     @classmethod
     def tiny(cls, **overrides) -> ARVAEConfig:
@@ -66,6 +93,9 @@ class ARVAEConfig:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+
+VAE_TRAINABLE = ("all", "temporal")
 
 
 class Block(nn.Module):
@@ -199,6 +229,21 @@ class ARVAE(nn.Module):
         if video.ndim != 5 or video.shape[2:] != (c.in_channels, c.image_size, c.image_size):
             raise ValueError(f"video must be (B, F, {c.in_channels}, {c.image_size}, {c.image_size}), "
                              f"got {tuple(video.shape)}")
+
+    def set_trainable(self, which: str) -> ARVAE:
+        """``requires_grad`` per ``vae.trainable``: every parameter (``all``), or only those under
+        ``temporal.`` (``temporal``; the optimizer is built from trainable parameters alone, and
+        the frozen encoder gets no backward). Returns self.
+
+        Raises:
+            ValueError: an unknown ``which``, or ``temporal`` on a model without temporal blocks.
+        """
+        if which not in VAE_TRAINABLE or (which == "temporal" and self.temporal is None):
+            raise ValueError(f"vae.trainable={which!r} with vae.temporal={self.temporal is not None}: "
+                             f"expected one of {VAE_TRAINABLE}, temporal only with temporal blocks")
+        for name, p in self.named_parameters():
+            p.requires_grad_(which == "all" or name.startswith("temporal."))
+        return self
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """``(B, F, C, H, W)`` float in [-1, 1] → latents ``(B, F, L, D)``, each token of norm √D;

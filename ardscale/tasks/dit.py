@@ -2,6 +2,7 @@
 scheduler (Alg. 1), block-causal DiT, x0 MSE (or eps / v), label (or caption) dropout for CFG."""
 from __future__ import annotations
 
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 
@@ -12,12 +13,13 @@ from ..config import Config, DiffusionConfig
 from ..data.folders import MANIFEST, NULL_CAPTION, latent_dir
 from ..data.loader import (
     available_vae_ids,
+    check_latent_scale,
     check_token_norms,
     check_vae,
     latent_sample,
     latent_text_sample,
 )
-from ..data.shards import join, load_npz, read_json
+from ..data.shards import join, list_shards, load_npz, read_json, read_shard
 from ..data.stream import ShardSet
 from ..diffusion.losses import bucket_losses, dit_loss
 from ..diffusion.schedule import GaussianDiffusion, make_diffusion
@@ -46,10 +48,13 @@ def make_batch(raw: dict, gen: torch.Generator, *, cfg: Config, where: str) -> d
     :func:`draw_noising`'s ``t``, ``noise``, ``drop``.
 
     Raises:
-        ValueError: latents off the AR-VAE's sphere, or a label ≥ ``dit.num_classes``.
+        ValueError: latents off the AR-VAE's sphere, ``diffusion.scale_factor`` that does not make
+            their tokens unit-norm (:func:`~ardscale.data.loader.check_latent_scale`), or a label
+            ≥ ``dit.num_classes``.
     """
     text = cfg.dit.condition == "text"
     check_token_norms(raw["x0"], where)
+    check_latent_scale(raw["x0"], cfg.diffusion.scale_factor, where)
     if not text and raw["y"].max() >= cfg.dit.num_classes:
         raise ValueError(f"label {int(raw['y'].max())} in {where} ≥ dit.num_classes={cfg.dit.num_classes}")
     x0 = raw["x0"] * cfg.diffusion.scale_factor
@@ -121,10 +126,11 @@ def build_loss(cfg: Config):
 
 def preflight(cfg: Config) -> None:
     """``data.vae_id`` is set and its latents exist under ``data.root`` (their manifest is written
-    last); ``train.eval_every`` has its ``eval.local`` network.
+    last); ``diffusion.scale_factor`` makes the first stored clip's tokens unit-norm; ``train.eval_every``
+    has its ``eval.local`` network.
 
     Raises:
-        ValueError: ``data.vae_id`` empty.
+        ValueError: ``data.vae_id`` empty; ``diffusion.scale_factor`` off 1/√D (measured on one clip).
         FileNotFoundError: no ``eval.local`` file while ``train.eval_every`` is on; no latents
             (naming the vae_id, where they were looked for and the vae_ids that exist).
     """
@@ -141,6 +147,20 @@ def preflight(cfg: Config) -> None:
         raise FileNotFoundError(f"no latents data.vae_id={cfg.data.vae_id!r} for split {cfg.data.split!r}: "
                                 f"{where}/{MANIFEST} does not exist (latents under {cfg.data.root}: "
                                 f"{found or 'none'}); encode them with tools/encode_latents.py")
+    first = _first_clip(where)
+    if first is not None:
+        check_latent_scale(first, cfg.diffusion.scale_factor, where)
+
+
+def _first_clip(where: str) -> torch.Tensor | None:
+    """The latents ``(F, L, D)`` float32 of the first clip of the first shard under ``where`` (the
+    shard is streamed up to that clip, not fetched whole), or None when there is none."""
+    shards = list_shards(where)
+    if not shards:
+        return None
+    with closing(read_shard(shards[0])) as samples:   # closes the shard's file after one clip
+        first = next(samples, None)
+    return None if first is None else torch.from_numpy(latent_sample(first, 0)["x0"])
 
 
 SPEC = TaskSpec("dit", build_model, load_data, build_loss, preflight)

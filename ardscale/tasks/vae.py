@@ -87,7 +87,9 @@ def build_loss(cfg: Config):
 
 
 def build_model(cfg: Config) -> ARVAE:
-    return ARVAE(cfg.vae)
+    """The AR-VAE, its parameters trainable per ``vae.trainable`` (``temporal``: the official stage 3,
+    only the temporal blocks; the optimizer holds just those)."""
+    return ARVAE(cfg.vae).set_trainable(cfg.vae.trainable)
 
 
 def build_discriminator(cfg: Config) -> PatchDiscriminator | None:
