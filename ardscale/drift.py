@@ -11,7 +11,11 @@ and each result is measured per frame index against the real clip:
 - ``fvd_local``: the local network's Fréchet distance between the windows of training length
   ending at frame j and the real held-out clips of the run (realism, whatever the future);
 - ``fvd16`` (with a :class:`~ardscale.metrics.fvd.StandardReference` of 16-frame real clips): the
-  standard FVD16 of each successive, non-overlapping 16-frame window (frames 0-15, 16-31, …).
+  standard FVD16 of each successive, non-overlapping 16-frame window (frames 0-15, 16-31, …);
+- ``motion``: the mean absolute difference between frame j and frame j-1 (uint8 levels), beside
+  the real clips' own (``real_motion``), and ``motion_vs_real``, the ratio of the two means over
+  the generated frames: 1 moves like real video, above 1 too much (flicker, jumps), below too
+  little (a frozen or blurred continuation).
 
 Two references bound each curve: ``recon`` (the real clips through the AR-VAE: what the decoder
 allows) and ``frozen`` (the last context frame repeated: a generator that stops moving).
@@ -83,6 +87,21 @@ def per_frame_psnr(fake: torch.Tensor, real: torch.Tensor) -> list[float]:
     return [psnr(a[:, j], b[:, j]).mean().item() for j in range(fake.shape[1])]
 
 
+def per_frame_motion(videos: torch.Tensor) -> list[float]:
+    """Mean absolute difference between frame j and j-1 of uint8 ``videos (N, F, H, W, 3)``, in
+    uint8 levels, mean over clips and pixels: F - 1 floats, the first for frame 1."""
+    v = videos.float()
+    return (v[:, 1:] - v[:, :-1]).abs().mean(dim=(0, 2, 3, 4)).tolist()
+
+
+def motion_vs_real(fake: list[float], real: list[float], context: int) -> float:
+    """Mean of ``fake``'s :func:`per_frame_motion` over the generated frames (from frame
+    ``context`` on) divided by the same mean of ``real``'s (inf when the real clips stand still)."""
+    gen = slice(max(context - 1, 0), None)   # motion index j-1 is frame j
+    f, r = sum(fake[gen]) / len(fake[gen]), sum(real[gen]) / len(real[gen])
+    return f / r if r > 0 else float("inf")
+
+
 def window_fvd(local: LocalFeatures, real_feats: torch.Tensor, videos: torch.Tensor,
                window: int) -> list[float]:
     """``fvd_local`` of each window ``videos[:, j-window+1 : j+1]`` against ``real_feats (M, C)``
@@ -104,12 +123,20 @@ def successive_fvd(ref: StandardReference, videos: torch.Tensor) -> list[float]:
 
 
 def measure(videos: dict[str, torch.Tensor], real: torch.Tensor, local: LocalFeatures,
-            real_feats: torch.Tensor, window: int, standard: StandardReference | None = None) -> dict:
-    """Per-frame ``psnr`` and per-window ``fvd_local`` of each named uint8 video set ``(N, F, H, W, 3)``
-    against the real long clips ``real`` (same shape) and the real training-length features; with
-    ``standard``, ``fvd16`` of successive 16-frame windows too (:func:`successive_fvd`)."""
-    out = {name: {"psnr": per_frame_psnr(v, real), "fvd_local": window_fvd(local, real_feats, v, window)}
-           for name, v in videos.items()}
+            real_feats: torch.Tensor, window: int, standard: StandardReference | None = None,
+            context: int = 1) -> dict:
+    """Per-frame ``psnr``, ``motion`` and ``motion_vs_real`` (after the ``context`` given frames),
+    and per-window ``fvd_local`` of each named uint8 video set ``(N, F, H, W, 3)`` against the real
+    long clips ``real`` (same shape) and the real training-length features; with ``standard``,
+    ``fvd16`` of successive 16-frame windows too (:func:`successive_fvd`). The real clips' own
+    motion is under the key ``real_motion`` of every set."""
+    real_motion = per_frame_motion(real)
+    out = {}
+    for name, v in videos.items():
+        motion = per_frame_motion(v)
+        out[name] = {"psnr": per_frame_psnr(v, real), "fvd_local": window_fvd(local, real_feats, v, window),
+                     "motion": motion, "real_motion": real_motion,
+                     "motion_vs_real": motion_vs_real(motion, real_motion, context)}
     if standard is not None:
         for name, v in videos.items():
             out[name][f"fvd{standard.frames}"] = successive_fvd(standard, v)

@@ -258,6 +258,21 @@ def test_drift_references_and_per_frame_psnr():
     assert len(p) == 6 and all(math.isinf(x) for i, x in enumerate(p) if i != 4) and 15 < p[4] < 25
 
 
+def test_drift_motion_is_the_mean_frame_difference_against_the_real_clips():
+    from ardscale.drift import frozen, motion_vs_real, per_frame_motion
+
+    still = torch.full((2, 5, 4, 4, 3), 100, dtype=torch.uint8)
+    ramp = still.clone()
+    for j in range(5):
+        ramp[:, j] += 10 * j                          # every pixel moves 10 levels a frame
+    assert per_frame_motion(ramp) == [10.0] * 4 and per_frame_motion(still) == [0.0] * 4
+    jumpy = ramp.clone()
+    jumpy[:, 3] = 200                                 # frame 3 jumps: 200-120 = 80, then 200-140 = 60
+    assert per_frame_motion(jumpy) == [10.0, 10.0, 80.0, 60.0]
+    assert motion_vs_real(per_frame_motion(jumpy), per_frame_motion(ramp), context=2) == pytest.approx(5.0)
+    assert motion_vs_real(per_frame_motion(frozen(ramp, 2)), per_frame_motion(ramp), context=2) == 0.0
+
+
 
 def test_class_accuracy_counts_only_classes_the_local_network_was_trained_on(tmp_path):
     from ardscale.config import EvalConfig

@@ -321,7 +321,8 @@ def test_ablation_tables_and_continuation_drift(vae_run, latents, local, clip, w
                  "--context", "2", "--s-values", "4", "--ddim-steps", "4", *common])
     res = dr["results"]
     assert (dr["clips"], dr["frames"], dr["window"]) == (2, 8, 4) and set(res) == {"recon", "frozen", "s=4"}
-    assert all(len(r["psnr"]) == 8 and len(r["fvd_local"]) == 5 for r in res.values())
+    assert all((len(r["psnr"]), len(r["fvd_local"]), len(r["motion"])) == (8, 5, 7) for r in res.values())
+    assert res["frozen"]["motion_vs_real"] == 0 and res["s=4"]["motion_vs_real"] > 0   # frozen stands still
     # The given frames are the VAE's reconstructions in every set; after them the frozen set repeats frame 1.
     for name in ("frozen", "s=4"):
         assert res[name]["psnr"][:2] == pytest.approx(res["recon"]["psnr"][:2], abs=0.05)

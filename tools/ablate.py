@@ -272,7 +272,7 @@ def drift(a) -> dict:
         from ardscale.evaluate import standard_references
         std_e = parse([*_standard(a), "fid_frames=0"], run_cfg.eval)
         standard = standard_references(data, std_e)[0][1]
-    results = d.measure(videos, real, local, real_feats, window, standard)
+    results = d.measure(videos, real, local, real_feats, window, standard, a.context)
     _drift_outputs(a, results, {"real": real, **videos}, window)
     return {"run": a.dit_run, "checkpoint": tag, "clips": len(real), "frames": real.shape[1],
             "context": a.context, "window": window, "cfg_scale": a.cfg_scale, "results": results,
@@ -293,6 +293,11 @@ def _drift_mlflow(a, run_cfg, results: dict, window: int) -> str | None:
             tracker.log_metrics({f"drift/{key}/psnr": v}, j)
         for j, v in enumerate(r["fvd_local"], start=window - 1):
             tracker.log_metrics({f"drift/{key}/fvd_local": v}, j)
+        for j, v in enumerate(r["motion"], start=1):
+            tracker.log_metrics({f"drift/{key}/motion": v}, j)
+        tracker.log_metrics({f"drift/{key}/motion_vs_real": r["motion_vs_real"]}, 0)
+    for j, v in enumerate(next(iter(results.values()))["real_motion"], start=1):
+        tracker.log_metrics({"drift/real/motion": v}, j)
     for name in ("drift.png", "drift.mp4"):
         tracker.log_artifact(str(Path(a.out) / name), "drift")
     tracker.end()
@@ -304,17 +309,17 @@ def _drift_table(a, results: dict) -> str:
     cols = list(range(first, len(next(iter(results.values()))["psnr"]), 4))
     fvd16 = "fvd16" in next(iter(results.values()))
     lines = ["| videos | " + " | ".join(f"PSNR f{j}" for j in cols) + " | fvd_local first → last window |"
-             + (" FVD16 of successive 16-frame windows |" if fvd16 else ""),
-             "|---" * (len(cols) + 2 + fvd16) + "|"]
+             + " motion vs real |" + (" FVD16 of successive 16-frame windows |" if fvd16 else ""),
+             "|---" * (len(cols) + 3 + fvd16) + "|"]
     for name, r in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{r['psnr'][j]:.2f}" for j in cols)
-                     + f" | {r['fvd_local'][0]:.2f} → {r['fvd_local'][-1]:.2f} |"
+                     + f" | {r['fvd_local'][0]:.2f} → {r['fvd_local'][-1]:.2f} | {r['motion_vs_real']:.2f} |"
                      + (" " + " → ".join(f"{v:.0f}" for v in r["fvd16"]) + " |" if fvd16 else ""))
     return "\n".join(lines)
 
 
 def _drift_outputs(a, results: dict, videos: dict, window: int) -> None:
-    """drift.png (PSNR and fvd_local per frame index) and a grid video: per clip, one row per set."""
+    """drift.png (PSNR, fvd_local and motion per frame index) and a grid video: per clip, one row per set."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,15 +327,19 @@ def _drift_outputs(a, results: dict, videos: dict, window: int) -> None:
 
     from ardscale.data.video import encode_mp4, video_grid
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4))
     for name, r in results.items():
         ax1.plot(range(len(r["psnr"])), r["psnr"], label=name)
         ax2.plot(range(window - 1, window - 1 + len(r["fvd_local"])), r["fvd_local"], label=name)
-    titles = ("PSNR to the real frame (dB)", f"fvd_local of the {window} frames ending here")
-    for ax, title in zip((ax1, ax2), titles):
+        ax3.plot(range(1, 1 + len(r["motion"])), r["motion"], label=name)
+    real_motion = next(iter(results.values()))["real_motion"]
+    ax3.plot(range(1, 1 + len(real_motion)), real_motion, "k--", label="real")
+    titles = ("PSNR to the real frame (dB)", f"fvd_local of the {window} frames ending here",
+              "motion: mean |frame j - frame j-1| (uint8)")
+    for ax, title in zip((ax1, ax2, ax3), titles):
         ax.axvline(a.context - 0.5, color="grey", ls=":")
         ax.set(xlabel="frame index", title=title)
-    ax1.legend()
+    ax3.legend()
     fig.tight_layout()
     fig.savefig(Path(a.out) / "drift.png", dpi=110)
     rows = torch.stack([v[:4] for v in videos.values()], dim=1).flatten(0, 1).numpy()
