@@ -19,6 +19,11 @@ and each result is measured per frame index against the real clip:
 
 Two references bound each curve: ``recon`` (the real clips through the AR-VAE: what the decoder
 allows) and ``frozen`` (the last context frame repeated: a generator that stops moving).
+
+:func:`next_frame` looks at the first generated frame alone, where drift starts: the DiT's one-step
+x0 prediction of it from the real next frame noised to a given level, and the sampler's frame,
+each against the real next frame and the last context frame, with the clip's own context and
+with another clip's (is the context used, and does the frame move like real video?).
 """
 from __future__ import annotations
 
@@ -65,6 +70,64 @@ def continue_clips(dit, data: RunData, clips: torch.Tensor, labels: torch.Tensor
         z = sample(dit, diffusion, y, sc, generator=gen, context=ctx)
         out.append(torch.from_numpy(data.decode(z, sc.window)))
     return torch.cat(out)
+
+
+NEXT_FRAME_LEVELS = (999, 900, 700, 500)   # DDPM indices of the one-step x0 predictions
+
+
+@torch.no_grad()
+def next_frame(dit, data: RunData, clips: torch.Tensor, labels: torch.Tensor, context: int, sc: SampleConfig,
+               levels: tuple[int, ...] = NEXT_FRAME_LEVELS) -> dict:
+    """How the first generated frame (index ``context``) of uint8 ``clips (N, F, H, W, 3)`` relates to
+    the real one. Every frame is compared in pixels after the AR-VAE (the real frames through
+    encode → decode, so the decoder's blur is on both sides), PSNR in dB:
+
+    - ``real_next_vs_last``: the real next frame against the last context frame (real motion);
+    - ``x0@t`` for each DDPM index t of ``levels``: the DiT's x0 prediction of the next frame from
+      the real next frame noised to t (one call, clean context at index 0 as the sampler feeds it,
+      CFG ``sc.cfg_scale``);
+    - ``sampled``: the sampler's next frame (``sc`` with ``frames = context + 1``);
+    - each of these also with the context of another clip (the batch rolled by one: ``…/swapped``).
+    Each entry holds ``vs_real`` (against the clip's real next frame) and ``vs_last`` (against the
+    last frame of the context it was given), means over the N clips.
+
+    Raises:
+        ValueError: ``context`` < 1 or ≥ F.
+    """
+    if not 1 <= context < clips.shape[1]:
+        raise ValueError(f"context={context}: need 1 ≤ context < {clips.shape[1]} frames")
+    z = encode_clips(data, clips[:, :context + 1])                       # (N, k+1, L, D), DiT scale
+    recon = to_unit(torch.from_numpy(data.decode(z)))                    # (N, k+1, 3, H, W) in [0, 1]
+    real, last = recon[:, context], recon[:, context - 1]
+    diffusion, gen = make_diffusion(data.cfg.diffusion), torch.Generator().manual_seed(sc.seed)
+    out = {"real_next_vs_last": psnr(real, last).mean().item()}
+    swapped = z[:, :context].roll(1, dims=0)
+    for tag, ctx, ctx_last in (("", z[:, :context], last), ("/swapped", swapped, last.roll(1, dims=0))):
+        preds = {f"x0@{t}": _one_step_x0(dit, diffusion, ctx, z[:, context], labels, t, sc.cfg_scale, gen)
+                 for t in levels}
+        preds["sampled"] = sample(dit, diffusion, labels, replace(sc, frames=context + 1, window=0),
+                                  generator=gen, context=ctx)[:, context]
+        for name, frame in preds.items():
+            pixels = to_unit(torch.from_numpy(data.decode(torch.cat([ctx, frame[:, None]], dim=1))))[:, -1]
+            out[name + tag] = {"vs_real": psnr(pixels, real).mean().item(),
+                               "vs_last": psnr(pixels, ctx_last).mean().item()}
+    return out
+
+
+def _one_step_x0(dit, diffusion, ctx: torch.Tensor, x0: torch.Tensor, labels, t: int, cfg_scale: float,
+                 gen: torch.Generator) -> torch.Tensor:
+    """The DiT's x0 ``(N, L, D)`` for a frame ``x0 (N, L, D)`` noised to DDPM index ``t`` after the
+    clean frames ``ctx (N, k, L, D)``, with classifier-free guidance ``cfg_scale``."""
+    n, k = ctx.shape[:2]
+    steps = torch.tensor([[0] * k + [t]]).expand(n, -1)
+    noisy = diffusion.q_sample(x0[:, None], steps[:, -1:], torch.randn(x0[:, None].shape, generator=gen))
+    x = torch.cat([ctx, noisy], dim=1)
+    if cfg_scale == 1.0:
+        out = dit(x, steps, labels)
+    else:
+        cond, uncond = dit(torch.cat([x, x]), torch.cat([steps, steps]), dit.with_null(labels)).chunk(2)
+        out = uncond + cfg_scale * (cond - uncond)
+    return diffusion.to_x0(out, x, steps)[:, -1]
 
 
 def reconstruct_long(data: RunData, clips: torch.Tensor, window: int) -> torch.Tensor:

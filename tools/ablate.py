@@ -274,9 +274,26 @@ def drift(a) -> dict:
         standard = standard_references(data, std_e)[0][1]
     results = d.measure(videos, real, local, real_feats, window, standard, a.context)
     _drift_outputs(a, results, {"real": real, **videos}, window)
+    sc = SampleConfig(s=a.s_values[0], steps=a.ddim_steps, cfg_scale=a.cfg_scale, seed=a.seed)
+    nxt = d.next_frame(dit, data, real, labels, a.context, sc)
     return {"run": a.dit_run, "checkpoint": tag, "clips": len(real), "frames": real.shape[1],
             "context": a.context, "window": window, "cfg_scale": a.cfg_scale, "results": results,
-            "markdown": _drift_table(a, results), "mlflow_run_id": _drift_mlflow(a, run_cfg, results, window)}
+            "next_frame": nxt, "markdown": _drift_table(a, results) + "\n\n" + _next_frame_table(nxt),
+            "mlflow_run_id": _drift_mlflow(a, run_cfg, results, window)}
+
+
+def _next_frame_table(nxt: dict) -> str:
+    """The first generated frame (:func:`ardscale.drift.next_frame`): PSNR against the real next
+    frame and the last context frame, with the clip's own context and another clip's."""
+    lines = [f"Real next frame vs last context frame: {nxt['real_next_vs_last']:.2f} dB (real motion)", "",
+             ("| next frame | vs real next (own context) | vs last context (own) | vs real next (other "
+              "clip's context) | vs that clip's last frame |"), "|---|---|---|---|---|"]
+    for name, r in nxt.items():
+        if isinstance(r, dict) and not name.endswith("/swapped"):
+            o = nxt[name + "/swapped"]
+            lines.append(f"| {name} | {r['vs_real']:.2f} | {r['vs_last']:.2f} | {o['vs_real']:.2f} | "
+                         f"{o['vs_last']:.2f} |")
+    return "\n".join(lines)
 
 
 def _drift_mlflow(a, run_cfg, results: dict, window: int) -> str | None:
