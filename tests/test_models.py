@@ -216,18 +216,21 @@ def test_arvae_batched_window_decode_equals_one_window_per_call():
             assert (vae.decode(z, 4, frames_per_call) - ref).abs().max() < 1e-6
 
 
-def test_dit_activation_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("every,recomputed", [(1, [True, True, True, True]), (2, [True, False, True, False])])
+def test_dit_activation_checkpointing_gives_the_same_gradients(every, recomputed):
     torch.manual_seed(0)
-    plain = randomized(DiT(DiTConfig.tiny())).train()
-    ckpt = DiT(DiTConfig.tiny(grad_checkpointing=True)).train()
+    plain = randomized(DiT(DiTConfig.tiny(depth=4))).train()
+    ckpt = DiT(DiTConfig.tiny(depth=4, grad_checkpointing=True, checkpoint_every=every)).train()
     ckpt.load_state_dict(plain.state_dict())
     x, t, y = torch.randn(2, 3, 32, 4), torch.tensor([[5, 50, 500]] * 2), torch.tensor([1, 2])
     calls = []
     for m in (plain, ckpt):
-        forward = m.blocks[0].forward
-        m.blocks[0].forward = lambda *a, _f=forward, _m=m, **k: calls.append(_m) or _f(*a, **k)
+        for i, blk in enumerate(m.blocks):
+            blk.forward = lambda *a, _f=blk.forward, _k=(m, i), **k: calls.append(_k) or _f(*a, **k)
         m(x, t, y).pow(2).mean().backward()
-    assert (calls.count(plain), calls.count(ckpt)) == (1, 2)   # the checkpointed block ran again in backward
+    assert all(calls.count((plain, i)) == 1 for i in range(4))
+    # a checkpointed block runs again in backward; the others keep their activations
+    assert [calls.count((ckpt, i)) == 2 for i in range(4)] == recomputed
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
 

@@ -47,6 +47,8 @@ class DiTConfig:
     class_dropout: float = 0.1   # label dropout for classifier-free guidance (training only)
     attn_backend: str = "auto"   # auto (flex on CUDA, sdpa elsewhere) | sdpa | flex | flash
     grad_checkpointing: bool = False  # recompute each block in backward: activations O(depth) → O(1) blocks
+    checkpoint_every: int = 1    # with grad_checkpointing: only every k-th block (torchtitan's selective
+                                 # AC by layer): k× the activations kept, 1/k of the recompute
     causal: bool = True          # temporal causal attention (paper); False = bidirectional (Table 3 ablation)
     condition: str = "class"     # class: labels in adaLN | text: captions, cross-attention + pooled in adaLN
     text_dim: int = 384          # text: C of the text encoder's tokens (all-MiniLM-L6-v2: 384)
@@ -56,6 +58,8 @@ class DiTConfig:
     def __post_init__(self):
         if self.condition not in ("class", "text"):
             raise ValueError(f"dit.condition={self.condition!r}: expected 'class' or 'text'")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"dit.checkpoint_every={self.checkpoint_every}: checkpoint every k ≥ 1 blocks")
 
     @classmethod
     def tiny(cls, **overrides) -> DiTConfig:
@@ -293,7 +297,7 @@ class DiT(nn.Module):
             cache.begin(F, cache_frames, L)
         for i, blk in enumerate(self.blocks):
             txt = None if text is None else text[i]
-            if ckpt:
+            if ckpt and i % c.checkpoint_every == 0:
                 h = checkpoint(blk, h, cond, L, None, i, txt, use_reentrant=False)
             else:
                 h = blk(h, cond, L, cache, i, txt)
