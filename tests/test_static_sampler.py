@@ -129,6 +129,30 @@ def test_inductor_compiles_the_step_once_and_matches_eager(compile_with):
     assert (compiled - eager).abs().max() < 1e-5 and counter.frame_count == 1
 
 
+def test_one_static_cache_serves_every_video_of_a_shape(monkeypatch):
+    """CUDA graphs replay on fixed addresses: videos of the same shape reuse the buffers, and what
+    an earlier video left there does not reach the next one."""
+    monkeypatch.setattr(sampler, "_STATIC_CACHES", {})
+    model, y = random_dit(), torch.tensor([1, 3])
+    first = run(model, y, sc(8, 6, 2, 2.0, mode="static", seed=1))
+    buffers = [k.data_ptr() for k in next(iter(sampler._STATIC_CACHES.values())).keys]
+    other = run(model, y, sc(8, 6, 2, 2.0, mode="static", seed=2))    # fills the buffers with another video
+    assert (other - run(model, y, sc(8, 6, 2, 2.0, seed=2))).abs().max() < 1e-5
+    assert torch.equal(run(model, y, sc(8, 6, 2, 2.0, mode="static", seed=1)), first)
+    assert len(sampler._STATIC_CACHES) == 1
+    assert [k.data_ptr() for k in next(iter(sampler._STATIC_CACHES.values())).keys] == buffers
+    run(model, y, sc(5, 6, 2, 2.0, mode="static"))   # another length: its own buffers
+    assert len(sampler._STATIC_CACHES) == 2
+
+
+def test_static_cache_refuses_activations_of_another_dtype():
+    model = random_dit()
+    cache = StaticKVCache.for_model(model.to(torch.bfloat16), batch=1, max_frames=2)
+    fp32 = random_dit()
+    with torch.no_grad(), pytest.raises(ValueError, match="holds torch.bfloat16, the DiT computes in"):
+        fp32(torch.randn(1, 2, 32, 4), torch.tensor([[5, 9]]), torch.tensor([1]), cache)
+
+
 def test_static_modes_refuse_a_bidirectional_dit_and_flex_on_cpu_inductor():
     y = torch.tensor([0])
     with pytest.raises(ValueError, match="needs a causal DiT"):

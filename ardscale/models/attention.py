@@ -190,9 +190,9 @@ class BlockCausalSelfAttention(SelfAttention):
         self.backend, self.causal = backend, causal
 
     def forward(self, x: torch.Tensor, tokens_per_frame: int, cache=None, layer: int = 0) -> torch.Tensor:
-        """``x`` ``(B, Fq*L, C)`` → ``(B, Fq*L, C)``. ``cache``: a
+        """``x`` ``(B, Fq*L, C)`` → ``(B, Fq*L, C)``. ``cache``: what ``begin`` of a
         :class:`~ardscale.models.kv_cache.KVCache` or :class:`~ardscale.models.kv_cache.StaticKVCache`
-        holding the frames before x; ``layer`` indexes its buffers.
+        returned for this call (the frames before x); ``layer`` indexes its buffers.
 
         Raises:
             ValueError: a cache on a bidirectional (``causal=False``) attention.

@@ -293,14 +293,13 @@ class DiT(nn.Module):
         cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + cond[:, None]     # (B, F, H)
         h = h.reshape(B, F * L, H)
         ckpt = c.grad_checkpointing and self.training and torch.is_grad_enabled()
-        if cache is not None:
-            cache.begin(F, cache_frames, L)
+        call = cache.begin(F, cache_frames, L) if cache is not None else None   # what the blocks attend with
         for i, blk in enumerate(self.blocks):
             txt = None if text is None else text[i]
             if ckpt and i % c.checkpoint_every == 0:
                 h = checkpoint(blk, h, cond, L, None, i, txt, use_reentrant=False)
             else:
-                h = blk(h, cond, L, cache, i, txt)
+                h = blk(h, cond, L, call, i, txt)
         if cache is not None:
             cache.end()
         shift, scale = self.adaLN_final(cond)[:, :, None].chunk(2, dim=-1)      # (B, F, 1, H) each

@@ -1,10 +1,10 @@
 """Key/value caches of the causal DiT's self-attention, for sampling (paper Sec. 3.2: a frame reads
 only frames <= itself, so a finished frame's keys/values never change).
 
-Both caches answer the same three calls from :meth:`~ardscale.models.dit.DiT.forward`:
-``positions`` (the frame positions of the call's frames), ``begin`` / ``end`` around the blocks, and
-``attend`` in each block (write this call's keys/values, attend block-causally over the cached and
-the new frames).
+Both caches answer the same calls from :meth:`~ardscale.models.dit.DiT.forward`: ``positions``
+(the frame positions of the call's frames), ``begin`` / ``end`` around the blocks, and ``attend``
+in each block on what ``begin`` returned (write this call's keys/values, attend block-causally
+over the cached and the new frames).
 
 - :class:`KVCache` grows: each call concatenates, and the caller says how many of the call's first
   frames are final (``cache_frames``); the next call passes only the frames after them. Shapes
@@ -21,6 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from .attention import attention
+
+
+def activation_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype ``model``'s keys/values come in: autocast's when it is on for the model's device,
+    else its parameters'."""
+    p = next(model.parameters())
+    return torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
 
 
 class KVCache:
@@ -44,11 +51,13 @@ class KVCache:
         """Frame positions ``(F,)`` long of a call's frames: they follow the cached ones."""
         return torch.arange(self.num_frames, self.num_frames + num_frames, device=device)
 
-    def begin(self, num_frames: int, commit: int, tokens_per_frame: int) -> None:
-        """A call of ``num_frames`` frames whose first ``commit`` are final and join the cache."""
+    def begin(self, num_frames: int, commit: int, tokens_per_frame: int) -> KVCache:
+        """A call of ``num_frames`` frames whose first ``commit`` are final and join the cache;
+        returns what the blocks call :meth:`attend` on (the cache itself)."""
         if commit > num_frames:
             raise ValueError(f"cache_frames={commit} exceeds the call's {num_frames} frames")
         self._commit, self._L = commit, tokens_per_frame
+        return self
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                backend: str) -> torch.Tensor:
@@ -102,18 +111,15 @@ class StaticKVCache:
         self.offset = torch.zeros((), dtype=torch.long, device=device)
         for buf in (*self.keys, *self.values, self.offset):
             torch._dynamo.mark_static_address(buf)
-        self.max_frames, self.text = max_frames, None
-        self._L, self._index, self._mask = tokens_per_frame, None, None
+        self.max_frames, self.text, self._L = max_frames, None, tokens_per_frame
 
     @classmethod
     def for_model(cls, model, batch: int, max_frames: int) -> StaticKVCache:
         """A cache sized for the DiT ``model`` (its config and device; the autocast dtype when
         autocast is on, else its parameters' dtype)."""
-        c, p = model.config, next(model.parameters())
-        autocast = torch.is_autocast_enabled(p.device.type)   # keys/values then come in autocast's dtype
-        dtype = torch.get_autocast_dtype(p.device.type) if autocast else p.dtype
+        c = model.config
         return cls(c.depth, batch, c.num_heads, c.hidden_size // c.num_heads, max_frames,
-                   c.tokens_per_frame, dtype, p.device)
+                   c.tokens_per_frame, activation_dtype(model), next(model.parameters()).device)
 
     def set_offset(self, frame: int) -> None:
         self.offset.fill_(frame)
@@ -121,37 +127,60 @@ class StaticKVCache:
     def positions(self, num_frames: int, device) -> torch.Tensor:
         return self.offset + torch.arange(num_frames, device=device)
 
-    def begin(self, num_frames: int, commit: int, tokens_per_frame: int) -> None:
-        """``commit`` is ignored: every frame is written, and the caller's offset says which are final."""
+    def begin(self, num_frames: int, commit: int, tokens_per_frame: int) -> _StaticCall:
+        """One call of ``num_frames`` frames at the offset; ``commit`` is ignored: every frame is
+        written, and the caller's offset says which are final. Returns what the blocks call
+        ``attend`` on; its index and masks are the call's own (locals of a compiled graph, not
+        state on the cache that the graph would have to return)."""
         if tokens_per_frame != self._L:
             raise ValueError(f"the cache holds L={self._L} tokens per frame, the call has {tokens_per_frame}")
-        L, device = self._L, self.offset.device
-        q_frame = self.positions(num_frames, device)                                  # (Fq,)
-        self._index = (q_frame[:, None] * L + torch.arange(L, device=device)).flatten()  # (Fq*L,)
-        self._mask = q_frame.repeat_interleave(L)[:, None] >= torch.arange(
-            self.max_frames, device=device).repeat_interleave(L)[None, :]            # (Fq*L, F_max*L)
-        self._block_mask = None
+        return _StaticCall(self, self.positions(num_frames, self.offset.device))
+
+    def end(self) -> None:
+        pass
+
+
+class _StaticCall:
+    """One DiT call on a :class:`StaticKVCache`: its query frames ``q_frame (Fq,)`` long, the buffer
+    slots they write, and the block-causal mask over the buffer, built for the kernel in use."""
+
+    def __init__(self, cache: StaticKVCache, q_frame: torch.Tensor):
+        L = cache._L
+        self.cache, self.q_frame = cache, q_frame
+        self.index = (q_frame[:, None] * L + torch.arange(L, device=q_frame.device)).flatten()   # (Fq*L,)
+        self._mask = self._block_mask = None
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                backend: str) -> torch.Tensor:
-        keys, values = self.keys[layer], self.values[layer]
-        keys.index_copy_(2, self._index, k.to(keys.dtype))
-        values.index_copy_(2, self._index, v.to(values.dtype))
+        """Write k, v ``(B, H, Fq*L, Dh)`` at the call's slots; attend q over the buffer's frames
+        ``<=`` each query's. Raises ValueError when q's dtype is not the buffers' (a cache made
+        outside the autocast it is used under)."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        if q.dtype != keys.dtype:
+            raise ValueError(f"the static KV cache holds {keys.dtype}, the DiT computes in {q.dtype}: "
+                             "make the cache under the same autocast (StaticKVCache.for_model)")
+        keys.index_copy_(2, self.index, k)
+        values.index_copy_(2, self.index, v)
         if backend == "flex" and torch.compiler.is_compiling():
             from torch.nn.attention.flex_attention import flex_attention
 
             return flex_attention(q, keys, values, block_mask=self._flex_mask(q.shape[2]))
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=self._mask)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=self._sdpa_mask())
+
+    def _sdpa_mask(self) -> torch.Tensor:
+        """``(Fq*L, F_max*L)`` bool, True = may attend."""
+        if self._mask is None:
+            L, device = self.cache._L, self.q_frame.device
+            k_frame = torch.arange(self.cache.max_frames, device=device).repeat_interleave(L)
+            self._mask = self.q_frame.repeat_interleave(L)[:, None] >= k_frame[None, :]
+        return self._mask
 
     def _flex_mask(self, num_queries: int):
         if self._block_mask is None:
             from torch.nn.attention.flex_attention import create_block_mask
 
-            L, offset = self._L, self.offset
+            L, offset = self.cache._L, self.cache.offset
             mask_mod = lambda b, h, q_idx, kv_idx: q_idx // L + offset >= kv_idx // L
-            self._block_mask = create_block_mask(mask_mod, None, None, num_queries, self.max_frames * L,
-                                                 device=self.offset.device)
+            self._block_mask = create_block_mask(mask_mod, None, None, num_queries,
+                                                 self.cache.max_frames * L, device=offset.device)
         return self._block_mask
-
-    def end(self) -> None:
-        pass
