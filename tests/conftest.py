@@ -19,6 +19,16 @@ for var, sub in {"HF_HOME": "huggingface", "TORCH_HOME": "torch", "TRITON_CACHE_
 UCF = Path(__file__).resolve().parents[2] / "shared" / "data" / "ucf101-subset"
 
 
+@pytest.fixture(scope="module")
+def latent_root(tmp_path_factory):
+    """Two latent shards of 12 clips (F=4, L=32, D=4) with a class-dependent mean, per test module."""
+    from helpers import write_latent_shards
+
+    root = tmp_path_factory.mktemp("data")
+    write_latent_shards(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def ucf_root() -> Path:
     if not UCF.is_dir():

@@ -2,11 +2,17 @@
 settings."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import torch
 
 from ardscale.config import SampleConfig
 from ardscale.data.folders import MANIFEST, latent_dir
 from ardscale.data.shards import npy_bytes, sidecar_url, write_json, write_shard
+from ardscale.models.dit import DiT, DiTConfig
+
+TINY_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
 
 def sphere(z: np.ndarray) -> np.ndarray:
@@ -40,3 +46,21 @@ def write_latent_shards(root, shards: int = 2, per_shard: int = 12, classes: int
 def sc(frames: int, steps: int, s: int = 0, cfg_scale: float = 1.0, **kw) -> SampleConfig:
     """Sampling settings for the sampler's tests: ``frames`` F, ``steps`` N, AD ``s``, no CFG by default."""
     return SampleConfig(s=s, steps=steps, cfg_scale=cfg_scale, frames=frames, **kw)
+
+
+def overrides(root, run_dir, **kw) -> list[str]:
+    """``key=value`` overrides of configs/tiny.yaml for a training run on the latent shards under
+    ``root``, writing to ``run_dir`` with its own sqlite MLflow store; ``kw`` adds or replaces keys."""
+    base = {"data.root": root, "data.vae_id": "fake", "train.run_dir": run_dir,
+            "tracking.tracking_uri": f"sqlite:///{Path(run_dir).parent}/mlruns.db", **kw}
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def random_dit(**kw) -> DiT:
+    """A tiny DiT (``DiTConfig.tiny(**kw)``, eval mode) with every weight drawn from N(0, 0.05²):
+    the zero-initialised adaLN and output layers too, so every frame matters."""
+    torch.manual_seed(0)
+    model = DiT(DiTConfig.tiny(**kw)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model

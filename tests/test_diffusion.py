@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import sc
+from helpers import random_dit, sc
 
 from ardscale.diffusion.ad import ad_timesteps, ddim_grid
 from ardscale.diffusion.sampler import frames_in_flight, sample
@@ -272,14 +272,6 @@ def test_x0_eps_v_conversions_round_trip():
         assert torch.allclose(dp.to_x0(dp.target(x0, noise, t), x_t, t), x0, atol=1e-8), pred
     clipped = d.to_x0(x0 * 10, x_t, t, clip=1.5)
     assert clipped.abs().max() == 1.5 and torch.equal(clipped, (x0 * 10).clamp(-1.5, 1.5))
-
-
-def random_dit(**kw):
-    torch.manual_seed(0)
-    model = DiT(DiTConfig.tiny(**kw)).eval()
-    for p in model.parameters():  # non-zero adaLN/output layers so every frame matters
-        torch.nn.init.normal_(p, std=0.05)
-    return model
 
 
 class Recorder(torch.nn.Module):

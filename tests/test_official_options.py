@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_dit, sc, write_latent_shards
 
 from ardscale.config import SampleConfig, load
 from ardscale.data.loader import check_latent_scale, latent_sample
@@ -16,12 +17,10 @@ from ardscale.diffusion.ad import ddim_grid
 from ardscale.diffusion.schedule import GaussianDiffusion
 from ardscale.engine import checkpoint
 from ardscale.models.arvae import ARVAE, ARVAEConfig
-from ardscale.models.dit import DiT, DiTConfig
 from ardscale.runs import RunData
 from ardscale.tasks import dit as dit_task
 from ardscale.train import Trainer, launch
 from data_prep.shard_videos import shard_one
-from tests.helpers import sc, write_latent_shards
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 D = GaussianDiffusion(1000)
@@ -52,14 +51,6 @@ def test_sample_grid_key_is_validated():
     with pytest.raises(ValueError, match="grid='middle'.*trailing.*leading"):
         SampleConfig(grid="middle")
     assert load(str(CONFIGS / "tiny.yaml"), ["eval.sample.grid=leading"]).eval.sample.grid == "leading"
-
-
-def random_dit(**kw) -> DiT:
-    torch.manual_seed(0)
-    model = DiT(DiTConfig.tiny(**kw)).eval()
-    for p in model.parameters():   # non-zero adaLN/output layers so every frame matters
-        torch.nn.init.normal_(p, std=0.05)
-    return model
 
 
 def run(model, settings: SampleConfig, y: torch.Tensor | None = None) -> torch.Tensor:

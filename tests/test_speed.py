@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_latent_shards
+from helpers import overrides
 from torch.utils.flop_counter import FlopCounterMode
 
 from ardscale.config import Config, load, to_dict
@@ -19,19 +19,6 @@ from ardscale.train import Trainer, launch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONFIG = str(CONFIGS / "tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def latent_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_latent_shards(root)
-    return root
-
-
-def overrides(root, run_dir, **kw):
-    base = {"data.root": root, "data.vae_id": "fake", "train.run_dir": run_dir,
-            "tracking.tracking_uri": f"sqlite:///{Path(run_dir).parent}/mlruns.db"}
-    return [f"{k}={v}" for k, v in {**base, **kw}.items()]
 
 
 def rows(run_dir):

@@ -2,24 +2,16 @@
 eager sampler, and the compile count of a whole video."""
 import pytest
 import torch
+from helpers import random_dit, sc
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 from ardscale.config import SampleConfig
 from ardscale.diffusion import sampler
 from ardscale.diffusion.schedule import GaussianDiffusion
-from ardscale.models.dit import DiT, DiTConfig, TextCondition
+from ardscale.models.dit import TextCondition
 from ardscale.models.kv_cache import StaticKVCache
-from tests.helpers import sc
 
 D = GaussianDiffusion(1000)
-
-
-def random_dit(**kw) -> DiT:
-    torch.manual_seed(0)
-    model = DiT(DiTConfig.tiny(**kw)).eval()
-    for p in model.parameters():   # non-zero adaLN/output layers so every frame matters
-        torch.nn.init.normal_(p, std=0.05)
-    return model
 
 
 def run(model, y, settings: SampleConfig, context=None) -> torch.Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import write_latent_shards
+from helpers import overrides
 
 from ardscale.config import load
 from ardscale.engine import checkpoint
@@ -15,21 +15,6 @@ from ardscale.tasks import get_task
 from ardscale.train import launch
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def latent_root(tmp_path_factory):
-    """Two latent shards of 12 clips (F=4, L=32, D=4) with a class-dependent mean."""
-    root = tmp_path_factory.mktemp("data")
-    write_latent_shards(root)
-    return root
-
-
-def overrides(root, run_dir, **kw):
-    base = {"data.root": root, "data.vae_id": "fake", "train.run_dir": run_dir,
-            "tracking.tracking_uri": f"sqlite:///{Path(run_dir).parent}/mlruns.db"}
-    base.update(kw)
-    return [f"{k}={v}" for k, v in base.items()]
 
 
 def losses(run_dir):
