@@ -192,15 +192,15 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
     calls = plan_calls(rows, c.causal, window, (sc.kv_cache and c.causal) or sc.mode != "eager")
     run = _run_eager if sc.mode == "eager" else _run_static
     y = (model.with_null(labels) if sc.cfg_scale != 1.0 else labels).to(device)   # B or 2B conditions
-    return run(model, diffusion.to(device), x, y, rows, calls, sc, generator, progress)
+    times = ddim_grid(sc.steps, diffusion.num_timesteps, sc.grid)[rows]   # (R, F) DDPM indices; -1 = clean
+    return run(model, diffusion.to(device), x, y, times, calls, sc, generator, progress)
 
 
-def _times(diffusion: GaussianDiffusion, sc: SampleConfig, rows: torch.Tensor, call: Call, frames: slice,
-           batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """DDPM indices ``(B, n)`` of ``frames`` at the call's row and the next (-1 = clean)."""
-    grid = ddim_grid(sc.steps, diffusion.num_timesteps, sc.grid)   # index bookkeeping stays on the CPU
-    cur, nxt = rows[call.row, frames], rows[call.row + 1, frames]
-    return grid[cur].to(device).expand(batch, -1), grid[nxt].to(device).expand(batch, -1)
+def _times(times: torch.Tensor, call: Call, frames: slice, batch: int,
+           device) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDPM indices ``(B, n)`` of ``frames`` at the call's row of ``times`` ``(R, F)`` and the next."""
+    return (times[call.row, frames].to(device).expand(batch, -1),
+            times[call.row + 1, frames].to(device).expand(batch, -1))
 
 
 def _noise(x: torch.Tensor, sc: SampleConfig, generator: torch.Generator) -> torch.Tensor | None:
@@ -208,7 +208,7 @@ def _noise(x: torch.Tensor, sc: SampleConfig, generator: torch.Generator) -> tor
     return torch.randn(x.shape, generator=generator).to(x.device) if sc.eta > 0 else None
 
 
-def _run_eager(model, diffusion, x, y, rows, calls, sc, generator, progress):
+def _run_eager(model, diffusion, x, y, times, calls, sc, generator, progress):
     """Each call feeds frames ``lo … end-1``; clean leading frames join a growing :class:`KVCache`."""
     cache, start = KVCache(), 0
     for call in tqdm(calls, desc="sampling", disable=not progress):
@@ -217,14 +217,14 @@ def _run_eager(model, diffusion, x, y, rows, calls, sc, generator, progress):
             cache, start = KVCache(), call.start
         use = sc.kv_cache and model.config.causal
         frames = slice(call.lo, call.end)
-        t, t_next = _times(diffusion, sc, rows, call, frames, x.shape[0], x.device)
+        t, t_next = _times(times, call, frames, x.shape[0], x.device)
         x[:, frames] = denoise(model, diffusion, x[:, frames], t, t_next, y, sc.cfg_scale, sc.eta, sc.clip_x0,
                                None if noise is None else noise[:, frames], cache if use else None,
                                call.clean if use else 0)
     return x
 
 
-def _run_static(model, diffusion, x, y, rows, calls, sc, generator, progress):
+def _run_static(model, diffusion, x, y, times, calls, sc, generator, progress):
     """Every call feeds the same number of frames, ``width`` (the most any call needs), into a
     :class:`StaticKVCache` of the window's frames: frames ``lo … lo+width-1``, ``lo`` moved back
     over cached (final) frames where the window ends sooner. Frames past ``end`` ride along
@@ -243,7 +243,7 @@ def _run_static(model, diffusion, x, y, rows, calls, sc, generator, progress):
         lo = min(call.lo, call.start + span - width)
         cache.set_offset(lo - call.start)
         frames = slice(lo, lo + width)
-        t, t_next = _times(diffusion, sc, rows, call, frames, x.shape[0], x.device)
+        t, t_next = _times(times, call, frames, x.shape[0], x.device)
         x[:, frames] = step(model, diffusion, x[:, frames].clone(), t, t_next, y, sc.cfg_scale, sc.eta,
                             sc.clip_x0, None if noise is None else noise[:, frames].clone(), cache)
     return x
