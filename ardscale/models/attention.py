@@ -34,9 +34,15 @@ def block_causal_mask(num_frames: int, tokens_per_frame: int, device=None, num_k
     The ``Fq = num_frames`` query frames are the last ones of the ``Fk`` key frames (default Fk = Fq).
     """
     fk = num_frames if num_key_frames is None else num_key_frames
-    q_frame = torch.arange(fk - num_frames, fk, device=device).repeat_interleave(tokens_per_frame)
-    k_frame = torch.arange(fk, device=device).repeat_interleave(tokens_per_frame)
-    return q_frame[:, None] >= k_frame[None, :]
+    return frame_mask(torch.arange(fk - num_frames, fk, device=device), fk, tokens_per_frame)
+
+
+def frame_mask(q_frame: torch.Tensor, num_key_frames: int, tokens_per_frame: int) -> torch.Tensor:
+    """Boolean mask ``(Fq*L, Fk*L)``, True = may attend, for queries of the frames ``q_frame``
+    ``(Fq,)`` long (any positions, e.g. a tensor offset) over key frames ``0 … Fk-1``."""
+    L = tokens_per_frame
+    k_frame = torch.arange(num_key_frames, device=q_frame.device).repeat_interleave(L)
+    return q_frame.repeat_interleave(L)[:, None] >= k_frame[None, :]
 
 
 @lru_cache(maxsize=64)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .attention import attention
+from .attention import attention, frame_mask
 
 
 def activation_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -170,9 +170,7 @@ class _StaticCall:
     def _sdpa_mask(self) -> torch.Tensor:
         """``(Fq*L, F_max*L)`` bool, True = may attend."""
         if self._mask is None:
-            L, device = self.cache._L, self.q_frame.device
-            k_frame = torch.arange(self.cache.max_frames, device=device).repeat_interleave(L)
-            self._mask = self.q_frame.repeat_interleave(L)[:, None] >= k_frame[None, :]
+            self._mask = frame_mask(self.q_frame, self.cache.max_frames, self.cache._L)
         return self._mask
 
     def _flex_mask(self, num_queries: int):
