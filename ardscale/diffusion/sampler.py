@@ -9,7 +9,9 @@ keep their latents (the paper's mask) and are not computed:
   are never recomputed;
 - ``context`` gives clean first frames (video continuation);
 - ``window`` caps the frames the DiT sees at once, so videos longer than the training length
-  slide a window over frames (first in, first out; positions restart at the window's start).
+  slide a window over frames (first in, first out; positions restart at the window's start);
+- ``context_noise`` k > 0 feeds clean frames noised to DDPM index k (a departure, see
+  :func:`denoise`).
 """
 from __future__ import annotations
 
@@ -87,12 +89,24 @@ def plan_calls(rows: torch.Tensor, causal: bool, window: int | None, kv_cache: b
 
 def denoise(model, diffusion: GaussianDiffusion, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
             y, cfg_scale: float, eta: float, clip_x0: float, noise: torch.Tensor | None = None,
-            cache=None, commit: int = 0) -> torch.Tensor:
+            cache=None, commit: int = 0, context_noise: int = 0,
+            context_eps: torch.Tensor | None = None) -> torch.Tensor:
     """One AD iteration on frames ``x`` ``(B, n, L, D)``: predict x0 at ``t`` ``(B, n)`` (with CFG
     when ``cfg_scale`` ≠ 1: ``y`` then holds B conditions and B null ones), then a DDIM step to
     ``t_next``; frames with ``t_next == t`` come back unchanged. ``cache``/``commit``: see
-    :meth:`~ardscale.models.dit.DiT.forward`. Returns ``(B, n, L, D)``."""
+    :meth:`~ardscale.models.dit.DiT.forward`. Returns ``(B, n, L, D)``.
+
+    Clean frames (``t == -1``) enter at index 0 as they are, or, with ``context_noise`` k > 0,
+    noised to index k with ``context_eps`` ``(B, n, L, D)`` (Eq. 1) and labelled k; their latents
+    stay clean. This is the conditioning noise of Diffusion Forcing, not in the paper or the
+    official code: it hides a generated frame's small errors from the frames that read it. A
+    frame still being denoised below k then follows a noisier one, an order FoPP (Alg. 1) never
+    trains; the drift study measures whether it pays (RESULTS.md)."""
     x_in, t_in = x, t.clamp(min=0)   # clean frames enter at the least-noisy index
+    if context_noise:
+        clean, k = t < 0, torch.full_like(t, context_noise)
+        x_in = torch.where(clean[:, :, None, None], diffusion.q_sample(x, k, context_eps), x)
+        t_in = torch.where(clean, k, t_in)
     guided = cfg_scale != 1.0
     if guided:
         x_in, t_in = torch.cat([x_in, x_in]), torch.cat([t_in, t_in])
@@ -193,7 +207,13 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
     run = _run_eager if sc.mode == "eager" else _run_static
     y = (model.with_null(labels) if sc.cfg_scale != 1.0 else labels).to(device)   # B or 2B conditions
     times = ddim_grid(sc.steps, diffusion.num_timesteps, sc.grid)[rows]   # (R, F) DDPM indices; -1 = clean
-    return run(model, diffusion.to(device), x, y, times, calls, sc, generator, progress)
+    if sc.context_noise >= diffusion.num_timesteps:
+        raise ValueError(f"sample.context_noise={sc.context_noise}: a DDPM index below "
+                         f"num_timesteps={diffusion.num_timesteps}")
+    # one draw per video: a clean frame is fed the same noisy input at every call, so the KV cache
+    # (which computes it once) stays exact; drawn only when used, so k = 0 keeps the old stream
+    eps = torch.randn(x.shape, generator=generator).to(device) if sc.context_noise else None
+    return run(model, diffusion.to(device), x, y, times, calls, sc, generator, progress, eps)
 
 
 def _times(times: torch.Tensor, call: Call, frames: slice, batch: int,
@@ -208,7 +228,16 @@ def _noise(x: torch.Tensor, sc: SampleConfig, generator: torch.Generator) -> tor
     return torch.randn(x.shape, generator=generator).to(x.device) if sc.eta > 0 else None
 
 
-def _run_eager(model, diffusion, x, y, times, calls, sc, generator, progress):
+def _context(sc: SampleConfig, eps: torch.Tensor | None, frames: slice, copy: bool = False) -> dict:
+    """:func:`denoise`'s context-noise arguments for ``frames`` (``copy``: a fresh tensor, as the
+    compiled step's inputs are)."""
+    if eps is None:
+        return {}
+    part = eps[:, frames]
+    return {"context_noise": sc.context_noise, "context_eps": part.clone() if copy else part}
+
+
+def _run_eager(model, diffusion, x, y, times, calls, sc, generator, progress, eps):
     """Each call feeds frames ``lo … end-1``; clean leading frames join a growing :class:`KVCache`."""
     cache, start = KVCache(), 0
     for call in tqdm(calls, desc="sampling", disable=not progress):
@@ -220,11 +249,11 @@ def _run_eager(model, diffusion, x, y, times, calls, sc, generator, progress):
         t, t_next = _times(times, call, frames, x.shape[0], x.device)
         x[:, frames] = denoise(model, diffusion, x[:, frames], t, t_next, y, sc.cfg_scale, sc.eta, sc.clip_x0,
                                None if noise is None else noise[:, frames], cache if use else None,
-                               call.clean if use else 0)
+                               call.clean if use else 0, **_context(sc, eps, frames))
     return x
 
 
-def _run_static(model, diffusion, x, y, times, calls, sc, generator, progress):
+def _run_static(model, diffusion, x, y, times, calls, sc, generator, progress, eps):
     """Every call feeds the same number of frames, ``width`` (the most any call needs), into a
     :class:`StaticKVCache` of the window's frames: frames ``lo … lo+width-1``, ``lo`` moved back
     over cached (final) frames where the window ends sooner. Frames past ``end`` ride along
@@ -245,5 +274,6 @@ def _run_static(model, diffusion, x, y, times, calls, sc, generator, progress):
         frames = slice(lo, lo + width)
         t, t_next = _times(times, call, frames, x.shape[0], x.device)
         x[:, frames] = step(model, diffusion, x[:, frames].clone(), t, t_next, y, sc.cfg_scale, sc.eta,
-                            sc.clip_x0, None if noise is None else noise[:, frames].clone(), cache)
+                            sc.clip_x0, None if noise is None else noise[:, frames].clone(), cache,
+                            **_context(sc, eps, frames, copy=True))
     return x
