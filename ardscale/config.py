@@ -135,12 +135,16 @@ class SampleConfig:
                                      # for N=50, T=1000 (diffusers' names; diffusion/ad.py ddim_grid)
     context_noise: int = 0           # DDPM index k: clean frames (context, finished) are fed to the DiT
                                      # noised to k, one fixed draw per video (0 = fed clean, the paper)
+    sink: int = 0                    # frames of the video's start kept at the sliding window's front
+                                     # (attention sink; 0 = plain first-in first-out window, the paper)
 
     def __post_init__(self):
         if self.mode not in SAMPLE_MODES:
             raise ValueError(f"sample mode={self.mode!r}: expected one of {SAMPLE_MODES}")
         if self.grid not in SAMPLE_GRIDS:
             raise ValueError(f"sample grid={self.grid!r}: expected one of {SAMPLE_GRIDS}")
+        if self.sink < 0:
+            raise ValueError(f"sample sink={self.sink}: frames ≥ 0 (0 = off)")
         if self.context_noise < 0:
             raise ValueError(f"sample context_noise={self.context_noise}: a DDPM index ≥ 0 (0 = off)")
 

@@ -84,8 +84,8 @@ def next_frame(dit, data: RunData, clips: torch.Tensor, labels: torch.Tensor, co
 
     - ``real_next_vs_last``: the real next frame against the last context frame (real motion);
     - ``x0@t`` for each DDPM index t of ``levels``: the DiT's x0 prediction of the next frame from
-      the real next frame noised to t (one call, clean context at index 0 as the sampler feeds it,
-      CFG ``sc.cfg_scale``);
+      the real next frame noised to t (one call, the context as the sampler feeds it: clean at
+      index 0, or noised to ``sc.context_noise``; CFG ``sc.cfg_scale``);
     - ``sampled``: the sampler's next frame (``sc`` with ``frames = context + 1``);
     - each of these also with the context of another clip (the batch rolled by one: ``…/swapped``).
     Each entry holds ``vs_real`` (against the clip's real next frame) and ``vs_last`` (against the
@@ -103,8 +103,8 @@ def next_frame(dit, data: RunData, clips: torch.Tensor, labels: torch.Tensor, co
     out = {"real_next_vs_last": psnr(real, last).mean().item()}
     swapped = z[:, :context].roll(1, dims=0)
     for tag, ctx, ctx_last in (("", z[:, :context], last), ("/swapped", swapped, last.roll(1, dims=0))):
-        preds = {f"x0@{t}": _one_step_x0(dit, diffusion, ctx, z[:, context], labels, t, sc.cfg_scale, gen)
-                 for t in levels}
+        preds = {f"x0@{t}": _one_step_x0(dit, diffusion, ctx, z[:, context], labels, t, sc.cfg_scale, gen,
+                                         sc.context_noise) for t in levels}
         preds["sampled"] = sample(dit, diffusion, labels, replace(sc, frames=context + 1, window=0),
                                   generator=gen, context=ctx)[:, context]
         for name, frame in preds.items():
@@ -115,12 +115,15 @@ def next_frame(dit, data: RunData, clips: torch.Tensor, labels: torch.Tensor, co
 
 
 def _one_step_x0(dit, diffusion, ctx: torch.Tensor, x0: torch.Tensor, labels, t: int, cfg_scale: float,
-                 gen: torch.Generator) -> torch.Tensor:
+                 gen: torch.Generator, context_noise: int = 0) -> torch.Tensor:
     """The DiT's x0 ``(N, L, D)`` for a frame ``x0 (N, L, D)`` noised to DDPM index ``t`` after the
-    clean frames ``ctx (N, k, L, D)``, with classifier-free guidance ``cfg_scale``."""
+    clean frames ``ctx (N, k, L, D)``, with classifier-free guidance ``cfg_scale``; the context is
+    fed as the sampler feeds it (noised to ``context_noise`` when > 0, see ``sample.context_noise``)."""
     n, k = ctx.shape[:2]
-    steps = torch.tensor([[0] * k + [t]]).expand(n, -1)
+    steps = torch.tensor([[context_noise] * k + [t]]).expand(n, -1)
     noisy = diffusion.q_sample(x0[:, None], steps[:, -1:], torch.randn(x0[:, None].shape, generator=gen))
+    if context_noise:
+        ctx = diffusion.q_sample(ctx, steps[:, :k], torch.randn(ctx.shape, generator=gen))
     x = torch.cat([ctx, noisy], dim=1)
     if cfg_scale == 1.0:
         out = dit(x, steps, labels)

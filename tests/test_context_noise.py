@@ -5,7 +5,7 @@ import torch
 from helpers import random_dit, sc
 
 from ardscale.config import SampleConfig
-from ardscale.diffusion.sampler import sample
+from ardscale.diffusion.sampler import composition_rows, plan_calls, sample
 from ardscale.diffusion.schedule import GaussianDiffusion
 
 D = GaussianDiffusion(1000)
@@ -72,3 +72,48 @@ def test_context_noise_zero_is_the_plain_sampler_and_bad_values_are_refused():
         sc(6, 4, 2, context_noise=-1)
     with pytest.raises(ValueError, match="context_noise=1000"):
         run(model, vary(settings, context_noise=1000))
+
+
+SINK = sc(14, 6, 3, window=6, sink=2)
+
+
+def test_sink_frames_stay_at_the_front_of_the_sliding_window():
+    """Once the window slides (frame 6 ends it), every call is fed the video's first two frames,
+    clean, at positions 0-1, then at most window - sink = 4 frames (spied, uncached); the cached
+    video equals the uncached one, and keeping the first frames changes the later ones."""
+    calls = plan_calls(composition_rows(14, 6, 3), True, 6, False, 2)
+    slid = [i for i, c in enumerate(calls) if c.start > 0]
+    assert slid and all(calls[i].sink == 2 and calls[i].end - calls[i].start <= 4 for i in slid)
+    assert all(c.sink == 0 for c in calls if c.start == 0) and calls[slid[0]].start == 3
+    model, fed = random_dit(), []
+    forward = model.forward
+
+    def spy(x, t, y, *rest):
+        fed.append((x.clone(), t.clone()))
+        return forward(x, t, y, *rest)
+
+    model.forward = spy
+    uncached = run(model, vary(SINK, kv_cache=False))
+    assert len(fed) == len(calls)
+    for i in slid:
+        x, t = fed[i]
+        assert torch.equal(x[:, :2], uncached[:, :2]) and (t[:, :2] == 0).all()
+        assert torch.equal(x[:, 2], uncached[:, calls[i].start]) or (t[:, 2] > 0).all()
+    model.forward = forward
+    cached = run(model, SINK)
+    plain = run(model, vary(SINK, sink=0))
+    assert (cached - uncached).abs().max() < 1e-5
+    assert torch.equal(cached[:, :3], plain[:, :3]) and (cached[:, 8:] - plain[:, 8:]).abs().max() > 1e-4
+
+
+def test_sink_is_inert_without_a_slide_and_refused_where_it_cannot_work():
+    model = random_dit()
+    assert torch.equal(run(model, sc(6, 4, 2, window=6, sink=2)), run(model, sc(6, 4, 2, window=6)))
+    with pytest.raises(ValueError, match="sink=2 needs mode=eager"):
+        run(model, vary(SINK, mode="static"))
+    with pytest.raises(ValueError, match="sink=6 needs mode=eager"):
+        run(model, vary(SINK, sink=6))
+    with pytest.raises(ValueError, match="window=5 \\(sink 2\\)"):
+        run(model, vary(SINK, s=1, window=5))
+    with pytest.raises(ValueError, match="sink=-1"):
+        sc(6, 4, 2, sink=-1)

@@ -318,9 +318,14 @@ def test_ablation_tables_and_continuation_drift(vae_run, latents, local, clip, w
     shard_one([VideoItem(str(clip), 2, *CLIP)], str(long_root / "videos" / "train" / "shard-000000.tar"),
               num_frames=8, fps=8, size=32, max_clips=2, split="train")
     dr = ablate(["drift", "--dit-run", str(work / "ablate" / "fopp-s0"), "--clips", str(long_root),
-                 "--context", "2", "--s-values", "4", "--ddim-steps", "4", *common])
+                 "--context", "2", "--s-values", "4", "--ddim-steps", "4", "--sample-variant",
+                 "ctx:context_noise=100", "sink:sink=1", *common])
     res = dr["results"]
-    assert (dr["clips"], dr["frames"], dr["window"]) == (2, 8, 4) and set(res) == {"recon", "frozen", "s=4"}
+    assert (dr["clips"], dr["frames"], dr["window"]) == (2, 8, 4)
+    assert set(res) == {"recon", "frozen", "s=4", "s=4 ctx", "s=4 sink"}
+    assert res["s=4 ctx"]["psnr"][2:] != res["s=4"]["psnr"][2:] != res["s=4 sink"]["psnr"][2:]
+    assert {"sampled", "sampled ctx", "x0@500 ctx/swapped"} <= set(dr["next_frame"])
+    assert dr["next_frame"]["x0@500 ctx"] != dr["next_frame"]["x0@500"]   # the context enters noised
     assert all((len(r["psnr"]), len(r["fvd_local"]), len(r["motion"])) == (8, 5, 7) for r in res.values())
     assert res["frozen"]["motion_vs_real"] == 0 and res["s=4"]["motion_vs_real"] > 0   # frozen stands still
     # The given frames are the VAE's reconstructions in every set; after them the frozen set repeats frame 1.

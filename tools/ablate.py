@@ -25,7 +25,9 @@ auto-regressive): ``fvd_local`` and generation time per video. ``drift`` continu
 ``--context`` frames of longer held-out clips (``--clips``: a data root whose ``videos/{split}``
 shards hold e.g. 24-frame clips, made by data_prep/shard_videos.py ``--num-frames 24``) at each
 ``--s-values`` and plots, per frame index, PSNR to the real future and ``fvd_local`` of the window
-ending there (:mod:`ardscale.drift`), with ``drift.png``.
+ending there (:mod:`ardscale.drift`), with ``drift.png``. ``--sample-variant NAME:KEY=VALUE,…``
+adds, at every s, a set sampled with those ``sample.*`` settings changed (e.g.
+``ctx100:context_noise=100`` or ``sink2:sink=2``); the next-frame diagnosis runs for each too.
 
 Runs are tagged (``ablation``, ``variant``) in the MLflow experiment ``ardscale-ablate`` of
 ``--tracking-uri``; ``tools/compare_runs.py --tag ablation=table3`` plots them. A ``table3`` sweep
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -264,9 +267,11 @@ def drift(a) -> dict:
     real_feats = local(held_out(data, e).clips)[0]
     recon = d.reconstruct_long(data, real, window)
     videos = {"recon": recon, "frozen": d.frozen(recon, a.context)}
+    variants = _sample_variants(a.sample_variant)
     for s in a.s_values:
-        sc = SampleConfig(s=s, steps=a.ddim_steps, cfg_scale=a.cfg_scale, seed=a.seed)
-        videos[f"s={s}"] = d.continue_clips(dit, data, real, labels, a.context, sc)
+        for tag, change in variants.items():
+            sc = replace(SampleConfig(s=s, steps=a.ddim_steps, cfg_scale=a.cfg_scale, seed=a.seed), **change)
+            videos[f"s={s}{tag}"] = d.continue_clips(dit, data, real, labels, a.context, sc)
     standard = None
     if a.real_root:   # FVD16 of successive 16-frame windows against the 16-frame held-out clips
         from ardscale.evaluate import standard_references
@@ -274,12 +279,43 @@ def drift(a) -> dict:
         standard = standard_references(data, std_e)[0][1]
     results = d.measure(videos, real, local, real_feats, window, standard, a.context)
     _drift_outputs(a, results, {"real": real, **videos}, window)
-    sc = SampleConfig(s=a.s_values[0], steps=a.ddim_steps, cfg_scale=a.cfg_scale, seed=a.seed)
-    nxt = d.next_frame(dit, data, real, labels, a.context, sc)
+    nxt = {}
+    for tag, change in variants.items():
+        sc = replace(SampleConfig(s=a.s_values[0], steps=a.ddim_steps, cfg_scale=a.cfg_scale, seed=a.seed),
+                     **change)
+        part = d.next_frame(dit, data, real, labels, a.context, sc)
+        for key, value in part.items():   # "x0@500/swapped" → "x0@500 ctx100/swapped"
+            base, swapped, _ = key.partition("/swapped")
+            nxt[key if isinstance(value, float) else base + tag + swapped] = value
     return {"run": a.dit_run, "checkpoint": tag, "clips": len(real), "frames": real.shape[1],
             "context": a.context, "window": window, "cfg_scale": a.cfg_scale, "results": results,
             "next_frame": nxt, "markdown": _drift_table(a, results) + "\n\n" + _next_frame_table(nxt),
             "mlflow_run_id": _drift_mlflow(a, run_cfg, results, window)}
+
+
+def _sample_variants(specs: list[str]) -> dict[str, dict]:
+    """``NAME:KEY=VALUE,KEY=VALUE`` → ``{" NAME": {key: value}}`` (typed as ``SampleConfig``'s
+    fields), after the plain settings ``{"": {}}``.
+
+    Raises:
+        ValueError: a spec without ``NAME:``, or a key ``SampleConfig`` does not have.
+    """
+    from ardscale.config import SampleConfig
+
+    types = {f.name: type(getattr(SampleConfig(), f.name)) for f in fields(SampleConfig)}
+    out = {"": {}}
+    for spec in specs:
+        name, sep, body = spec.partition(":")
+        if not sep or not name:
+            raise ValueError(f"--sample-variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+        change = {}
+        for item in filter(None, body.split(",")):
+            key, _, value = item.partition("=")
+            if key not in types:
+                raise ValueError(f"--sample-variant {spec!r}: sample has no key {key!r} ({sorted(types)})")
+            change[key] = types[key](value) if types[key] is not bool else value.lower() in ("1", "true")
+        out[f" {name}"] = change
+    return out
 
 
 def _next_frame_table(nxt: dict) -> str:
@@ -389,6 +425,8 @@ def main(argv=None) -> dict:
     p.add_argument("--real-root", default="", help="table2/3: a data root of 16-frame clips: report FVD16, "
                    "KVD16, FID (ardscale.metrics.fvd) beside fvd_local; empty = fvd_local only")
     p.add_argument("--s-values", type=int, nargs="*", default=[0, 1, 2, 5, 10, 25, 50])
+    p.add_argument("--sample-variant", nargs="*", default=[], metavar="NAME:KEY=VALUE,…",
+                   help="drift: also sample with these sample.* settings changed, at every s")
     p.add_argument("--cpus-per-trial", type=int, default=1,
                    help="table3: CPUs of each run (a Ray Tune trial); trials run side by side as CPUs allow")
     p.add_argument("--gpus-per-trial", type=float, default=0,

@@ -10,6 +10,7 @@ keep their latents (the paper's mask) and are not computed:
 - ``context`` gives clean first frames (video continuation);
 - ``window`` caps the frames the DiT sees at once, so videos longer than the training length
   slide a window over frames (first in, first out; positions restart at the window's start);
+  ``sink`` keeps the video's first frames at the window's front (a departure, see :func:`plan_calls`);
 - ``context_noise`` k > 0 feeds clean frames noised to DDPM index k (a departure, see
   :func:`denoise`).
 """
@@ -44,14 +45,16 @@ def frames_in_flight(num_frames: int, num_steps: int, s: int, num_context: int =
     return int((last - first + 1).max())
 
 
-def _window_start(start: int, first_changing: int, end: int, window: int | None) -> int:
-    """Move the window start forward just enough that frames ``start … end-1`` fit ``window``."""
-    if window is None or end - start <= window:
+def _window_start(start: int, first_changing: int, end: int, window: int | None, sink: int = 0) -> int:
+    """Move the window start forward just enough that frames ``start … end-1`` fit ``window``
+    (``window - sink`` once it has slid: the sink frames stay at its front)."""
+    room = window - sink if window and start > 0 else window
+    if window is None or end - start <= room:
         return start
-    if end - first_changing > window:
-        raise ValueError(f"{end - first_changing} frames are denoised at once but window={window}: "
-                         f"raise s (AD keeps about N/s frames in flight) or the window")
-    return end - window
+    if end - first_changing > window - sink:
+        raise ValueError(f"{end - first_changing} frames are denoised at once but window={window} "
+                         f"(sink {sink}): raise s (AD keeps about N/s frames in flight) or the window")
+    return end - (window - sink)
 
 
 @dataclass(frozen=True)
@@ -63,27 +66,43 @@ class Call:
     lo: int      # first frame fed to the DiT (frames start … lo-1 are in the KV cache)
     end: int     # one past the last frame fed (the last frame that changes, for a causal DiT)
     clean: int   # leading clean frames among lo … end-1: final, they join the KV cache
+    sink: int = 0   # the video's first frames fed before lo (clean, at positions 0 …)
+
+    def frames(self) -> slice | torch.Tensor:
+        """The frames fed, in order: a slice, or an index ``(n,)`` long with sink frames."""
+        if not self.sink:
+            return slice(self.lo, self.end)
+        return torch.cat([torch.arange(self.sink), torch.arange(self.lo, self.end)])
 
 
-def plan_calls(rows: torch.Tensor, causal: bool, window: int | None, kv_cache: bool) -> list[Call]:
+def plan_calls(rows: torch.Tensor, causal: bool, window: int | None, kv_cache: bool,
+               sink: int = 0) -> list[Call]:
     """The DiT calls that take the compositions ``rows`` ``(R, F)`` to the last (all clean).
+
+    ``sink`` > 0: once the window slides, the video's first ``sink`` frames stay at its front
+    (positions 0 … sink-1) and the sliding part holds ``window - sink`` frames. This is the
+    attention sink of streaming LLMs (StreamingLLM) and of LongLive / Rolling Forcing for video,
+    not in the paper or the official code; the drift study measures whether it pays. With the
+    KV cache the sink frames enter the fresh cache in the first call after each slide.
 
     Raises:
         ValueError: a window too small for the frames in flight (see :func:`frames_in_flight`).
     """
     num_frames = rows.shape[1]
-    calls, start, cached = [], 0, 0
+    calls, start, cached, sunk = [], 0, 0, False
     for i in range(len(rows) - 1):
         cur, nxt = rows[i], rows[i + 1]
         changing = (cur != nxt).nonzero().flatten()                  # frames this iteration moves
         end = int(changing[-1]) + 1 if causal else num_frames
-        new_start = _window_start(start, int(changing[0]), end, window)
+        new_start = _window_start(start, int(changing[0]), end, window, sink)
         if new_start != start:
-            start, cached = new_start, 0   # positions shift with the window: the cache is stale
+            start, cached, sunk = new_start, 0, False   # positions shift with the window: the cache is stale
+        sinks = sink if start > 0 and not sunk else 0   # finished: they precede the first changing frame
         lo = start + (cached if kv_cache else 0)
         clean = int((cur[lo:end] == 0).cumprod(0).sum())  # clean frames lead the input (rows non-decreasing)
-        calls.append(Call(i, start, lo, end, clean))
+        calls.append(Call(i, start, lo, end, clean, sinks))
         cached += clean if kv_cache else 0
+        sunk = sunk or (kv_cache and sinks > 0)
     return calls
 
 
@@ -203,7 +222,10 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
     if k:
         x[:, :k] = context.to(device, x.dtype)
     rows = composition_rows(sc.frames, sc.steps, sc.s, k)   # (R, F) DDIM indices per frame; 0 = clean
-    calls = plan_calls(rows, c.causal, window, (sc.kv_cache and c.causal) or sc.mode != "eager")
+    if sc.sink and (sc.mode != "eager" or window is None or sc.sink >= window):
+        raise ValueError(f"sample.sink={sc.sink} needs mode=eager (not {sc.mode!r}) and a window of more "
+                         f"than {sc.sink} frames (window={sc.window})")
+    calls = plan_calls(rows, c.causal, window, (sc.kv_cache and c.causal) or sc.mode != "eager", sc.sink)
     run = _run_eager if sc.mode == "eager" else _run_static
     y = (model.with_null(labels) if sc.cfg_scale != 1.0 else labels).to(device)   # B or 2B conditions
     times = ddim_grid(sc.steps, diffusion.num_timesteps, sc.grid)[rows]   # (R, F) DDPM indices; -1 = clean
@@ -216,7 +238,7 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
     return run(model, diffusion.to(device), x, y, times, calls, sc, generator, progress, eps)
 
 
-def _times(times: torch.Tensor, call: Call, frames: slice, batch: int,
+def _times(times: torch.Tensor, call: Call, frames: slice | torch.Tensor, batch: int,
            device) -> tuple[torch.Tensor, torch.Tensor]:
     """DDPM indices ``(B, n)`` of ``frames`` at the call's row of ``times`` ``(R, F)`` and the next."""
     return (times[call.row, frames].to(device).expand(batch, -1),
@@ -228,7 +250,8 @@ def _noise(x: torch.Tensor, sc: SampleConfig, generator: torch.Generator) -> tor
     return torch.randn(x.shape, generator=generator).to(x.device) if sc.eta > 0 else None
 
 
-def _context(sc: SampleConfig, eps: torch.Tensor | None, frames: slice, copy: bool = False) -> dict:
+def _context(sc: SampleConfig, eps: torch.Tensor | None, frames: slice | torch.Tensor,
+             copy: bool = False) -> dict:
     """:func:`denoise`'s context-noise arguments for ``frames`` (``copy``: a fresh tensor, as the
     compiled step's inputs are)."""
     if eps is None:
@@ -245,11 +268,11 @@ def _run_eager(model, diffusion, x, y, times, calls, sc, generator, progress, ep
         if call.start != start:
             cache, start = KVCache(), call.start
         use = sc.kv_cache and model.config.causal
-        frames = slice(call.lo, call.end)
+        frames = call.frames()
         t, t_next = _times(times, call, frames, x.shape[0], x.device)
         x[:, frames] = denoise(model, diffusion, x[:, frames], t, t_next, y, sc.cfg_scale, sc.eta, sc.clip_x0,
                                None if noise is None else noise[:, frames], cache if use else None,
-                               call.clean if use else 0, **_context(sc, eps, frames))
+                               call.sink + call.clean if use else 0, **_context(sc, eps, frames))
     return x
 
 
