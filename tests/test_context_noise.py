@@ -111,7 +111,8 @@ def test_sink_is_inert_without_a_slide_and_refused_where_it_cannot_work():
     assert torch.equal(run(model, sc(6, 4, 2, window=6, sink=2)), run(model, sc(6, 4, 2, window=6)))
     with pytest.raises(ValueError, match="sink=2 needs mode=eager"):
         run(model, vary(SINK, mode="static"))
-    with pytest.raises(ValueError, match="sink=6 needs mode=eager"):
+    assert torch.equal(run(model, vary(SINK, window=0)), run(model, vary(SINK, window=0, sink=0)))
+    with pytest.raises(ValueError, match="sink=6 needs a window of more than 6 frames"):
         run(model, vary(SINK, sink=6))
     with pytest.raises(ValueError, match="window=5 \\(sink 2\\)"):
         run(model, vary(SINK, s=1, window=5))

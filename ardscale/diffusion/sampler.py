@@ -222,9 +222,12 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
     if k:
         x[:, :k] = context.to(device, x.dtype)
     rows = composition_rows(sc.frames, sc.steps, sc.s, k)   # (R, F) DDIM indices per frame; 0 = clean
-    if sc.sink and (sc.mode != "eager" or window is None or sc.sink >= window):
-        raise ValueError(f"sample.sink={sc.sink} needs mode=eager (not {sc.mode!r}) and a window of more "
-                         f"than {sc.sink} frames (window={sc.window})")
+    if sc.sink and window is not None:   # without a window nothing slides: the sink is inert
+        if sc.mode != "eager":
+            raise ValueError(f"sample.sink={sc.sink} needs mode=eager, not {sc.mode!r}")
+        if sc.sink >= window:
+            raise ValueError(f"sample.sink={sc.sink} needs a window of more than {sc.sink} frames "
+                             f"(window={window})")
     calls = plan_calls(rows, c.causal, window, (sc.kv_cache and c.causal) or sc.mode != "eager", sc.sink)
     run = _run_eager if sc.mode == "eager" else _run_static
     y = (model.with_null(labels) if sc.cfg_scale != 1.0 else labels).to(device)   # B or 2B conditions
