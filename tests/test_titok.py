@@ -1,7 +1,7 @@
 """``vae.init_from_titok`` (paper Sec. 4.1): TiTok-L-32's state dict onto the AR-VAE. The key map
 against the official key list (tests/data/titok_l32_keys.json, from bytedance/1d-tokenizer), a real
 load at a small width checked against TiTok's own block (``nn.MultiheadAttention``, blocks.py:35-73),
-and the errors."""
+the errors, and training steps from the weights."""
 import json
 import re
 from pathlib import Path
@@ -11,10 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ardscale.config import Config, TrainConfig, load
+from ardscale.engine import checkpoint
 from ardscale.models.arvae import ARVAE, ARVAEConfig
 from ardscale.models.titok import load_titok, read_titok, titok_to_arvae
+from ardscale.tasks import vae as vae_task
+from ardscale.train import Trainer, launch
 
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "titok_l32_keys.json").read_text())["tensors"]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMALL = {"image_size": 64, "patch_size": 16, "hidden_size": 128, "depth": 2, "num_heads": 2,
          "tokens_per_frame": 8, "pixel_channels": 8}   # TiTok's 64-wide heads
 
@@ -170,3 +175,62 @@ def test_missing_unreadable_and_foreign_files_are_clear_errors(tmp_path):
 def test_a_vae_size_other_than_the_files_names_key_and_shapes(sizes, match):
     with pytest.raises(ValueError, match=match):
         titok_to_arvae(titok_state(meta=True), meta_model(**sizes), "t.bin")
+
+
+def test_config_key_preflight_and_refusal_beside_train_init_from(tmp_path):
+    """The brief's command line composes; a relative path becomes absolute (Ray workers run elsewhere);
+    the preflight checks the file against the vae sizes and refuses train.init_from beside it."""
+    cfg = load(str(CONFIGS / "ucf101_vae_s1.yaml"), ["vae.init_from_titok=weights/tokenizer_titok_l32.bin"])
+    assert cfg.vae.init_from_titok == str(Path("weights/tokenizer_titok_l32.bin").resolve())
+    assert load(str(CONFIGS / "ucf101_vae_s1.yaml")).vae.init_from_titok == ""
+    path = tmp_path / "titok.bin"
+    torch.save(titok_state(width=128, depth=2, tokens=8, grid=4, patch=16), path)
+    vae = lambda file, **kw: ARVAEConfig(**SMALL | kw, init_from_titok=str(file))
+    vae_task.check_titok(Config(task="vae", vae=vae(path)))
+    with pytest.raises(ValueError, match="the file's encoder has 2 blocks, vae.depth=3"):
+        vae_task.check_titok(Config(task="vae", vae=vae(path, depth=3)))
+    with pytest.raises(FileNotFoundError, match="vae.init_from_titok=.*gone.bin"):
+        vae_task.check_titok(Config(task="vae", vae=vae(tmp_path / "gone.bin")))
+    with pytest.raises(ValueError, match="vae.init_from_titok=.* and train.init_from=runs/s1: a run starts"):
+        vae_task.check_titok(Config(task="vae", vae=vae(path), train=TrainConfig(init_from="runs/s1")))
+
+
+# ---- training from the weights -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_steps_start_from_titok_weights_and_a_resume_does_not_reload(clip_root, tmp_path, monkeypatch,
+                                                                          capsys):
+    """In-process DeepSpeed steps of a stage-1 AR-VAE with vae.init_from_titok: the engine starts from
+    the file's tensors, the load is logged, the loss is finite; resuming the run does not load it again."""
+    state = titok_state(width=128, depth=1, tokens=32, grid=2, patch=16)
+    path = tmp_path / "tokenizer_titok_l32.bin"
+    torch.save(state, path)
+    start, train = {}, Trainer.train
+
+    def spy(self):   # the engine's weights just before the first step
+        start.update({k: v.detach().clone() for k, v in self.engine.module.state_dict().items()})
+        return train(self)
+
+    monkeypatch.setattr(Trainer, "train", spy)
+    run_dir = tmp_path / "s1"
+    over = {"data.root": clip_root, "train.run_dir": run_dir, "train.init_from": "", "scale.num_workers": 0,
+            "vae.image_size": 32, "vae.patch_size": 16, "vae.hidden_size": 128, "vae.num_heads": 2,
+            "vae.depth": 1, "vae.pixel_channels": 8, "vae.temporal": False, "vae.init_from_titok": path,
+            "vae_loss.adversarial": 0, "data.clip_frames": 1, "optim.micro_batch_size": 2,
+            "optim.warmup_steps": 0,
+            "train.steps": 2, "train.log_every": 1, "train.ckpt_every": 2, "tracking.log_model": False,
+            "tracking.system_metrics": False, "tracking.tracking_uri": f"sqlite:///{tmp_path}/mlruns.db"}
+    launch(load(str(CONFIGS / "demo_vae.yaml"), [f"{k}={v}" for k, v in over.items()]))
+    qkv = state["encoder.transformer.0.attn.in_proj_weight"]
+    assert torch.equal(start["encoder.0.attn.qkv.weight"].float(), qkv)
+    assert torch.equal(start["mask_tokens"].float(), state["decoder.mask_token"][0].expand(4, 128))
+    assert re.search(rf"vae.init_from_titok={path}: loaded 36 of \d+ AR-VAE tensors", capsys.readouterr().out)
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1] and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+
+    def refuse(*a):
+        raise AssertionError("a resumed run loaded the TiTok weights")
+
+    monkeypatch.setattr(vae_task, "load_titok", refuse)
+    launch(load(str(CONFIGS / "demo_vae.yaml"), [f"{k}={v}" for k, v in (over | {"train.steps": 3}).items()]))
+    assert checkpoint.latest_tag(str(run_dir)) == checkpoint.tag(3)
