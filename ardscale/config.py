@@ -314,6 +314,7 @@ def load(path: str, overrides: list[str] | None = None) -> Config:
     cfg.data.root = _absolute(cfg.data.root)
     cfg.train.run_dir = _absolute(cfg.train.run_dir)
     cfg.train.init_from = cfg.train.init_from and _absolute(cfg.train.init_from)
+    cfg.vae.init_from_titok = cfg.vae.init_from_titok and _absolute(cfg.vae.init_from_titok)
     cfg.data.vae_run = cfg.data.vae_run and _absolute(cfg.data.vae_run)
     uri = cfg.tracking.tracking_uri = tracking_uri(cfg.tracking.tracking_uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):

@@ -246,6 +246,8 @@ class Trainer:
             if disc is not None and checkpoint.latest_tag(t.init_from, "ckpt_disc"):
                 disc.load_state_dict(checkpoint.load_weights(t.init_from, sub="ckpt_disc")[0])
         tag, universal = CheckpointManager.prepare(t.run_dir, self.world, t.checkpoint_url, disc is not None)
+        if tag is None:   # a fresh run; a resumed one loads its own weights below
+            self.spec.load_pretrained(cfg, model)
         self.engine = build_engine(model, cfg.optim, self.world, cfg.scale.use_gpu, load_universal=universal)
         self.disc = None if disc is None else build_engine(
             disc, cfg.optim, self.world, cfg.scale.use_gpu, lr=cfg.vae_loss.disc_lr, betas=(0.5, 0.9),

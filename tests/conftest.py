@@ -36,6 +36,20 @@ def ucf_root() -> Path:
     return UCF
 
 
+@pytest.fixture(scope="module")
+def clip_root(ucf_root, tmp_path_factory):
+    """Two 4-frame train clips at 32² from a real UCF-101 video, as video shards."""
+    from ardscale.data.sources import VideoItem
+    from data_prep.shard_videos import shard_one
+
+    root = tmp_path_factory.mktemp("clips")
+    name = "v_Archery_g01_c01"
+    shard_one([VideoItem(str(ucf_root / "videos" / "Archery" / f"{name}.avi"), 2, "Archery", name)],
+              str(root / "videos" / "train" / "shard-000000.tar"), num_frames=4, fps=8, size=32, max_clips=2,
+              split="train")
+    return root
+
+
 @pytest.fixture(scope="session")
 def ray_local(tmp_path_factory):
     """A new local Ray instance (loopback, 2 CPUs; never a cluster already running here) for the

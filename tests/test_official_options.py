@@ -11,7 +11,6 @@ from helpers import random_dit, sc, write_latent_shards
 from ardscale.config import SampleConfig, load
 from ardscale.data.loader import check_latent_scale, latent_sample
 from ardscale.data.shards import list_shards, read_shard
-from ardscale.data.sources import VideoItem
 from ardscale.diffusion import sampler
 from ardscale.diffusion.ad import ddim_grid
 from ardscale.diffusion.schedule import GaussianDiffusion
@@ -20,7 +19,6 @@ from ardscale.models.arvae import ARVAE, ARVAEConfig
 from ardscale.runs import RunData
 from ardscale.tasks import dit as dit_task
 from ardscale.train import Trainer, launch
-from data_prep.shard_videos import shard_one
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 D = GaussianDiffusion(1000)
@@ -182,17 +180,6 @@ def test_trainable_temporal_needs_temporal_blocks_and_freezes_the_rest():
     train = {n for n, p in model.named_parameters() if p.requires_grad}
     assert train and train == {n for n, _ in model.named_parameters() if n.startswith("temporal.")}
     assert all(p.requires_grad for p in build_model(load(str(CONFIGS / "demo_vae.yaml"))).parameters())
-
-
-@pytest.fixture(scope="module")
-def clip_root(ucf_root, tmp_path_factory):
-    """Two 4-frame train clips at 32² from a real UCF-101 video."""
-    root = tmp_path_factory.mktemp("clips")
-    name = "v_Archery_g01_c01"
-    shard_one([VideoItem(str(ucf_root / "videos" / "Archery" / f"{name}.avi"), 2, "Archery", name)],
-              str(root / "videos" / "train" / "shard-000000.tar"), num_frames=4, fps=8, size=32, max_clips=2,
-              split="train")
-    return root
 
 
 @pytest.mark.slow

@@ -76,6 +76,8 @@ class ARVAEConfig:
     pixel_channels: int = 128    # channels of the pixel head's last (full-resolution) level
     trainable: str = "all"       # parameters trained: all (paper) | temporal: only the temporal blocks
                                  # (the official stage-3 script, at lr 1e-6); needs vae.temporal=true
+    init_from_titok: str = ""    # local TiTok-L-32 file (tokenizer_titok_l32.bin) a fresh run starts from
+                                 # (paper Sec. 4.1; models/titok.py); nothing is downloaded
 
     def __post_init__(self):
         if self.trainable not in VAE_TRAINABLE:

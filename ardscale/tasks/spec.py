@@ -55,12 +55,19 @@ def no_discriminator(cfg: Config) -> None:
     return
 
 
+def no_pretrained(cfg: Config, model: nn.Module) -> None:
+    """A task whose fresh runs start from the model's own initialisation."""
+    return
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What a task builds and computes; every callable takes the run's :class:`Config`.
 
     ``preflight`` runs in ``train.launch`` before any worker starts: it raises ValueError /
     FileNotFoundError, naming the config key or the folder, when the config or the data do not fit.
+    ``load_pretrained(cfg, model)`` puts pretrained weights into the built model of a fresh run (one
+    that resumes has its checkpoint's), before the engine takes it.
     """
 
     name: str
@@ -69,3 +76,4 @@ class TaskSpec:
     build_loss: Callable[[Config], LossFn]
     preflight: Callable[[Config], None]
     build_discriminator: Callable[[Config], nn.Module | None] = no_discriminator
+    load_pretrained: Callable[[Config, nn.Module], None] = no_pretrained

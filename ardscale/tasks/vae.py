@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -17,8 +18,11 @@ from ..data.transforms import to_model_range
 from ..engine.flops import measured_train_flops
 from ..models.arvae import ARVAE
 from ..models.discriminator import PatchDiscriminator
+from ..models.titok import load_titok, read_titok, titok_to_arvae
 from ..models.vae_loss import VAELoss, capture_input
 from .spec import Models, TaskData, TaskSpec
+
+log = logging.getLogger("ardscale.vae")
 
 
 def make_batch(raw: dict, gen: torch.Generator) -> dict:
@@ -92,19 +96,52 @@ def build_model(cfg: Config) -> ARVAE:
     return ARVAE(cfg.vae).set_trainable(cfg.vae.trainable)
 
 
+def load_pretrained(cfg: Config, model: ARVAE) -> None:
+    """A fresh run's AR-VAE from TiTok-L-32's weights when ``vae.init_from_titok`` is set (paper Sec.
+    4.1; :mod:`ardscale.models.titok`), logged: our tensors and parameters loaded of all, TiTok's
+    skipped and why.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`~ardscale.models.titok.load_titok`.
+    """
+    if cfg.vae.init_from_titok:
+        log.info(load_titok(model, cfg.vae.init_from_titok).summary())
+
+
 def build_discriminator(cfg: Config) -> PatchDiscriminator | None:
     c = cfg.vae_loss
     return PatchDiscriminator(cfg.vae.in_channels, c.disc_channels,
                               c.disc_layers) if c.adversarial > 0 else None
 
 
-def preflight(cfg: Config) -> None:
-    """The perceptual loss's weight files exist when it is on (nothing downloads), and video
-    shards exist under ``{data.root}/videos/{data.split}``.
+def check_titok(cfg: Config) -> None:
+    """``vae.init_from_titok``, when set, fits: not with ``train.init_from``, and the file's tensors map
+    onto this AR-VAE (checked on the meta device against the memory-mapped file: nothing is read).
 
     Raises:
-        ValueError: ``vae_loss.perceptual > 0`` without both weight files (naming the keys).
-        FileNotFoundError: no shards there (naming the folder and the shard job).
+        ValueError: both keys set (naming them); the file is no TiTok state dict or does not fit the
+            ``vae.*`` sizes (:func:`~ardscale.models.titok.titok_to_arvae`).
+        FileNotFoundError: no such file (naming the key).
+    """
+    titok = cfg.vae.init_from_titok
+    if titok and cfg.train.init_from:
+        raise ValueError(f"vae.init_from_titok={titok} and train.init_from={cfg.train.init_from}: a run "
+                         "starts from one of them (TiTok-L-32 starts stage 1, a previous stage's run the "
+                         "later stages); unset one")
+    if titok:
+        with torch.device("meta"):
+            model = build_model(cfg)
+        titok_to_arvae(read_titok(titok), model, titok)
+
+
+def preflight(cfg: Config) -> None:
+    """The perceptual loss's weight files exist when it is on (nothing downloads), the TiTok weights fit
+    when set (:func:`check_titok`), and video shards exist under ``{data.root}/videos/{data.split}``.
+
+    Raises:
+        ValueError: ``vae_loss.perceptual > 0`` without both weight files (naming the keys);
+            :func:`check_titok`'s.
+        FileNotFoundError: no shards there (naming the folder and the shard job); no TiTok file.
     """
     c = cfg.vae_loss
     for key in ("perceptual_vgg", "perceptual_lin") if c.perceptual > 0 else ():
@@ -115,9 +152,10 @@ def preflight(cfg: Config) -> None:
                              f"file ({why}; nothing is downloaded). Set vae_loss.perceptual_vgg (torchvision "
                              "vgg16 .pth) and vae_loss.perceptual_lin (LPIPS vgg.pth), or opt out of the "
                              "perceptual loss with vae_loss.perceptual=0")
+    check_titok(cfg)
     where = video_dir(cfg.data.root, cfg.data.split)
     if not list_shards(where):
         raise FileNotFoundError(f"no video shards under {where}: make them with data_prep/shard_videos.py")
 
 
-SPEC = TaskSpec("vae", build_model, load_data, build_loss, preflight, build_discriminator)
+SPEC = TaskSpec("vae", build_model, load_data, build_loss, preflight, build_discriminator, load_pretrained)
