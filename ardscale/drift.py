@@ -55,7 +55,9 @@ def encode_clips(data: RunData, clips: torch.Tensor, batch_size: int = 16) -> to
 def continue_clips(dit, data: RunData, clips: torch.Tensor, labels: torch.Tensor, context: int,
                    sc: SampleConfig, batch_size: int = 16) -> torch.Tensor:
     """Continue the first ``context`` frames of uint8 ``clips (N, F, H, W, 3)`` to F frames with
-    the sampling settings ``sc`` (its ``frames`` is F; ``window`` 0 = the training length).
+    the sampling settings ``sc`` (its ``frames`` is F; ``window`` 0 = the training length). The
+    AR-VAE decodes with a window of the training length whatever the DiT's, so sets sampled with
+    other DiT windows differ only in their latents.
 
     Returns uint8 ``(N, F, H, W, 3)``; its first ``context`` frames are the AR-VAE's reconstructions.
     Raises:
@@ -68,7 +70,7 @@ def continue_clips(dit, data: RunData, clips: torch.Tensor, labels: torch.Tensor
                      desc=f"continuing (s={sc.s})", file=sys.stderr):
         ctx = encode_clips(data, c[:, :context])
         z = sample(dit, diffusion, y, sc, generator=gen, context=ctx)
-        out.append(torch.from_numpy(data.decode(z, sc.window)))
+        out.append(torch.from_numpy(data.decode(z, data.num_frames)))
     return torch.cat(out)
 
 
