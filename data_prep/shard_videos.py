@@ -107,6 +107,8 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
         FileNotFoundError: no video for this split (unless ``allow_empty``: then None is returned).
         ValueError: ``frames`` without ``frames_fps``.
     """
+    # Ray workers keep the directory their cluster started in, not this process's: local paths absolute
+    src, out = (p if "://" in p else os.path.abspath(p) for p in (src, out))
     from ardscale.engine.launch import init_ray
 
     if source == "auto":
@@ -146,7 +148,7 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
             pending.pop(ready[0])
             bar.update(1)
     failed = [f for s in done for f in s["failed"]]
-    report = {"split": split, "source": source, "src": os.path.abspath(src) if "://" not in src else src,
+    report = {"split": split, "source": source, "src": src,
               "videos": len(items), "videos_failed": len(failed), "failed": failed,
               "clips": sum(s["clips"] for s in done), "shards": len(plan),
               "shards_reused": sum(1 for s in done if s.get("reused")),

@@ -83,7 +83,7 @@ def test_folder_source(tmp_path):
 
 
 @pytest.mark.slow
-def test_shard_job_with_ray_skips_complete_shards(ucf_root, tmp_path, ray_local):
+def test_shard_job_with_ray_skips_complete_shards(ucf_root, tmp_path, ray_local, monkeypatch):
     out = str(tmp_path / "data")
     r1 = shard_run(str(ucf_root), out, "test", limit=6, videos_per_shard=3, max_clips=1)
     assert (r1["videos"], r1["shards"], r1["shards_reused"], r1["videos_failed"]) == (6, 2, 0, 0)
@@ -96,6 +96,14 @@ def test_shard_job_with_ray_skips_complete_shards(ucf_root, tmp_path, ray_local)
     assert [os.path.getmtime(p) for p in list_shards(f"{out}/videos/test")] == mtimes, "a shard was rewritten"
     report = json.loads((tmp_path / "data" / "videos" / "test" / "_report.json").read_text())
     assert report["clips"] == 6
+    # relative paths from another directory: the Ray workers keep the one their cluster started in,
+    # so the job resolves them before handing them over
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    r3 = shard_run(os.path.relpath(ucf_root, work), "rel", "test", limit=3, videos_per_shard=3, max_clips=1)
+    assert r3["clips"] == 3 and r3["src"] == str(ucf_root)
+    assert len(list_shards(str(work / "rel" / "videos" / "test"))) == 1
 
 
 def test_empty_split_is_an_error_unless_allowed(tmp_path):
