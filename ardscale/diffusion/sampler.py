@@ -10,6 +10,12 @@ keep their latents (the paper's mask) and are not computed:
 - ``context`` gives clean first frames (video continuation);
 - ``window`` caps the frames the DiT sees at once, so videos longer than the training length
   slide a window over frames (first in, first out; positions restart at the window's start).
+
+A DiT that is not temporally causal (``dit.causal=false``, or ``dit.attention=official``, whose
+context tokens carry later frames to earlier ones) is fed its whole window every call, uncached:
+the official sampler's way (iva-mzsun/AR-Diffusion src/ardiff/modules/fifoddim.py:162-176: every
+iteration calls the model on the window's frames, then keeps those whose step did not change,
+fifoddim.py:217).
 """
 from __future__ import annotations
 
@@ -66,6 +72,9 @@ class Call:
 def plan_calls(rows: torch.Tensor, causal: bool, window: int | None, kv_cache: bool) -> list[Call]:
     """The DiT calls that take the compositions ``rows`` ``(R, F)`` to the last (all clean).
 
+    ``causal``: the DiT is temporally causal, so frames after the last changing one are left out;
+    else each call is fed the window up to its end (or the video's).
+
     Raises:
         ValueError: a window too small for the frames in flight (see :func:`frames_in_flight`).
     """
@@ -74,10 +83,11 @@ def plan_calls(rows: torch.Tensor, causal: bool, window: int | None, kv_cache: b
     for i in range(len(rows) - 1):
         cur, nxt = rows[i], rows[i + 1]
         changing = (cur != nxt).nonzero().flatten()                  # frames this iteration moves
-        end = int(changing[-1]) + 1 if causal else num_frames
-        new_start = _window_start(start, int(changing[0]), end, window)
+        last = int(changing[-1]) + 1
+        new_start = _window_start(start, int(changing[0]), last, window)
         if new_start != start:
             start, cached = new_start, 0   # positions shift with the window: the cache is stale
+        end = last if causal else min(num_frames, start + (window or num_frames))
         lo = start + (cached if kv_cache else 0)
         clean = int((cur[lo:end] == 0).cumprod(0).sum())  # clean frames lead the input (rows non-decreasing)
         calls.append(Call(i, start, lo, end, clean))
@@ -154,8 +164,9 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
             N, ``s`` (0 = synchronous, ≥ N = auto-regressive), ``cfg_scale`` w (1 = one model call
             per step), ``eta`` (0 = DDIM, 1 = DDPM posterior noise), ``window`` (most frames per DiT
             call, e.g. the training length; 0 = no limit), ``kv_cache`` (reuse keys/values of
-            finished frames: same result within float tolerance; off for a bidirectional DiT,
-            ``config.causal=False``, which is fed every frame every step), ``clip_x0`` (clamp x0
+            finished frames: same result within float tolerance; off for a DiT that is not
+            temporally causal, ``config.causal=False`` or ``config.attention="official"``, which is
+            fed its whole window every step), ``clip_x0`` (clamp x0
             estimates to ``[-clip_x0, clip_x0]``; 0 = off), ``mode`` (``eager``: a growing KV
             cache, each call only the frames that need it; ``static``: a preallocated KV cache and
             every call the same number of frames, the most any call needs (``kv_cache`` ignored);
@@ -168,7 +179,8 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
     Raises:
         ValueError: ``sc.frames`` ≤ 0, context longer than the video, a window too small for s
             (see above), a bidirectional DiT asked for more frames than its window or for the
-            static / compiled mode.
+            static / compiled mode, or ``config.attention="official"`` asked for the static /
+            compiled mode.
     """
     if sc.frames <= 0:
         raise ValueError(f"frames={sc.frames}: resolve the SampleConfig against its run first "
@@ -180,6 +192,9 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
             raise ValueError(f"a bidirectional DiT generates at most window={window} frames, not {sc.frames}")
         if sc.mode != "eager":
             raise ValueError(f"sample mode={sc.mode!r} needs a causal DiT (a KV cache); use mode=eager")
+    if c.attention == "official" and sc.mode != "eager":
+        raise ValueError(f"sample mode={sc.mode!r} needs a KV cache, and a DiT with dit.attention=official "
+                         "has none (its context tokens carry later frames to earlier ones): use mode=eager")
     device = next(model.parameters()).device
     B, k = len(labels), 0 if context is None else context.shape[1]
     if k >= sc.frames:
@@ -189,7 +204,8 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
     if k:
         x[:, :k] = context.to(device, x.dtype)
     rows = composition_rows(sc.frames, sc.steps, sc.s, k)   # (R, F) DDIM indices per frame; 0 = clean
-    calls = plan_calls(rows, c.causal, window, (sc.kv_cache and c.causal) or sc.mode != "eager")
+    cached = (sc.kv_cache and c.temporally_causal) or sc.mode != "eager"
+    calls = plan_calls(rows, c.temporally_causal, window, cached)
     run = _run_eager if sc.mode == "eager" else _run_static
     y = (model.with_null(labels) if sc.cfg_scale != 1.0 else labels).to(device)   # B or 2B conditions
     times = ddim_grid(sc.steps, diffusion.num_timesteps, sc.grid)[rows]   # (R, F) DDPM indices; -1 = clean
@@ -215,7 +231,7 @@ def _run_eager(model, diffusion, x, y, times, calls, sc, generator, progress):
         noise = _noise(x, sc, generator)
         if call.start != start:
             cache, start = KVCache(), call.start
-        use = sc.kv_cache and model.config.causal
+        use = sc.kv_cache and model.config.temporally_causal
         frames = slice(call.lo, call.end)
         t, t_next = _times(times, call, frames, x.shape[0], x.device)
         x[:, frames] = denoise(model, diffusion, x[:, frames], t, t_next, y, sc.cfg_scale, sc.eta, sc.clip_x0,
