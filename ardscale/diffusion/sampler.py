@@ -13,6 +13,12 @@ keep their latents (the paper's mask) and are not computed:
   ``sink`` keeps the video's first frames at the window's front (a departure, see :func:`plan_calls`);
 - ``context_noise`` k > 0 feeds clean frames noised to DDPM index k (a departure, see
   :func:`denoise`).
+
+A DiT that is not temporally causal (``dit.causal=false``, or ``dit.attention=official``, whose
+context tokens carry later frames to earlier ones) is fed its whole window every call, uncached:
+the official sampler's way (iva-mzsun/AR-Diffusion src/ardiff/modules/fifoddim.py:162-176: every
+iteration calls the model on the window's frames, then keeps those whose step did not change,
+fifoddim.py:217).
 """
 from __future__ import annotations
 
@@ -79,6 +85,9 @@ def plan_calls(rows: torch.Tensor, causal: bool, window: int | None, kv_cache: b
                sink: int = 0) -> list[Call]:
     """The DiT calls that take the compositions ``rows`` ``(R, F)`` to the last (all clean).
 
+    ``causal``: the DiT is temporally causal, so frames after the last changing one are left out;
+    else each call is fed the window up to its end (or the video's).
+
     ``sink`` > 0: once the window slides, the video's first ``sink`` frames stay at its front
     (positions 0 … sink-1) and the sliding part holds ``window - sink`` frames. This is the
     attention sink of streaming LLMs (StreamingLLM) and of LongLive / Rolling Forcing for video,
@@ -93,10 +102,11 @@ def plan_calls(rows: torch.Tensor, causal: bool, window: int | None, kv_cache: b
     for i in range(len(rows) - 1):
         cur, nxt = rows[i], rows[i + 1]
         changing = (cur != nxt).nonzero().flatten()                  # frames this iteration moves
-        end = int(changing[-1]) + 1 if causal else num_frames
-        new_start = _window_start(start, int(changing[0]), end, window, sink)
+        last = int(changing[-1]) + 1
+        new_start = _window_start(start, int(changing[0]), last, window, sink)
         if new_start != start:
             start, cached, sunk = new_start, 0, False   # positions shift with the window: the cache is stale
+        end = last if causal else min(num_frames, start + (window or num_frames))
         sinks = sink if start > 0 and not sunk else 0   # finished: they precede the first changing frame
         lo = start + (cached if kv_cache else 0)
         clean = int((cur[lo:end] == 0).cumprod(0).sum())  # clean frames lead the input (rows non-decreasing)
@@ -187,8 +197,9 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
             N, ``s`` (0 = synchronous, ≥ N = auto-regressive), ``cfg_scale`` w (1 = one model call
             per step), ``eta`` (0 = DDIM, 1 = DDPM posterior noise), ``window`` (most frames per DiT
             call, e.g. the training length; 0 = no limit), ``kv_cache`` (reuse keys/values of
-            finished frames: same result within float tolerance; off for a bidirectional DiT,
-            ``config.causal=False``, which is fed every frame every step), ``clip_x0`` (clamp x0
+            finished frames: same result within float tolerance; off for a DiT that is not
+            temporally causal, ``config.causal=False`` or ``config.attention="official"``, which is
+            fed its whole window every step), ``clip_x0`` (clamp x0
             estimates to ``[-clip_x0, clip_x0]``; 0 = off), ``mode`` (``eager``: a growing KV
             cache, each call only the frames that need it; ``static``: a preallocated KV cache and
             every call the same number of frames, the most any call needs (``kv_cache`` ignored);
@@ -201,7 +212,8 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
     Raises:
         ValueError: ``sc.frames`` ≤ 0, context longer than the video, a window too small for s
             (see above), a bidirectional DiT asked for more frames than its window or for the
-            static / compiled mode.
+            static / compiled mode, or ``config.attention="official"`` asked for the static /
+            compiled mode.
     """
     if sc.frames <= 0:
         raise ValueError(f"frames={sc.frames}: resolve the SampleConfig against its run first "
@@ -213,6 +225,9 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
             raise ValueError(f"a bidirectional DiT generates at most window={window} frames, not {sc.frames}")
         if sc.mode != "eager":
             raise ValueError(f"sample mode={sc.mode!r} needs a causal DiT (a KV cache); use mode=eager")
+    if c.attention == "official" and sc.mode != "eager":
+        raise ValueError(f"sample mode={sc.mode!r} needs a KV cache, and a DiT with dit.attention=official "
+                         "has none (its context tokens carry later frames to earlier ones): use mode=eager")
     device = next(model.parameters()).device
     B, k = len(labels), 0 if context is None else context.shape[1]
     if k >= sc.frames:
@@ -223,12 +238,14 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
         x[:, :k] = context.to(device, x.dtype)
     rows = composition_rows(sc.frames, sc.steps, sc.s, k)   # (R, F) DDIM indices per frame; 0 = clean
     if sc.sink and window is not None:   # without a window nothing slides: the sink is inert
-        if sc.mode != "eager":
-            raise ValueError(f"sample.sink={sc.sink} needs mode=eager, not {sc.mode!r}")
+        if sc.mode != "eager" or not c.temporally_causal:
+            raise ValueError(f"sample.sink={sc.sink} needs mode=eager (not {sc.mode!r}) and a temporally "
+                             f"causal DiT (dit.attention={c.attention!r}, dit.causal={c.causal})")
         if sc.sink >= window:
             raise ValueError(f"sample.sink={sc.sink} needs a window of more than {sc.sink} frames "
                              f"(window={window})")
-    calls = plan_calls(rows, c.causal, window, (sc.kv_cache and c.causal) or sc.mode != "eager", sc.sink)
+    cached = (sc.kv_cache and c.temporally_causal) or sc.mode != "eager"
+    calls = plan_calls(rows, c.temporally_causal, window, cached, sc.sink)
     run = _run_eager if sc.mode == "eager" else _run_static
     y = (model.with_null(labels) if sc.cfg_scale != 1.0 else labels).to(device)   # B or 2B conditions
     times = ddim_grid(sc.steps, diffusion.num_timesteps, sc.grid)[rows]   # (R, F) DDPM indices; -1 = clean
@@ -270,7 +287,7 @@ def _run_eager(model, diffusion, x, y, times, calls, sc, generator, progress, ep
         noise = _noise(x, sc, generator)
         if call.start != start:
             cache, start = KVCache(), call.start
-        use = sc.kv_cache and model.config.causal
+        use = sc.kv_cache and model.config.temporally_causal
         frames = call.frames()
         t, t_next = _times(times, call, frames, x.shape[0], x.device)
         x[:, frames] = denoise(model, diffusion, x[:, frames], t, t_next, y, sc.cfg_scale, sc.eta, sc.clip_x0,

@@ -13,6 +13,11 @@ A text DiT (``condition=text``, S caption tokens of width C) adds per block the 
 4·N·S·H (scores and values), and once the caption projection 2·S·(C·H + H²) and the pooled
 caption's MLP 2·(C·H + H²).
 
+``attention=official`` (K context tokens of width C₀ before the N video tokens) adds per block
+(8 + 4r)·K·H² (qkv, out proj and MLP of the context tokens: they are tokens like any other), and
+4·K·(K + 2N)·H of attention (context queries over all K + N keys, video queries over the K context
+keys), and once the context projection 2·K·C₀·H.
+
 Only what the model computes is counted: the linear terms equal what
 ``torch.utils.flop_counter`` measures on a forward (tested). Training = 3 × forward (backward
 is twice the forward). Embedding lookups, norms and softmax are not counted, as usual for MFU.
@@ -51,6 +56,10 @@ def dit_forward_flops(cfg, num_frames: int) -> tuple[float, float]:
         S, C = cfg.text_tokens, cfg.text_dim
         linear += cfg.depth * (4 * N + 4 * S) * H * H + 2 * (S + 1) * (C * H + H * H)
         attention += cfg.depth * 4 * N * S * H
+    K = cfg.num_context
+    if K:
+        linear += cfg.depth * (8 + 4 * r) * K * H * H + 2 * K * cfg.context_dim * H
+        attention += cfg.depth * 4 * K * (K + 2 * N) * H
     return float(linear), float(attention)
 
 

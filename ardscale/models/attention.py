@@ -16,6 +16,9 @@ Three kernels give the same result (tests compare each with a float64 reference)
   H100 a paper-size F=128 s=5 sample did not finish in 3 minutes that way (BENCHMARKS.md).
 - ``flash``: flash-attn (fp16/bf16, CUDA), when installed. It has no block mask, so each query
   frame is one ``flash_attn_func`` call over the keys of frames ``<= i``.
+
+``dit.attention=official`` prepends K context tokens to the frames' tokens; :func:`official_mask`
+is the mask the official code builds for them, and every kernel above takes it (``num_context=K``).
 """
 from __future__ import annotations
 
@@ -45,21 +48,44 @@ def frame_mask(q_frame: torch.Tensor, num_key_frames: int, tokens_per_frame: int
     return q_frame.repeat_interleave(L)[:, None] >= k_frame[None, :]
 
 
-@lru_cache(maxsize=64)
-def _sdpa_mask(fq: int, fk: int, L: int, device: torch.device) -> torch.Tensor:
-    return block_causal_mask(fq, L, device, fk)
+def official_mask(num_frames: int, tokens_per_frame: int, num_context: int, device=None) -> torch.Tensor:
+    """Boolean mask ``(K+F*L, K+F*L)``, True = may attend, over K context tokens followed by F frames
+    of L tokens: the official ``video_temporal_causal`` mask (iva-mzsun/AR-Diffusion,
+    src/ardiff/modules/dit_model.py:319-339, there as 0 / -inf).
+
+    - context queries (rows ``< K``) attend to every token: the context and every frame;
+    - a query of frame i attends to every context token and to the tokens of frames ``<= i``.
+
+    Not temporally causal beyond one layer: frame j reads the context tokens, which have read every
+    frame in the layer before (see :class:`~ardscale.models.dit.DiT`).
+    """
+    K = num_context
+    video = block_causal_mask(num_frames, tokens_per_frame, device)
+    mask = torch.ones(K + video.shape[0], K + video.shape[1], dtype=torch.bool, device=device)
+    mask[K:, K:] = video
+    return mask
+
+
+def _context_mask_mod(K: int, L: int, offset=0):
+    """FlexAttention ``mask_mod`` of :func:`official_mask` (``offset``: key frames before the first
+    query frame; with K = 0 the plain block-causal mask)."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        frames = (q_idx - K) // L + offset >= (kv_idx - K) // L
+        return (q_idx < K) | (kv_idx < K) | frames if K else frames
+    return mask_mod
 
 
 @lru_cache(maxsize=64)
-def _flex_block_mask(fq: int, fk: int, L: int, device: torch.device):
+def _sdpa_mask(fq: int, fk: int, L: int, device: torch.device, K: int = 0) -> torch.Tensor:
+    return official_mask(fq, L, K, device) if K else block_causal_mask(fq, L, device, fk)
+
+
+@lru_cache(maxsize=64)
+def _flex_block_mask(fq: int, fk: int, L: int, device: torch.device, K: int = 0):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    offset = fk - fq
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return q_idx // L + offset >= kv_idx // L
-
-    return create_block_mask(mask_mod, None, None, fq * L, fk * L, device=device)
+    mask_mod = _context_mask_mod(K, L, fk - fq)
+    return create_block_mask(mask_mod, None, None, K + fq * L, K + fk * L, device=device)
 
 
 @lru_cache(maxsize=2)
@@ -93,37 +119,41 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
-def _flash_block_causal(q, k, v, fq: int, L: int, flash_fn=None):
-    """Block-causal attention from per-query-frame flash-attn calls; ``(B, H, N, Dh)`` layout."""
+def _flash_block_causal(q, k, v, fq: int, L: int, flash_fn=None, K: int = 0):
+    """Block-causal attention from per-query-frame flash-attn calls; ``(B, H, N, Dh)`` layout.
+    ``K`` context tokens first (:func:`official_mask`): one more call, their queries over every key."""
     if flash_fn is None:
         from flash_attn import flash_attn_func as flash_fn
-    offset = k.shape[2] // L - fq
+    offset = (k.shape[2] - K) // L - fq
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # flash-attn wants (B, N, H, Dh)
-    outs = [flash_fn(q[:, i * L:(i + 1) * L], k[:, :(offset + i + 1) * L], v[:, :(offset + i + 1) * L])
-            for i in range(fq)]
+    outs = [flash_fn(q[:, :K], k, v)] if K else []
+    outs += [flash_fn(q[:, K + i * L:K + (i + 1) * L], k[:, :K + (offset + i + 1) * L],
+                      v[:, :K + (offset + i + 1) * L]) for i in range(fq)]
     return torch.cat(outs, dim=1).transpose(1, 2)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int,
-              backend: str = "sdpa") -> torch.Tensor:
+              backend: str = "sdpa", num_context: int = 0) -> torch.Tensor:
     """Block-causal multi-head attention.
 
     Args:
         q: ``(B, H, Fq*L, Dh)`` queries of the last Fq frames. k, v: ``(B, H, Fk*L, Dh)``, Fk >= Fq.
         tokens_per_frame: L.
         backend: a resolved name (``sdpa``, ``flex`` or ``flash``; see :func:`resolve_backend`).
+        num_context: K > 0: q, k, v are ``(B, H, K+F*L, Dh)``, K context tokens then all F frames
+            (Fq = Fk), under :func:`official_mask`.
     Returns:
-        ``(B, H, Fq*L, Dh)`` in q's dtype.
+        ``(B, H, Nq, Dh)`` in q's dtype.
     """
-    L = tokens_per_frame
-    fq, fk = q.shape[2] // L, k.shape[2] // L
+    L, K = tokens_per_frame, num_context
+    fq, fk = (q.shape[2] - K) // L, (k.shape[2] - K) // L
     if backend == "sdpa" or (backend == "flex" and not torch.is_grad_enabled()):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=_sdpa_mask(fq, fk, L, q.device))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_sdpa_mask(fq, fk, L, q.device, K))
     if backend == "flex":
         kernel = _flex_kernel(q.device.type == "cuda")
-        return kernel(q, k, v, block_mask=_flex_block_mask(fq, fk, L, q.device))
+        return kernel(q, k, v, block_mask=_flex_block_mask(fq, fk, L, q.device, K))
     if backend == "flash":
-        return _flash_block_causal(q, k, v, fq, L)
+        return _flash_block_causal(q, k, v, fq, L, K=K)
     raise ValueError(f"unresolved attention backend {backend!r}")
 
 
@@ -195,23 +225,27 @@ class BlockCausalSelfAttention(SelfAttention):
             raise ValueError(f"unknown attention backend {backend!r}: expected one of {BACKENDS}")
         self.backend, self.causal = backend, causal
 
-    def forward(self, x: torch.Tensor, tokens_per_frame: int, cache=None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tokens_per_frame: int, cache=None, layer: int = 0,
+                num_context: int = 0) -> torch.Tensor:
         """``x`` ``(B, Fq*L, C)`` → ``(B, Fq*L, C)``. ``cache``: what ``begin`` of a
         :class:`~ardscale.models.kv_cache.KVCache` or :class:`~ardscale.models.kv_cache.StaticKVCache`
         returned for this call (the frames before x); ``layer`` indexes its buffers.
+        ``num_context``: K > 0: x is ``(B, K+F*L, C)``, K context tokens then every frame, under
+        :func:`official_mask` (``dit.attention=official``; bidirectional: no mask at all).
 
         Raises:
-            ValueError: a cache on a bidirectional (``causal=False``) attention.
+            ValueError: a cache on a bidirectional (``causal=False``) attention or with context tokens.
         """
         q, k, v = self._qkv(x)
         backend = resolve_backend(self.backend, x.device)
         if cache is not None:
-            if not self.causal:
-                raise ValueError("a bidirectional DiT (causal=False) has no KV cache: every frame "
-                                 "reads later frames, so no frame's keys/values are final")
+            if not self.causal or num_context:
+                raise ValueError("a bidirectional DiT (causal=False) or one with context tokens "
+                                 "(dit.attention=official) has no KV cache: its frames read later "
+                                 "frames, so no frame's keys/values are final")
             return self._out(cache.attend(layer, q, k, v, backend))
         if self.causal:
-            return self._out(attention(q, k, v, tokens_per_frame, backend))
+            return self._out(attention(q, k, v, tokens_per_frame, backend, num_context))
         return self._out(F.scaled_dot_product_attention(q, k, v))
 
 

@@ -5,21 +5,41 @@ injected through adaLN-Zero computed per frame and broadcast over the frame's L 
 attention is block-causal over frames. The model
 predicts x0.
 
-Departure from the official code, on purpose: its ``video_temporal_causal`` mask
-(src/ardiff/modules/dit_model.py) lets prepended context (condition) tokens attend to every frame,
-and every frame to them, so a later frame reaches an earlier one through those tokens one layer
-later. The paper's temporal causal attention (Sec. 3.2) is strict; here the class enters through
-adaLN only and no token sees a later frame (tested).
+``dit.attention`` chooses between two token sets and masks:
+
+- ``causal`` (default): the paper's temporal causal attention (Sec. 3.2), strict: the class enters
+  through adaLN only and no token sees a later frame (tested). The KV cache rests on it.
+- ``official``: the official code's (iva-mzsun/AR-Diffusion, ``causal_attn_mode:
+  video_temporal_causal`` in configs/ucf101/ardiff/diff_ardiff_vtattn_x0pred_nvae_midt_class.yaml:23).
+  K = 77 learned context tokens per class (src/ardiff/base.py:63, picked by label at base.py:93-100),
+  projected to the width (src/ardiff/modules/dit_model.py:346, 413), are prepended to the frames'
+  tokens (dit_model.py:414) and dropped after the last block (dit_model.py:420). They attend to every
+  frame and every frame attends to them (:func:`~ardscale.models.attention.official_mask`,
+  dit_model.py:319-339); they get no timestep: no adaLN modulation, no gate (dit_model.py:183-201).
+  **Not temporally causal**: in layer 1 the context tokens read every frame, and from layer 2 on
+  frame j reads them, so frame j's output depends on frames after j (tested; with one layer it
+  does not). Hence no KV cache: the sampler recomputes the whole window each call, as the official
+  sampler does (src/ardiff/modules/fifoddim.py:162-176). With ``causal: false`` nothing is masked
+  (the official ``causal_attn_mode: null``, dit_model.py:293-294).
+
+  Departures, so that ``official`` differs from ``causal`` in the tokens and the mask only: the
+  class also stays in adaLN (the official adaLN sees the timestep only, dit_model.py:416-418) and
+  the final layer keeps its adaLN (the official one is LayerNorm + Linear, dit_model.py:363-366);
+  the blocks stay pre-norm (no ``share_norm``, see :class:`DiTBlock`); the null class is row
+  ``num_classes`` with ``class_dropout`` (the official drops to class 0, a real UCF-101 class, with
+  probability P(N(0,1) < 0.2) ≈ 0.58, base.py:97-98); the mask is built for any frame count (the
+  official builds it once for ``num_frames``, dit_model.py:333-338).
 
 With ``condition: text`` (not in the paper, which is class-conditional): each block also
 cross-attends from the video tokens to the caption tokens, as PixArt-α and Open-Sora do, and the
 pooled caption joins the timestep in the per-frame adaLN conditioning; the captions carry no frame
 order, so causality is unchanged.
 
-Because frame i only reads frames <= i, a frame whose input no longer changes (a finished,
-clean frame during sampling) has fixed keys/values in every layer: :class:`KVCache` keeps them
-so that later calls compute only the frames after it; :class:`StaticKVCache` (models/kv_cache.py) is
-the same with preallocated buffers, for a compiled sampler step.
+Because frame i only reads frames <= i (``attention=causal``), a frame whose input no longer
+changes (a finished, clean frame during sampling) has fixed keys/values in every layer:
+:class:`KVCache` keeps them so that later calls compute only the frames after it;
+:class:`StaticKVCache` (models/kv_cache.py) is the same with preallocated buffers, for a compiled
+sampler step.
 """
 from __future__ import annotations
 
@@ -54,12 +74,34 @@ class DiTConfig:
     text_dim: int = 384          # text: C of the text encoder's tokens (all-MiniLM-L6-v2: 384)
     text_tokens: int = 32        # text: S, captions padded/truncated to this many tokens
     caption_dropout: float = 0.1  # text: captions replaced by the null (empty) caption, for CFG
+    attention: str = "causal"    # causal: strict block-causal (paper) | official: + K context tokens that
+                                 # read and are read by every frame (official code; not causal, no KV cache)
+    context_tokens: int = 77     # official: K learned context tokens per class (official base.py:63)
+    context_dim: int = 768       # official: their width, projected to hidden_size (official dit_model.py:346)
 
     def __post_init__(self):
         if self.condition not in ("class", "text"):
             raise ValueError(f"dit.condition={self.condition!r}: expected 'class' or 'text'")
         if self.checkpoint_every < 1:
             raise ValueError(f"dit.checkpoint_every={self.checkpoint_every}: checkpoint every k ≥ 1 blocks")
+        if self.attention not in ("causal", "official"):
+            raise ValueError(f"dit.attention={self.attention!r}: expected 'causal' or 'official'")
+        if self.attention == "official" and self.condition != "class":
+            raise ValueError("dit.attention=official builds its context tokens from class labels; "
+                             "a text DiT (dit.condition=text) takes dit.attention=causal")
+        if self.attention == "official" and self.context_tokens < 1:
+            raise ValueError(f"dit.context_tokens={self.context_tokens}: dit.attention=official needs ≥ 1")
+
+    @property
+    def temporally_causal(self) -> bool:
+        """Frame i's output depends on frames <= i only (what a KV cache needs): causal attention
+        without the official context tokens."""
+        return self.causal and self.attention == "causal"
+
+    @property
+    def num_context(self) -> int:
+        """K, the context tokens before the frames' tokens (0 unless ``attention=official``)."""
+        return self.context_tokens if self.attention == "official" else 0
 
     @classmethod
     def tiny(cls, **overrides) -> DiTConfig:
@@ -119,11 +161,38 @@ class LabelEmbedder(nn.Embedding):
         self.num_classes, self.dropout = num_classes, dropout
 
     def forward(self, labels: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        return self.embed(self.dropped(labels, drop))
+
+    def dropped(self, labels: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """``labels`` ``(B,)`` with the null class where dropped (``drop``, or drawn; see above)."""
         if drop is None and self.training and self.dropout > 0:
             drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout
         if drop is not None:
             labels = torch.where(drop.to(labels.device), self.num_classes, labels)
+        return labels
+
+    def embed(self, labels: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(B, H)`` of ``labels`` as given (no dropout)."""
         return super().forward(labels)
+
+
+class ContextEmbedder(nn.Module):
+    """``dit.attention=official``: class labels ``(B,)`` long → K context tokens ``(B, K, H)``.
+
+    Each class (and the null class, row ``num_classes``) owns K learned tokens of width C (the
+    official ``class_emb``, ``(num_class+1, 77, 768)`` drawn from N(0, 0.1²), src/ardiff/base.py:63,
+    picked by label at base.py:93-100), projected to the DiT's width by a linear layer (the official
+    ``c_embedder``, src/ardiff/modules/dit_model.py:346, 413). No position embedding: the official
+    adds its position embedding to the video tokens only (dit_model.py:412).
+    """
+
+    def __init__(self, num_classes: int, tokens: int, dim: int, hidden_size: int):
+        super().__init__()
+        self.tokens = nn.Parameter(torch.zeros(num_classes + 1, tokens, dim))   # (classes + null, K, C)
+        self.proj = nn.Linear(dim, hidden_size)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.tokens[labels])
 
 
 class TextEmbedder(nn.Module):
@@ -180,11 +249,19 @@ class TextEmbedder(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero transformer block on tokens ``(B, F*L, C)`` with per-frame conditioning ``(B, F, C)``.
+    """adaLN-Zero transformer block on tokens ``(B, K+F*L, C)`` with per-frame conditioning ``(B, F, C)``.
 
     The conditioning (timestep + class) is the same for the L tokens of a frame, so the six
     modulation vectors are computed once per frame and broadcast over its tokens, as the official
     model does: at paper size the adaLN matmul per token would be 12·C² of ~37·C² FLOPs per block.
+
+    K context tokens (``dit.attention=official``; else K = 0) come first. They are normalised but
+    neither modulated nor gated: they carry no timestep (official src/ardiff/modules/dit_model.py:
+    183-201). Departure: the block stays pre-norm. The official ``share_norm`` block (the UCF-101
+    config's ``merge_mode``) also replaces the residual stream by its LayerNorm before each branch
+    (``x = norm1(x)``, dit_model.py:183, 194), for frame tokens too; that is a change of the block,
+    not of the context tokens (its ``separate_norm`` mode, dit_model.py:156-177, has the same
+    context tokens without it), and is left out of this option.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attn_backend: str = "auto",
@@ -198,21 +275,35 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, tokens_per_frame: int, cache=None, layer: int = 0,
-                text=None) -> torch.Tensor:
-        """The block output ``(B, F*L, C)``. ``cache``/``layer``: the KV cache and this block's index
-        in it. ``text``: ``(keys, values, mask)`` of the captions for the cross-attention (text DiT)."""
-        B, N, C = x.shape
-        F = N // tokens_per_frame
-        mods = self.adaLN_modulation(c)[:, :, None]                      # (B, F, 1, 6C)
-        sh1, sc1, g1, sh2, sc2, g2 = mods.chunk(6, dim=-1)
-        per_frame = lambda h: h.view(B, F, tokens_per_frame, C)
-        a = self.attn(modulate(per_frame(self.norm1(x)), sh1, sc1).view(B, N, C), tokens_per_frame,
-                      cache, layer)
-        x = per_frame(x) + g1 * per_frame(a)
+                text=None, num_context: int = 0) -> torch.Tensor:
+        """The block output ``(B, K+F*L, C)``. ``cache``/``layer``: the KV cache and this block's index
+        in it. ``text``: ``(keys, values, mask)`` of the captions for the cross-attention (text DiT).
+        ``num_context``: K, the context tokens at the front of ``x``."""
+        K, L = num_context, tokens_per_frame
+        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c)[:, :, None].chunk(6, dim=-1)  # (B, F, 1, C)
+        a = self.attn(self._modulated(self.norm1(x), sh1, sc1, K, L), L, cache, layer, K)
+        x = self._gated_sum(x, a, g1, K, L)
         if self.cross is not None:   # every token reads the captions: no frame reads another here
-            x = x + per_frame(self.cross(x.view(B, N, C), mask=text[2], kv=text[:2]))
-        x = x + g2 * per_frame(self.mlp(modulate(self.norm2(x), sh2, sc2).view(B, N, C)))
-        return x.view(B, N, C)
+            x = x + self.cross(x, mask=text[2], kv=text[:2])
+        return self._gated_sum(x, self.mlp(self._modulated(self.norm2(x), sh2, sc2, K, L)), g2, K, L)
+
+    @staticmethod
+    def _modulated(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, K: int, L: int) -> torch.Tensor:
+        """adaLN on the frame tokens of ``h`` ``(B, K+F*L, C)``, per frame (shift, scale ``(B, F, 1, C)``);
+        the K context tokens pass as they are."""
+        B, N, C = h.shape
+        F = (N - K) // L
+        frames = modulate(h[:, K:].view(B, F, L, C), shift, scale).view(B, F * L, C)
+        return torch.cat([h[:, :K], frames], dim=1) if K else frames
+
+    @staticmethod
+    def _gated_sum(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor, K: int, L: int) -> torch.Tensor:
+        """``x + gate·branch`` over the frame tokens (``(B, K+F*L, C)``, gate ``(B, F, 1, C)`` per frame);
+        the K context tokens add their branch ungated."""
+        B, N, C = x.shape
+        F = (N - K) // L
+        frames = (x[:, K:].view(B, F, L, C) + gate * branch[:, K:].view(B, F, L, C)).view(B, F * L, C)
+        return torch.cat([x[:, :K] + branch[:, :K], frames], dim=1) if K else frames
 
 
 class DiT(nn.Module):
@@ -232,10 +323,11 @@ class DiT(nn.Module):
         cache_frames: (KVCache) append the keys/values of x's first ``cache_frames`` frames to ``cache``;
             the caller promises those frames are final.
     Returns:
-        ``(B, F, L, D)`` predicted clean latents. Output of frame i depends only on frames <= i.
+        ``(B, F, L, D)`` predicted clean latents. Output of frame i depends only on frames <= i
+        (``attention=causal``; with ``official`` on every frame once depth ≥ 2, see the module doc).
     Raises:
         ValueError: if ``L``/``D`` differ from the config or t's shape is not ``(B, F)``, or a
-            cache is given to a bidirectional DiT.
+            cache is given to a bidirectional DiT or to ``attention=official``.
     """
 
     def __init__(self, config: DiTConfig):
@@ -248,6 +340,8 @@ class DiT(nn.Module):
         text = c.condition == "text"
         self.y_embedder = (TextEmbedder(c.text_dim, c.text_tokens, H, c.caption_dropout) if text
                            else LabelEmbedder(c.num_classes, H, c.class_dropout))
+        self.context = (ContextEmbedder(c.num_classes, c.context_tokens, c.context_dim, H)
+                        if c.attention == "official" else None)
         self.blocks = nn.ModuleList(DiTBlock(H, c.num_heads, c.mlp_ratio, c.attn_backend, c.causal, text)
                                     for _ in range(c.depth))
         self.norm_final = nn.LayerNorm(H, elementwise_affine=False, eps=1e-6)
@@ -263,6 +357,8 @@ class DiT(nn.Module):
         nn.init.normal_(self.token_pos, std=0.02)
         if isinstance(self.y_embedder, LabelEmbedder):
             nn.init.normal_(self.y_embedder.weight, std=0.02)
+        if self.context is not None:   # as the official class_emb (base.py:63); its proj: xavier above
+            nn.init.normal_(self.context.tokens, std=0.1)
         for lin in (self.t_embedder[0], self.t_embedder[2]):
             nn.init.normal_(lin.weight, std=0.02)
         # adaLN-Zero: every residual branch and the output start at zero.
@@ -289,37 +385,44 @@ class DiT(nn.Module):
         x = x.to(self.x_embedder.weight.dtype)   # fp32 latents into a bf16 engine
         pos = cache.positions(F, x.device) if cache is not None else torch.arange(F, device=x.device)
         h = self.x_embedder(x) + self.token_pos + sinusoidal(pos, H)[:, None].to(x.dtype)  # any length
-        cond, text = self._condition(y, drop, cache)
+        cond, text, context = self._condition(y, drop, cache)
         cond = self.t_embedder(sinusoidal(t, 256).to(x.dtype)) + cond[:, None]     # (B, F, H)
         h = h.reshape(B, F * L, H)
+        K = c.num_context
+        if K:   # official: K context tokens first (B, K+F*L, H)
+            h = torch.cat([context.to(h.dtype), h], dim=1)
         ckpt = c.grad_checkpointing and self.training and torch.is_grad_enabled()
         call = cache.begin(F, cache_frames, L) if cache is not None else None   # what the blocks attend with
         for i, blk in enumerate(self.blocks):
             txt = None if text is None else text[i]
             if ckpt and i % c.checkpoint_every == 0:
-                h = checkpoint(blk, h, cond, L, None, i, txt, use_reentrant=False)
+                h = checkpoint(blk, h, cond, L, None, i, txt, K, use_reentrant=False)
             else:
-                h = blk(h, cond, L, call, i, txt)
+                h = blk(h, cond, L, call, i, txt, K)
         if cache is not None:
             cache.end()
+        h = h[:, K:]   # official: the context tokens are dropped (dit_model.py:420)
         shift, scale = self.adaLN_final(cond)[:, :, None].chunk(2, dim=-1)      # (B, F, 1, H) each
         return self.out(modulate(self.norm_final(h).view(B, F, L, H), shift, scale))
 
     def _condition(self, y, drop, cache):
-        """The per-video conditioning vector ``(B, H)`` (class, or pooled caption) and, for a text
-        DiT, each block's caption ``(keys, values, mask)`` (from ``cache`` once computed)."""
+        """The per-video conditioning vector ``(B, H)`` (class, or pooled caption); for a text DiT,
+        each block's caption ``(keys, values, mask)`` (from ``cache`` once computed), else None; for
+        ``attention=official``, the context tokens ``(B, K, H)`` of the (dropped) labels, else None."""
         if self.config.condition == "class":
-            return self.y_embedder(y, drop), None
+            labels = self.y_embedder.dropped(y, drop)   # CFG: the null class where dropped
+            context = None if self.context is None else self.context(labels)
+            return self.y_embedder.embed(labels), None, context
         if not isinstance(y, TextCondition):
             raise TypeError("a text DiT (dit.condition=text) takes a TextCondition, not class labels")
         cached = cache is not None and cache.text is not None
         tokens, mask, pooled = self.y_embedder(y, drop, tokens=not cached)
         if cached:
-            return pooled, cache.text
+            return pooled, cache.text, None
         text = [(*blk.cross.context_kv(tokens), mask) for blk in self.blocks]
         if cache is not None and cache.keeps_text:
             cache.text = text
-        return pooled, text
+        return pooled, text, None
 
     def with_null(self, y):
         """``y`` followed by as many null conditions (class ``num_classes``, or the null caption):
