@@ -18,7 +18,8 @@ several nodes, ``--out`` (and the data) must be on storage every node sees. A tr
 request (its run dir's ``STOP`` file) fails its trial; the next run of the command resumes it.
 
 Variants: the FoPP timestep scheduler against the independent, equal and naive ones; causal
-against bidirectional attention; x0 against eps prediction.
+against bidirectional attention and the official code's attention (77 context tokens that read
+and are read by every frame); x0 against eps prediction.
 
 ``table2`` evaluates one trained DiT at several AD steps ``s`` (0 = synchronous … N =
 auto-regressive): ``fvd_local`` and generation time per video. ``drift`` continues the first
@@ -53,6 +54,7 @@ VARIANTS = {
     "naive": ["diffusion.timestep_scheduler=naive"],
     "bidirectional": ["dit.causal=false"],
     "eps": ["diffusion.prediction=eps"],
+    "official": ["dit.attention=official"],   # the official context tokens and mask (not temporally causal)
 }
 EXPERIMENT = "ardscale-ablate"
 # The options that make table3's runs and their evaluation: the sweep's Tune experiment is named by

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-PARAMS = ("task", "diffusion.timestep_scheduler", "diffusion.prediction", "dit.causal",
+PARAMS = ("task", "diffusion.timestep_scheduler", "diffusion.prediction", "dit.causal", "dit.attention",
           "dit.hidden_size", "dit.depth", "optim.lr", "optim.micro_batch_size", "train.steps", "train.seed")
 METRICS = ("loss", "eval/fvd_local", "eval/fid_local", "val/psnr", "samples_per_s", "mfu")
 PLOTS = {"loss.png": "loss", "fvd_local.png": "eval/fvd_local", "throughput.png": "samples_per_s"}
