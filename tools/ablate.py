@@ -271,9 +271,9 @@ def drift(a) -> dict:
     videos = {"recon": recon, "frozen": d.frozen(recon, a.context)}
     variants = _sample_variants(a.sample_variant)
     for s in a.s_values:
-        for tag, change in variants.items():
+        for suffix, change in variants.items():
             sc = replace(SampleConfig(s=s, steps=a.ddim_steps, cfg_scale=a.cfg_scale, seed=a.seed), **change)
-            videos[f"s={s}{tag}"] = d.continue_clips(dit, data, real, labels, a.context, sc)
+            videos[f"s={s}{suffix}"] = d.continue_clips(dit, data, real, labels, a.context, sc)
     standard = None
     if a.real_root:   # FVD16 of successive 16-frame windows against the 16-frame held-out clips
         from ardscale.evaluate import standard_references
@@ -281,14 +281,17 @@ def drift(a) -> dict:
         standard = standard_references(data, std_e)[0][1]
     results = d.measure(videos, real, local, real_feats, window, standard, a.context)
     _drift_outputs(a, results, {"real": real, **videos}, window)
-    nxt = {}
-    for tag, change in variants.items():
+    nxt, seen = {}, []
+    for suffix, change in variants.items():
         sc = replace(SampleConfig(s=a.s_values[0], steps=a.ddim_steps, cfg_scale=a.cfg_scale, seed=a.seed),
                      **change)
-        part = d.next_frame(dit, data, real, labels, a.context, sc)
-        for key, value in part.items():   # "x0@500/swapped" → "x0@500 ctx100/swapped"
-            base, swapped, _ = key.partition("/swapped")
-            nxt[key if isinstance(value, float) else base + tag + swapped] = value
+        reads = replace(sc, window=0, sink=0)   # the next frame is sampled without a window
+        if reads in seen:   # a variant that acts on a sliding window only: the plain rows hold
+            continue
+        seen.append(reads)
+        for key, value in d.next_frame(dit, data, real, labels, a.context, sc).items():
+            base, swapped, _ = key.partition("/swapped")   # "x0@500/swapped" → "x0@500 ctx100/swapped"
+            nxt[key if isinstance(value, float) else base + suffix + swapped] = value
     return {"run": a.dit_run, "checkpoint": tag, "clips": len(real), "frames": real.shape[1],
             "context": a.context, "window": window, "cfg_scale": a.cfg_scale, "results": results,
             "next_frame": nxt, "markdown": _drift_table(a, results) + "\n\n" + _next_frame_table(nxt),
