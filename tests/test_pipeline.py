@@ -325,7 +325,8 @@ def test_ablation_tables_and_continuation_drift(vae_run, latents, local, clip, w
     assert set(res) == {"recon", "frozen", "s=4", "s=4 ctx", "s=4 sink"}
     assert res["s=4 ctx"]["psnr"][2:] != res["s=4"]["psnr"][2:] != res["s=4 sink"]["psnr"][2:]
     assert {"sampled", "sampled ctx", "x0@500 ctx/swapped"} <= set(dr["next_frame"])
-    assert "sampled sink" not in dr["next_frame"] and dr["checkpoint"] == "step-00000002"   # sink: window only
+    # the sink acts on a sliding window only: its next frame is the plain one, not computed again
+    assert "sampled sink" not in dr["next_frame"] and dr["checkpoint"] == "step-00000002"
     assert dr["next_frame"]["x0@500 ctx"] != dr["next_frame"]["x0@500"]   # the context enters noised
     assert all((len(r["psnr"]), len(r["fvd_local"]), len(r["motion"])) == (8, 5, 7) for r in res.values())
     assert res["frozen"]["motion_vs_real"] == 0 and res["s=4"]["motion_vs_real"] > 0   # frozen stands still
