@@ -37,7 +37,7 @@ from .config import SampleConfig
 from .data.transforms import to_model_range, to_unit
 from .diffusion.sampler import sample
 from .diffusion.schedule import make_diffusion
-from .metrics import frechet_distance, psnr
+from .metrics import frechet_distance, per_frame_motion, psnr
 from .metrics.fvd import StandardReference
 from .metrics.local import LocalFeatures
 from .runs import RunData
@@ -153,13 +153,6 @@ def per_frame_psnr(fake: torch.Tensor, real: torch.Tensor) -> list[float]:
     mean over the N clips: a list of F floats."""
     a, b = to_unit(fake), to_unit(real)                           # (N, F, 3, H, W)
     return [psnr(a[:, j], b[:, j]).mean().item() for j in range(fake.shape[1])]
-
-
-def per_frame_motion(videos: torch.Tensor) -> list[float]:
-    """Mean absolute difference between frame j and j-1 of uint8 ``videos (N, F, H, W, 3)``, in
-    uint8 levels, mean over clips and pixels: F - 1 floats, the first for frame 1."""
-    v = videos.float()
-    return (v[:, 1:] - v[:, :-1]).abs().mean(dim=(0, 2, 3, 4)).tolist()
 
 
 def motion_vs_real(fake: list[float], real: list[float], context: int) -> float:

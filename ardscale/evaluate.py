@@ -30,7 +30,9 @@ clips (``fvd_local_segments``, one value per segment: drift shows as growth), an
 pools all segments.
 
 An AR-VAE run: ``rfvd_local`` and ``rfvd16`` (``rkvd16``, ``rfid``) of reconstructions against the
-originals, with PSNR/SSIM. Every run writes ``report.json`` and a grid video under ``out`` (default
+originals, with PSNR/SSIM. Both tasks report ``motion`` / ``motion_real`` / ``motion_ratio``
+(:func:`motion`): how much the videos move against the real clips. Every run writes
+``report.json`` and a grid video under ``out`` (default
 ``RUN_DIR/eval/<tag>-…``) and logs the metrics (prefix ``eval/``) at the checkpoint's step to a
 child run of the training's MLflow run (``eval-<run>-<out>``, the ``eval`` settings as its params).
 """
@@ -56,7 +58,7 @@ from .diffusion.sampler import frames_in_flight, sample
 from .diffusion.schedule import make_diffusion
 from .engine import checkpoint
 from .engine.tracking import Tracker
-from .metrics import frechet_distance, psnr, ssim
+from .metrics import frechet_distance, per_frame_motion, psnr, ssim
 from .metrics.fvd import I3DFeatures, StandardReference
 from .metrics.inception import InceptionFeatures
 from .metrics.local import LocalFeatures
@@ -269,7 +271,8 @@ def evaluate_dit_run(data: RunData, dit, held: HeldOut, e: EvalConfig) -> tuple:
     videos, metrics, report fields)."""
     y, labels, prompts = dit_conditions(data, held, e)
     fake, per_video = generate_videos(data, dit, y, e.sample, e.batch_size)
-    metrics = {**Reference(held.clips, e, held.labels).compare(fake, labels), "gen_s_per_video": per_video}
+    metrics = {**Reference(held.clips, e, held.labels).compare(fake, labels), **motion(fake, held.clips),
+               "gen_s_per_video": per_video}
     info = {"classes": torch.unique(labels).tolist(), "generated": len(labels), "frames": fake.shape[1]}
     return fake, metrics, info | ({"prompts": prompts} if prompts else {})
 
@@ -280,8 +283,18 @@ def evaluate_vae_run(data: RunData, vae, held: HeldOut, e: EvalConfig) -> tuple:
     fake = reconstruct(vae, real, e.batch_size)
     metrics = {("r" + k if "fvd" in k else k): v for k, v in Reference(real, e).compare(fake).items()}
     fake01, real01 = to_unit(fake).flatten(0, 1), to_unit(real).flatten(0, 1)   # (N·F, 3, H, W)
-    metrics.update(psnr=psnr(fake01, real01).mean().item(), ssim=ssim(fake01, real01).mean().item())
+    metrics.update(psnr=psnr(fake01, real01).mean().item(), ssim=ssim(fake01, real01).mean().item(),
+                   **motion(fake, real))
     return fake, metrics, {}
+
+
+def motion(fake: torch.Tensor, real: torch.Tensor) -> dict:
+    """How much uint8 videos ``(N, F, H, W, 3)`` move: ``motion`` (``fake``) and ``motion_real``,
+    the mean absolute difference of consecutive frames in uint8 levels (mean over frame pairs,
+    clips and pixels), and ``motion_ratio`` = motion / motion_real (inf for still real clips).
+    Blurry reconstructions and frozen samples score < 1; jittery ones > 1 (issue 23)."""
+    f, r = (sum(m) / len(m) for m in (per_frame_motion(fake), per_frame_motion(real)))
+    return {"motion": f, "motion_real": r, "motion_ratio": f / r if r > 0 else float("inf")}
 
 
 def standard_metrics(task: str, model, refs: list, fake: torch.Tensor, batch_size: int) -> dict:

@@ -259,7 +259,8 @@ def test_drift_references_and_per_frame_psnr():
 
 
 def test_drift_motion_is_the_mean_frame_difference_against_the_real_clips():
-    from ardscale.drift import frozen, motion_vs_real, per_frame_motion
+    from ardscale.drift import frozen, motion_vs_real
+    from ardscale.metrics import per_frame_motion
 
     still = torch.full((2, 5, 4, 4, 3), 100, dtype=torch.uint8)
     ramp = still.clone()
@@ -355,3 +356,14 @@ def test_default_prompts_read_captions_only_until_enough_are_found(tmp_path):
     cfg.data.root = str(tmp_path / "none")
     with pytest.raises(ValueError, match="--source captions"):
         RunData(cfg).default_prompts(2)
+
+
+def test_evaluate_motion_is_the_mean_frame_difference_and_its_ratio_to_the_real_clips():
+    from ardscale.evaluate import motion
+
+    real = torch.zeros((3, 4, 2, 2, 3), dtype=torch.uint8)
+    for j in range(4):
+        real[:, j] = 20 * j                           # 20 levels a frame
+    half = (real // 2).to(torch.uint8)                # 10 levels a frame: a reconstruction keeping half
+    assert motion(half, real) == {"motion": 10.0, "motion_real": 20.0, "motion_ratio": 0.5}
+    assert motion(real, torch.zeros_like(real))["motion_ratio"] == float("inf")

@@ -220,6 +220,9 @@ def test_evaluate_dit_long_videos_and_vae_reconstructions(dit_run, vae_run, loca
     assert child.data.params["eval.sample.steps"] == "4"
     vrep = evaluate(vae_run[0], [f"local={local}", "split=train", "mlflow=false", "standard=false"])
     assert vrep["metrics"]["rfvd_local"] >= 0 and 5 < vrep["metrics"]["psnr"] < 40
+    vm = vrep["metrics"]
+    assert vm["motion_real"] > 0 and vm["motion_ratio"] == pytest.approx(vm["motion"] / vm["motion_real"])
+    assert m["motion"] >= 0 and m["motion_real"] > 0
     with pytest.raises(FileNotFoundError, match="ardscale.metrics.local"):
         evaluate(vae_run[0], ["local=/nope.pt", "split=train", "mlflow=false", "standard=false"])
     with pytest.raises(ValueError, match="s is now sample.s, steps is now sample.steps"):

@@ -38,3 +38,10 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
     return s.mean(dim=(1, 2, 3))
+
+
+def per_frame_motion(videos: torch.Tensor) -> list[float]:
+    """Mean absolute difference between frame j and j-1 of uint8 ``videos (N, F, H, W, 3)``, in
+    uint8 levels, mean over clips and pixels: F - 1 floats, the first for frame 1."""
+    v = videos.float()
+    return (v[:, 1:] - v[:, :-1]).abs().mean(dim=(0, 2, 3, 4)).tolist()
