@@ -297,3 +297,45 @@ def test_bidirectional_ablation_reads_later_frames_and_samples_every_frame_each_
     assert set(fed) == {3}                     # every frame, every step, no cache
     with pytest.raises(ValueError, match="bidirectional DiT generates at most window=2"):
         sample(model, GaussianDiffusion(), y, sc(3, 4, 2, window=2))
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear", "both"])
+def test_pixel_heads_and_the_gradient_at_their_last_conv(kind):
+    """Each head maps (B, W, g, g) tokens to (B, 3, g·p, g·p) pixels; the adaptive GAN weight's
+    gradient at ``conv_out`` (from its input and the output gradient) equals autograd's."""
+    from ardscale.models.arvae import PixelHead
+
+    torch.manual_seed(0)
+    head = PixelHead(8, 4, 3, base=4, kind=kind)
+    torch.nn.init.normal_(head.conv_out.weight, std=0.1)      # "both" starts it at zero
+    x = torch.randn(2, 8, 3, 3)
+    grabbed = {}
+    hook = head.conv_out.register_forward_hook(lambda m, inp, out: grabbed.update(inp=inp[0]))
+    out = head(x)
+    hook.remove()
+    assert out.shape == (2, 3, 12, 12)
+    g = torch.randn_like(out)
+    expected = torch.autograd.grad((out * g).sum(), head.conv_out.weight)[0]
+    got = torch.nn.grad.conv2d_weight(grabbed["inp"].detach(), head.conv_out.weight.shape,
+                                      head.grad_at_conv_out(g), padding=head.conv_out.padding)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_linear_head_is_patch_local_and_both_starts_as_the_linear_head():
+    from ardscale.models.arvae import PixelHead
+
+    torch.manual_seed(0)
+    linear, both = PixelHead(8, 4, 3, 4, "linear"), PixelHead(8, 4, 3, 4, "both")
+    both.linear.load_state_dict(linear.linear.state_dict())
+    x = torch.randn(1, 8, 3, 3)
+    x2 = x.clone()
+    x2[:, :, 1, 2] += 1.0                                     # token (row 1, column 2) moves
+    with torch.no_grad():
+        moved = (linear(x2) - linear(x)).abs()[0].amax(0) > 0  # (12, 12) pixels that changed
+        assert moved[4:8, 8:12].all() and moved.sum() == 16       # exactly its 4×4 patch
+        assert torch.equal(both(x), linear(x))                    # conv path's last conv at zero
+        torch.nn.init.normal_(both.conv_out.weight, std=0.1)
+        spread = (both(x2) - both(x)).abs()[0].amax(0) > 0
+        assert spread.sum() > 16                                  # the conv path reaches across patch edges
+    with pytest.raises(ValueError, match="vae.pixel_head='mlp'"):
+        ARVAEConfig.tiny(pixel_head="mlp")

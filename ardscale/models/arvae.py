@@ -74,12 +74,15 @@ class ARVAEConfig:
     latent_dim: int = 4          # D
     temporal: bool = False       # stage 3: temporal blocks in the decoder (zero-initialised outputs)
     pixel_channels: int = 128    # channels of the pixel head's last (full-resolution) level
+    pixel_head: str = "conv"     # conv | linear | both (models/arvae.py PixelHead)
     trainable: str = "all"       # parameters trained: all (paper) | temporal: only the temporal blocks
                                  # (the official stage-3 script, at lr 1e-6); needs vae.temporal=true
     init_from_titok: str = ""    # local TiTok-L-32 file (tokenizer_titok_l32.bin) a fresh run starts from
                                  # (paper Sec. 4.1; models/titok.py); nothing is downloaded
 
     def __post_init__(self):
+        if self.pixel_head not in PIXEL_HEADS:
+            raise ValueError(f"vae.pixel_head={self.pixel_head!r}: expected one of {PIXEL_HEADS}")
         if self.trainable not in VAE_TRAINABLE:
             raise ValueError(f"vae.trainable={self.trainable!r}: expected one of {VAE_TRAINABLE}")
         if self.trainable == "temporal" and not self.temporal:
@@ -160,18 +163,33 @@ class ResBlock(nn.Module):
 
 
 class PixelHead(nn.Module):
-    """Patch tokens as a grid ``(B, W, g, g)`` → pixels ``(B, C, g·p, g·p)``.
+    """Patch tokens as a grid ``(B, W, g, g)`` → pixels ``(B, C, g·p, g·p)``, by ``kind``:
 
-    A 3×3 conv, then log2(p) levels of [ResBlock, nearest 2× upsample, 3×3 conv], channels
-    narrowing to ``base`` (at most 4·base), then GN, SiLU and a 3×3 conv to C. Neighbouring
-    patches share pixels' receptive fields, so the p×p patch grid of a linear head disappears.
+    - ``conv``: a 3×3 conv, then log2(p) levels of [ResBlock, nearest 2× upsample, 3×3 conv],
+      channels narrowing to ``base`` (at most 4·base), then GN, SiLU and a 3×3 conv to C.
+      Neighbouring patches share pixels' receptive fields, so the p×p patch grid of a linear head
+      disappears.
+    - ``linear``: each token → its p×p×C patch (a 1×1 conv to C·p² channels and a pixel shuffle;
+      MAE's and TiTok's ViT head). Fast to train, but patch edges show.
+    - ``both``: their sum, the conv path's last conv starting at zero, so training starts from
+      the linear head's quick fit and the conv path learns the residual across patch edges.
+
+    ``conv_out`` is the last layer (VQGAN's adaptive GAN weight is taken there): the conv path's
+    last conv, or the 1×1 conv of ``linear``.
 
     Raises:
-        ValueError: ``patch_size`` not a power of two.
+        ValueError: ``patch_size`` not a power of two (conv paths), an unknown ``kind``.
     """
 
-    def __init__(self, width: int, patch_size: int, out_channels: int, base: int):
+    def __init__(self, width: int, patch_size: int, out_channels: int, base: int, kind: str = "conv"):
         super().__init__()
+        if kind not in PIXEL_HEADS:
+            raise ValueError(f"vae.pixel_head={kind!r}: expected one of {PIXEL_HEADS}")
+        self.patch_size = patch_size
+        self.linear = nn.Conv2d(width, out_channels * patch_size**2, 1) if kind != "conv" else None
+        if kind == "linear":
+            self.conv_out = self.linear
+            return
         levels = int(math.log2(patch_size))
         if 2 ** levels != patch_size:
             raise ValueError(f"vae.patch_size={patch_size} must be a power of two for the pixel head")
@@ -180,11 +198,25 @@ class PixelHead(nn.Module):
         self.up = nn.Sequential(*(nn.Sequential(ResBlock(a), nn.Upsample(scale_factor=2, mode="nearest"),
                                                 nn.Conv2d(a, b, 3, padding=1)) for a, b in pairwise(chans)))
         self.out = nn.Sequential(_group_norm(base), nn.SiLU())
-        # the "last layer" of VQGAN's adaptive weight
         self.conv_out = nn.Conv2d(base, out_channels, 3, padding=1)
+        if self.linear is not None:
+            nn.init.zeros_(self.conv_out.weight)
+            nn.init.zeros_(self.conv_out.bias)
+
+    def grad_at_conv_out(self, grad: torch.Tensor) -> torch.Tensor:
+        """A gradient at the head's output ``(N, C, H, W)`` → at ``conv_out``'s output (the linear
+        head's pixel shuffle undone; the other heads add ``conv_out``'s output as it is)."""
+        return nnf.pixel_unshuffle(grad, self.patch_size) if self.linear is self.conv_out else grad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(self.out(self.up(self.conv_in(x))))
+        coarse = None if self.linear is None else nnf.pixel_shuffle(self.linear(x), self.patch_size)
+        if self.linear is self.conv_out:
+            return coarse
+        fine = self.conv_out(self.out(self.up(self.conv_in(x))))
+        return fine if coarse is None else coarse + fine
+
+
+PIXEL_HEADS = ("conv", "linear", "both")
 
 
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
@@ -224,7 +256,7 @@ class ARVAE(nn.Module):
         self.temporal = (nn.ModuleList(TemporalBlock(W, c.num_heads) for _ in range(c.depth))
                          if c.temporal else None)
         self.out_norm = nn.LayerNorm(W)
-        self.pixel_head = PixelHead(W, p, c.in_channels, c.pixel_channels)
+        self.pixel_head = PixelHead(W, p, c.in_channels, c.pixel_channels, c.pixel_head)
 
     def _check(self, video: torch.Tensor):
         c = self.config

@@ -57,30 +57,32 @@ class VAELoss:
         return nll, parts
 
     def generator(self, fake: torch.Tensor, real: torch.Tensor, disc_frozen: Callable | None,
-                  last_input: torch.Tensor | None = None, last_conv: nn.Conv2d | None = None
+                  last_input: torch.Tensor | None = None, head: nn.Module | None = None
                   ) -> tuple[torch.Tensor, dict]:
         """The AR-VAE's loss on its reconstruction ``fake (B, F, 3, H, W)`` float32 of ``real``
         frames ``(B·F, 3, H, W)``.
 
         With ``disc_frozen`` (the discriminator with its parameters out of autograd; None before
         ``disc_start``) it adds ``adversarial · λ · (-E[D(fake)])``, λ VQGAN's adaptive weight at
-        ``last_conv`` (whose forward input was ``last_input``). Returns the loss and its parts.
+        the pixel ``head``'s last conv ``head.conv_out`` (whose forward input was ``last_input``;
+        ``head.grad_at_conv_out`` maps a gradient at the head's output to that conv's output).
+        Returns the loss and its parts.
         """
         nll, parts = self.reconstruction(fake.flatten(0, 1), real)
         if disc_frozen is None:
             return nll, parts
         g_adv = -disc_frozen(fake.flatten(0, 1)).float().mean()
-        weight = self.c.adversarial * self._adaptive_weight(fake, real, disc_frozen, last_input, last_conv)
+        weight = self.c.adversarial * self._adaptive_weight(fake, real, disc_frozen, last_input, head)
         return nll + weight * g_adv, {**parts, "g_adv": g_adv, "adaptive_weight": weight}
 
-    def _adaptive_weight(self, fake, real, disc_frozen, last_input, last_conv) -> torch.Tensor:
+    def _adaptive_weight(self, fake, real, disc_frozen, last_input, head) -> torch.Tensor:
         leaf = fake.detach().requires_grad_(True)                               # (B, F, 3, H, W)
         nll, _ = self.reconstruction(leaf.flatten(0, 1), real)
         g_adv = -disc_frozen(leaf.flatten(0, 1)).float().mean()
-        inp = last_input.detach().float()
-        shape = getattr(last_conv.weight, "ds_shape", last_conv.weight.shape)   # ZeRO-3 partitions W
-        weight_grad = lambda g: torch.nn.grad.conv2d_weight(inp, shape, g.flatten(0, 1),
-                                                            padding=last_conv.padding)
+        inp, conv = last_input.detach().float(), head.conv_out
+        shape = getattr(conv.weight, "ds_shape", conv.weight.shape)             # ZeRO-3 partitions W
+        weight_grad = lambda g: torch.nn.grad.conv2d_weight(
+            inp, shape, head.grad_at_conv_out(g.flatten(0, 1)), padding=conv.padding)
         return adaptive_weight(nll, g_adv, leaf, weight_grad)
 
     @staticmethod

@@ -73,13 +73,13 @@ def step_loss(models: Models, b: dict, step: int, *, objective: VAELoss) -> tupl
     """The generator's reconstruction (+ perceptual, + adversarial from ``disc_start``) loss, and
     the discriminator's hinge loss when the GAN is on."""
     clips = b["clips"]                                                      # (B, F, 3, H, W)
-    last_conv = models.module.pixel_head.conv_out    # VQGAN's "last layer" for the adaptive weight
-    with capture_input(last_conv) as last:
+    head = models.module.pixel_head            # its conv_out: VQGAN's "last layer" for the adaptive weight
+    with capture_input(head.conv_out) as last:
         fake = models.model(clips).float()
     real = clips.flatten(0, 1)
     gan = objective.gan_on(step, models.disc is not None)
     g_loss, parts = objective.generator(fake, real, models.disc_frozen if gan else None,
-                                        last.get("input"), last_conv)
+                                        last.get("input"), head)
     losses = {"model": g_loss}
     if gan:
         losses["disc"] = parts["d_loss"] = objective.discriminator(models.disc, real, fake.flatten(0, 1))
