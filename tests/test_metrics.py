@@ -367,3 +367,26 @@ def test_evaluate_motion_is_the_mean_frame_difference_and_its_ratio_to_the_real_
     half = (real // 2).to(torch.uint8)                # 10 levels a frame: a reconstruction keeping half
     assert motion(half, real) == {"motion": 10.0, "motion_real": 20.0, "motion_ratio": 0.5}
     assert motion(real, torch.zeros_like(real))["motion_ratio"] == float("inf")
+
+
+def test_thumbnail_ceiling_loses_psnr_and_motion_as_the_thumbnail_shrinks():
+    from tools.thumbnail_ceiling import thumbnail
+
+    torch.manual_seed(0)
+    base = torch.rand(2, 1, 3, 32, 32).repeat(1, 4, 1, 1, 1)
+    for j in range(4):                                     # the texture slides 2 px a frame
+        base[:, j] = torch.roll(base[:, j], shifts=2 * j, dims=-1)
+    real = (base * 255).round().byte().permute(0, 1, 3, 4, 2)   # (N, F, H, W, 3) uint8
+    from ardscale.evaluate import motion
+    from ardscale.metrics import psnr
+
+    scores = []
+    for s in (32, 8, 2):
+        fake = thumbnail(real, s)
+        assert fake.shape == real.shape and fake.dtype == torch.uint8
+        p = psnr(fake.permute(0, 1, 4, 2, 3).float().flatten(0, 1) / 255,
+                 real.permute(0, 1, 4, 2, 3).float().flatten(0, 1) / 255).mean().item()
+        scores.append((p, motion(fake, real)["motion_ratio"]))
+    assert scores[0][0] > 45 and abs(scores[0][1] - 1) < 0.01   # full size: the clip itself
+    assert scores[0][0] > scores[1][0] > scores[2][0]           # smaller thumbnails: lower PSNR
+    assert 1 > scores[1][1] > scores[2][1]                      # and less of the motion
