@@ -111,7 +111,7 @@ def test_scale_checked_at_preflight_in_make_batch_and_for_context(tmp_path):
     for f in CONFIGS.glob("*.yaml"):
         c = load(str(f))
         if c.task == "dit":
-            assert c.diffusion.scale_factor * c.dit.latent_dim ** 0.5 == 1.0, f.name
+            assert c.diffusion.scale_factor * c.dit.latent_dim ** 0.5 == pytest.approx(1.0, rel=1e-7), f.name
     where = write_latent_shards(tmp_path / "data", shards=1, per_shard=4)
     good, bad = dit_cfg(tmp_path / "data", tmp_path / "run"), dit_cfg(tmp_path / "data", tmp_path / "run",
                                                                       **{"diffusion.scale_factor": 0.25})

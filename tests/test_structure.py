@@ -199,6 +199,7 @@ def test_shipped_stage_configs_chain(tmp_path):
                            ("ucf101_vae", ["ucf101_vae_s1", "ucf101_vae_s2", "ucf101_vae_s3"])):
         c1, c2, c3 = (cfg(n)[0] for n in stages)
         assert [c.vae.temporal for c in (c1, c2, c3)] == [False, False, True], prefix
+        assert c1.vae.pixel_head == c2.vae.pixel_head == c3.vae.pixel_head, prefix   # init_from loads them
         assert c1.vae_loss.adversarial == 0 < c2.vae_loss.adversarial, prefix
         assert c1.data.clip_frames == 1 and c3.data.clip_frames != 1, prefix
         assert Path(c2.train.init_from).name == Path(c1.train.run_dir).name, prefix
