@@ -13,8 +13,10 @@ product is refused where latents meet the DiT (``check_latent_scale``, data/load
 "features output by the first normalization layer of the video decoder" are these tokens.
 
 Decoder: per frame, L latent tokens plus N shared learnable patch (mask) tokens go through
-spatial ViT blocks (full attention within the frame); a convolutional pixel head upsamples the
-patch tokens to pixels (the official decoder also ends in convolutions, a MaskGIT VQGAN decoder).
+spatial ViT blocks (full attention within the frame); a pixel head turns the patch tokens into
+pixels (``pixel_head``: convolutional upsampling, as the official decoder ends in a MaskGIT VQGAN
+decoder; a per-patch linear map, as TiTok's ViT; or both summed, the demo's: it trains fastest
+at demo budgets, RESULTS.md "A sharper AR-VAE").
 For stage 3 (``temporal=True``) each spatial block is preceded by a temporal block, as the
 official ``TiTok_KL_wT`` (src/vae/blocks_kl_wt.py):
 
