@@ -86,8 +86,8 @@ python -m ardscale.sample "$OUT/dit" num_samples=8 steps=50 s=2 cfg_scale=2.0 ou
 if [ -n "$(find "$OUT/data/videos/test" -name '*.tar' -print -quit 2>/dev/null)" ]; then
   log "encoding held-out latents"
   python tools/encode_latents.py --vae-run "$OUT/vae" --root "$OUT/data" --split test --num-actors 2 >/dev/null
-  log "continuing 4 real held-out frames to 24 frames (AD s=10, KV cache, sliding window of 8 frames)"
-  python -m ardscale.sample "$OUT/dit" num_samples=8 steps=50 s=10 cfg_scale=2.0 context=4 frames=24 \
+  log "continuing 4 real held-out frames to 24 frames (AD s=10, KV cache, sliding window of 8 frames, the first 2 kept)"
+  python -m ardscale.sample "$OUT/dit" num_samples=8 steps=50 s=10 cfg_scale=2.0 context=4 frames=24 sink=2 \
     out="$OUT/samples_long" | tail -n 1
 else
   log "no held-out clips (empty test split): continuation skipped"
@@ -97,8 +97,9 @@ fi
 # The standard metrics (Kinetics-400 I3D, Inception-v3; ardscale/metrics/fvd.py) on 128 real clips a
 # side, spread over each split, and 64 generated videos: small samples make FVD large, so the DiT's
 # report carries its floor (fvd16_floor_train: real train clips scored against the real test clips).
-# 16 frames from the 8-frame DiT: the sliding window holds 8, so s = 10 of N = 50 (5 frames in flight).
-STD=(local="$OUT/ucf101_local.pt" real_root="$OUT/data16" max_real=128 sample.s=10 sample.steps=50)
+# 16 frames from the 8-frame DiT: the sliding window holds 8, so s = 10 of N = 50 (5 frames in flight);
+# once it slides it keeps the video's first 2 frames (sample.sink=2: less drift, RESULTS.md).
+STD=(local="$OUT/ucf101_local.pt" real_root="$OUT/data16" max_real=128 sample.s=10 sample.steps=50 sample.sink=2)
 log "evaluating the DiT: FVD16/KVD16/FID of 64 16-frame videos (test-split class mix, s=10), its floor, fvd_local"
 python -m ardscale.evaluate "$OUT/dit" "${STD[@]}" videos=64 out="$OUT/eval_dit" >/dev/null
 log "evaluating the AR-VAE: rFVD16 of its reconstructions of the 16-frame test clips, PSNR/SSIM, rfvd_local"
