@@ -326,7 +326,8 @@ def test_linear_head_is_patch_local_and_both_starts_as_the_linear_head():
 
     torch.manual_seed(0)
     linear, both = PixelHead(8, 4, 3, 4, "linear"), PixelHead(8, 4, 3, 4, "both")
-    both.linear.load_state_dict(linear.linear.state_dict())
+    both.linear.load_state_dict(linear.conv_out.state_dict())
+    assert sorted(linear.state_dict()) == ["conv_out.bias", "conv_out.weight"]
     x = torch.randn(1, 8, 3, 3)
     x2 = x.clone()
     x2[:, :, 1, 2] += 1.0                                     # token (row 1, column 2) moves

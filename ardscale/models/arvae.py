@@ -177,7 +177,7 @@ class PixelHead(nn.Module):
       the linear head's quick fit and the conv path learns the residual across patch edges.
 
     ``conv_out`` is the last layer (VQGAN's adaptive GAN weight is taken there): the conv path's
-    last conv, or the 1×1 conv of ``linear``.
+    last conv, or the 1×1 conv of ``linear`` (``both`` keeps its per-patch conv as ``linear``).
 
     Raises:
         ValueError: ``patch_size`` not a power of two (conv paths), an unknown ``kind``.
@@ -187,11 +187,12 @@ class PixelHead(nn.Module):
         super().__init__()
         if kind not in PIXEL_HEADS:
             raise ValueError(f"vae.pixel_head={kind!r}: expected one of {PIXEL_HEADS}")
-        self.patch_size = patch_size
-        self.linear = nn.Conv2d(width, out_channels * patch_size**2, 1) if kind != "conv" else None
+        self.kind, self.patch_size = kind, patch_size
+        per_patch = lambda: nn.Conv2d(width, out_channels * patch_size**2, 1)
         if kind == "linear":
-            self.conv_out = self.linear
+            self.conv_out = per_patch()
             return
+        self.linear = per_patch() if kind == "both" else None
         levels = int(math.log2(patch_size))
         if 2 ** levels != patch_size:
             raise ValueError(f"vae.patch_size={patch_size} must be a power of two for the pixel head")
@@ -208,14 +209,13 @@ class PixelHead(nn.Module):
     def grad_at_conv_out(self, grad: torch.Tensor) -> torch.Tensor:
         """A gradient at the head's output ``(N, C, H, W)`` → at ``conv_out``'s output (the linear
         head's pixel shuffle undone; the other heads add ``conv_out``'s output as it is)."""
-        return nnf.pixel_unshuffle(grad, self.patch_size) if self.linear is self.conv_out else grad
+        return nnf.pixel_unshuffle(grad, self.patch_size) if self.kind == "linear" else grad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        coarse = None if self.linear is None else nnf.pixel_shuffle(self.linear(x), self.patch_size)
-        if self.linear is self.conv_out:
-            return coarse
+        if self.kind == "linear":
+            return nnf.pixel_shuffle(self.conv_out(x), self.patch_size)
         fine = self.conv_out(self.out(self.up(self.conv_in(x))))
-        return fine if coarse is None else coarse + fine
+        return fine if self.linear is None else nnf.pixel_shuffle(self.linear(x), self.patch_size) + fine
 
 
 PIXEL_HEADS = ("conv", "linear", "both")
