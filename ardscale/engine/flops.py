@@ -24,7 +24,9 @@ is twice the forward). Embedding lookups, norms and softmax are not counted, as 
 
 Models without a formula (the AR-VAE and its discriminator) are counted by
 :func:`forward_flops`: ``torch.utils.flop_counter`` on one forward of meta tensors (no memory, no
-compute; SDPA decomposes into the two matmuls the DiT formula counts as attention).
+compute; SDPA decomposes into the two matmuls the DiT formula counts as attention); the AR-VAE's
+training FLOPs by :func:`measured_train_flops`, its backward counted too, so that frozen blocks
+(``vae.trainable=temporal``) cost no weight gradients.
 
 The peak an MFU is measured against (:func:`peak_tflops`): ``train.peak_tflops`` when set; on a
 GPU the datasheet's dense bf16 peak (:data:`PEAK_TFLOPS`); on a CPU the dense fp32 matmul rate this
@@ -77,10 +79,16 @@ def forward_flops(fn: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
-def measured_train_flops(fn: Callable[[], object]) -> float:
-    """Training FLOPs (3 × forward, as :func:`dit_train_flops`) of the forward ``fn`` runs; see
-    :func:`forward_flops`."""
-    return 3.0 * forward_flops(fn)
+def measured_train_flops(fn: Callable[[], torch.Tensor]) -> float:
+    """Training FLOPs of one forward and backward: ``fn()`` runs the forward on meta tensors (see
+    :func:`forward_flops`) and returns its output, whose sum is back-propagated under the counter.
+    The backward computes only what autograd needs, so a model trained whole counts about 3 ×
+    forward (:func:`dit_train_flops`' rule) and one with frozen parameters less (e.g. the AR-VAE's
+    ``vae.trainable=temporal``: ~2 ×, no weight gradients and no input gradients below the first
+    trained block)."""
+    with FlopCounterMode(display=False) as counter:
+        fn().float().sum().backward()
+    return float(counter.get_total_flops())
 
 
 @functools.cache

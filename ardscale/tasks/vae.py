@@ -15,7 +15,7 @@ from ..data.loader import video_sample
 from ..data.shards import list_shards, read_shard
 from ..data.stream import ShardSet
 from ..data.transforms import to_model_range
-from ..engine.flops import measured_train_flops
+from ..engine.flops import forward_flops, measured_train_flops
 from ..models.arvae import ARVAE
 from ..models.discriminator import PatchDiscriminator
 from ..models.titok import load_titok, read_titok, titok_to_arvae
@@ -41,12 +41,13 @@ def _meta_forward(build: Callable[[Config], torch.nn.Module], cfg: Config, shape
     def run():
         with torch.device("meta"):
             module, x = build(cfg), torch.zeros(shape)
-        module(x)
+        return module(x)
     return run
 
 
 def train_flops(cfg: Config, frames: int) -> Callable[[int], float]:
-    """Training FLOPs per clip of ``frames`` frames at a global step, for MFU: the AR-VAE's 3 × forward,
+    """Training FLOPs per clip of ``frames`` frames at a global step, for MFU: the AR-VAE's forward and
+    backward (of its trainable parameters only, :func:`~ardscale.engine.flops.measured_train_flops`),
     plus, from ``vae_loss.disc_start`` on, :data:`DISC_PASSES` discriminator forwards of the clip's
     frames. Both are counted on meta tensors (:func:`~ardscale.engine.flops.forward_flops`). The
     perceptual loss's VGG is left out: MFU counts the model trained, as for the DiT."""
@@ -57,7 +58,7 @@ def train_flops(cfg: Config, frames: int) -> Callable[[int], float]:
         gan = build_discriminator(cfg) is not None
     if not gan:
         return lambda step: model
-    disc = DISC_PASSES / 3 * measured_train_flops(_meta_forward(build_discriminator, cfg, (frames, *frame)))
+    disc = DISC_PASSES * forward_flops(_meta_forward(build_discriminator, cfg, (frames, *frame)))
     return lambda step: model + (disc if step >= cfg.vae_loss.disc_start else 0.0)
 
 
