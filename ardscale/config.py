@@ -178,6 +178,8 @@ class EvalConfig:
     batch_size: int = 16
     out: str = ""                    # default RUN_DIR/eval/<tag>-s<s>-n<videos>-f<frames>
     mlflow: bool = True              # log to the run's MLflow run
+    checkpoint: str = ""             # python -m ardscale.evaluate: the tag (step-00002000) or step (2000)
+                                     # evaluated; "" = the newest (training evaluates its live weights)
 
 
 @dataclass

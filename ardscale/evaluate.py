@@ -341,8 +341,8 @@ def evaluate(run_dir: str, overrides: list[str] | None = None) -> dict:
         FileNotFoundError: no checkpoint, no held-out shards, or no local feature network.
         ValueError: an old or unknown key; too few frames in the window for ``sample.s``.
     """
-    parse(overrides or [])                       # a bad key fails before the run loads
-    run_cfg, model, tag, _ = load_trained(run_dir)
+    which = parse(overrides or []).checkpoint    # a bad key fails before the run loads
+    run_cfg, model, tag, _ = load_trained(run_dir, which or None)
     data, e = RunData(run_cfg), parse(overrides or [], run_cfg.eval)
     held = held_out(data, e)
     if e.standard and run_cfg.task == "dit":   # FVD16 of an 8-frame model: the sliding window goes on

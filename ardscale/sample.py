@@ -39,6 +39,7 @@ class SampleJob(SampleConfig):
     context_split: str = "test"      # split whose latents give the context
     out: str = ""                    # default RUN_DIR/samples/<tag>-s<s>-cfg<cfg_scale>
     mlflow: bool = True              # log the grid to the run's MLflow run
+    checkpoint: str = ""             # the tag (step-00002000) or step (2000) sampled; "" = the newest
 
 
 OLD_FLAGS = {"--num-samples": "num_samples=N", "--steps": "steps=N", "--s": "s=N", "--cfg": "cfg_scale=W",
@@ -57,7 +58,7 @@ def generate(run_dir: str, job: SampleJob) -> dict:
         ValueError: see :meth:`~ardscale.runs.RunData.conditions` and
             :meth:`~ardscale.runs.RunData.context_latents`.
     """
-    cfg, dit, tag, _ = load_trained(run_dir, task="dit")
+    cfg, dit, tag, _ = load_trained(run_dir, job.checkpoint or None, task="dit")
     data = RunData(cfg)
     sc = data.resolve(job)
     n = len(job.prompts) if job.prompts else job.num_samples

@@ -205,9 +205,10 @@ def test_evaluate_dit_long_videos_and_vae_reconstructions(dit_run, vae_run, loca
     """The DiT run (long videos: two segments of the training length) and the AR-VAE run
     (reconstructions), with the local network only."""
     rep = evaluate(dit_run, [f"local={local}", "split=train", "per_class=3", "sample.steps=4", "sample.s=1",
-                             "sample.frames=8", "standard=false"])
+                             "sample.frames=8", "standard=false", "checkpoint=2"])
     m = rep["metrics"]
     assert rep["classes"] == [2] and rep["generated"] == 3 and rep["frames"] == 8
+    assert rep["checkpoint"] == "step-00000002"
     assert m["fvd_local"] > 0 and m["fid_local"] > 0 and len(m["fvd_local_segments"]) == 2
     assert m["gen_s_per_video"] > 0
     assert json.loads((Path(rep["out"]) / "report.json").read_text())["metrics"] == m
@@ -228,6 +229,8 @@ def test_evaluate_dit_long_videos_and_vae_reconstructions(dit_run, vae_run, loca
         evaluate(vae_run[0], ["local=/nope.pt", "split=train", "mlflow=false", "standard=false"])
     with pytest.raises(ValueError, match="s is now sample.s, steps is now sample.steps"):
         evaluate(dit_run, ["s=1", "steps=2"])
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint 'step-00000001'.*'step-00000002'"):
+        evaluate(dit_run, [f"local={local}", "checkpoint=step-00000001"])
 
 
 def test_standard_metrics_with_the_original_networks(dit_run, vae_run, local, std, work):

@@ -166,6 +166,10 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_k(latent_root, tmp_path
     assert [x["nonfinite_skipped"] for x in r] == [0, 0, 1, 0] and math.isfinite(r[3]["loss"])
     after1, after2 = (checkpoint.load_weights(run, f"step-0000000{i}")[0] for i in (2, 3))
     assert all(torch.equal(after1[k], after2[k]) for k in after1), "the NaN step moved the weights"
+    by_step = checkpoint.load_weights(run, "3")[0]          # a user names a checkpoint by its step
+    assert all(torch.equal(after2[k], by_step[k]) for k in after2)
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint 'step-00000009'.*'step-00000001'"):
+        checkpoint.load_weights(run, "9")
 
     stop = str(tmp_path / "nan_stop")
     nan_at(set(range(1, 100)), monkeypatch)

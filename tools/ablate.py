@@ -239,6 +239,7 @@ def table2(a) -> dict:
     rows = []
     for s in a.s_values:
         rep = evaluate(a.dit_run, [f"local={a.local}", f"per_class={a.per_class}", f"sample.s={s}",
+                                   f"checkpoint={a.checkpoint}",
                                    f"sample.steps={a.ddim_steps}", f"split={a.split}",
                                    f"sample.seed={a.seed}", f"out={Path(a.out) / f'table2-s{s}'}",
                                    *_standard(a)])
@@ -257,7 +258,7 @@ def drift(a) -> dict:
     from ardscale.metrics.local import LocalFeatures
     from ardscale.runs import RunData, load_trained
 
-    run_cfg, dit, tag, _ = load_trained(a.dit_run, task="dit")
+    run_cfg, dit, tag, _ = load_trained(a.dit_run, a.checkpoint or None, task="dit")
     data = RunData(run_cfg)
     window, e = data.num_frames, parse([f"split={a.split}"], run_cfg.eval)
     long_clips = held_out(data, e, a.clips)
@@ -410,6 +411,7 @@ def main(argv=None) -> dict:
     p.add_argument("--root", default="runs/demo/data")
     p.add_argument("--vae-id", default="")
     p.add_argument("--dit-run", default="", help="table2, drift: the trained DiT run")
+    p.add_argument("--checkpoint", default="", help="table2, drift: its tag or step (default: the newest)")
     p.add_argument("--clips", default="runs/drift/data", help="drift: data root of the long held-out clips")
     p.add_argument("--context", type=int, default=4, help="drift: real frames given")
     p.add_argument("--cfg-scale", type=float, default=2.0, help="drift: CFG weight")

@@ -170,6 +170,20 @@ def resume(engine, run_dir: str, sub: str = "ckpt", which: str | None = None,
     return client
 
 
+def which_tag(run_dir: str, which: str | int, sub: str = "ckpt") -> str:
+    """The tag a user names: ``step-00002000``, or the step alone (``2000``).
+
+    Raises:
+        FileNotFoundError: the run has no such complete tag (naming the tags it has).
+    """
+    t = tag(int(which)) if str(which).isdigit() else str(which)
+    d = Path(ckpt_dir(run_dir, sub))
+    if not (d / t / "ardscale.json").is_file() and not (d / t / "mp_rank_00_model_states.pt").is_file():
+        have = sorted(p.parent.name for p in d.glob("step-*/ardscale.json")) or "none"
+        raise FileNotFoundError(f"{run_dir}: no checkpoint {t!r} in {d} (complete tags: {have})")
+    return t
+
+
 def load_weights(run_dir: str, which: str | None = None, sub: str = "ckpt",
                  ema: bool = False) -> tuple[dict, str]:
     """Consolidated fp32 model ``state_dict`` of a run's newest (or ``which``) tag, without a process group.
@@ -180,7 +194,7 @@ def load_weights(run_dir: str, which: str | None = None, sub: str = "ckpt",
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    t = which or latest_tag(run_dir, sub)
+    t = which_tag(run_dir, which, sub) if which else latest_tag(run_dir, sub)
     if t is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint (no {sub}/latest)")
     if ema and Path(ema_path(run_dir, t)).is_file():
