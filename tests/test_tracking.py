@@ -88,3 +88,39 @@ def test_a_run_tracked_by_an_mlflow_server_over_http(mlflow_server, tmp_path, mo
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in ema.items())
     version = mlflow.register_model(f"models:/{model.model_id}", "ardscale-dit")   # the registry takes it
     assert version.version == "1" and version.run_id == r.info.run_id
+
+
+def test_shards_input_survives_the_dataset_insert_race(tmp_path, monkeypatch):
+    """Tune trials started side by side log the same shards at once; MLflow's sqlite store then
+    fails one insert with a UNIQUE error (seen in test_ablation_tables…). The tracker retries, and
+    the second call links the existing dataset row to the run."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from ardscale.engine.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlruns.db", "race")
+    run_id = tracker.start(None, "trial", {})
+    real, calls = mlflow.log_input, []
+
+    def lose_the_race_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            real(*args, **kwargs)   # the other trial's insert, which this one collides with
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                  "datasets.experiment_id, "
+                                  "datasets.name, datasets.digest")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", lose_the_race_once)
+    tracker.log_shards(str(tmp_path), "train", "abc123")
+    tracker.end()
+    inputs = mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs
+    assert len(calls) == 2 and [(d.dataset.name, d.dataset.digest) for d in inputs] == [("train", "abc123")]
+
+    other = Tracker(f"sqlite:///{tmp_path}/mlruns.db", "race")
+    other.start(None, "trial2", {})
+    monkeypatch.setattr(mlflow, "log_input", lambda *a, **k: (_ for _ in ()).throw(MlflowException("no")))
+    with pytest.raises(MlflowException, match="no"):   # any other store error is not retried
+        other.log_shards(str(tmp_path), "train", "abc123")
+    other.end()

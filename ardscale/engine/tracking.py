@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 SECRET_WORDS = ("key", "secret", "token", "password")
@@ -100,8 +101,18 @@ class Tracker:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
-        source = resolve_dataset_source(root)
-        self.mlflow.log_input(MetaDataset(source, name=split, digest=digest), context=context)
+        dataset = MetaDataset(resolve_dataset_source(root), name=split, digest=digest)
+        for attempt in range(3):
+            try:
+                self.mlflow.log_input(dataset, context=context)
+                return
+            except self.mlflow.exceptions.MlflowException as e:
+                # Runs started side by side (Tune trials) insert the same dataset row at once; the
+                # store's check-then-insert loses that race with a UNIQUE error. The row exists now,
+                # so the next call finds it and links it to this run.
+                if "UNIQUE constraint failed" not in str(e) or attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def log_model(self, module, files: list[str], metadata: dict, registered_name: str = "") -> None:
         """``module`` (an ``nn.Module``) as an MLflow PyTorch model named ``model``, with ``files``
