@@ -186,11 +186,12 @@ def which_tag(run_dir: str, which: str | int, sub: str = "ckpt") -> str:
 
 def load_weights(run_dir: str, which: str | None = None, sub: str = "ckpt",
                  ema: bool = False) -> tuple[dict, str]:
-    """Consolidated fp32 model ``state_dict`` of a run's newest (or ``which``) tag, without a process group.
+    """Consolidated fp32 model ``state_dict`` of a run's newest (or ``which``: a tag or a step, see
+    :func:`which_tag`) tag, without a process group.
 
     ``ema=True`` returns the tag's EMA weights when the run kept an EMA (``optim.ema_decay``).
     Raises:
-        FileNotFoundError: the run has no checkpoint.
+        FileNotFoundError: the run has no checkpoint, or none named ``which`` (naming those it has).
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
