@@ -14,7 +14,7 @@ from ardscale.engine import checkpoint
 from ardscale.metrics import psnr, ssim
 from ardscale.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from ardscale.models.lpips import LPIPS, vgg16_features
-from ardscale.models.vae_loss import VAELoss
+from ardscale.models.vae_loss import VAELoss, gradient_l1
 from ardscale.tasks import get_task
 from ardscale.train import launch
 from data_prep.shard_videos import shard_one
@@ -88,6 +88,22 @@ def test_patch_discriminator_hinge_and_adaptive_weight():
     nll, g = (leaf - 1).pow(2).mean(), -(leaf * torch.linspace(0, 1, 8)).mean()
     weight_grad = lambda go: torch.nn.grad.conv2d_weight(h, layer.weight.shape, go, padding=1)
     assert math.isclose(adaptive_weight(nll, g, leaf, weight_grad).item(), expected.item(), rel_tol=1e-5)
+
+
+def test_gradient_loss_charges_seams_not_offsets():
+    real = torch.zeros(2, 3, 8, 16)
+    assert gradient_l1(real + 0.3, real).item() == 0                   # a constant shift: no edge moved
+    seam = real.clone()
+    seam[..., 8:] = 1.0                                                # a jump between two 8-wide patches
+    assert math.isclose(gradient_l1(seam, real).item(), 1 / 15, rel_tol=1e-6)   # 1 of 15 column steps
+    ramp = real + torch.linspace(0, 1, 16)                             # total variation: the rise counts
+    assert math.isclose(gradient_l1(ramp, real).item(), 1 / 15, rel_tol=1e-5)
+    c = load(CONFIGS / "demo_vae_frames.yaml", ["vae_loss.gradient=0.5"]).vae_loss
+    nll, parts = VAELoss(c).reconstruction(seam, real)
+    assert math.isclose(nll.item(), 0.5 + 0.5 + 0.5 / 15, rel_tol=1e-6)          # l1 + l2 + 0.5 · gradient
+    assert math.isclose(parts["gradient"].item(), 1 / 15, rel_tol=1e-6)
+    off = load(CONFIGS / "demo_vae_frames.yaml").vae_loss                        # default 0: not computed
+    assert "gradient" not in VAELoss(off).reconstruction(seam, real)[1]
 
 
 def test_psnr_and_ssim_real_numbers():

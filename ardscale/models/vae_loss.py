@@ -1,9 +1,10 @@
 """The AR-VAE objective (paper Sec. 4.1), pure: losses and metrics, no backward, no optimizer.
 
-Stage 1: L1 + L2 (+ LPIPS where weight files exist). Stage 2 adds a PatchGAN discriminator
-(hinge loss) from ``disc_start`` on; the generator's adversarial term is scaled by VQGAN's
-adaptive weight at the pixel head's last conv. Stage 3 is the same objective on clips through the
-temporally causal decoder.
+Stage 1: L1 + L2 (+ LPIPS where weight files exist; + an L1 on image gradients, ours, off by
+default: a perceptual-free term against the 8×8 seams a per-patch pixel head draws). Stage 2 adds
+a PatchGAN discriminator (hinge loss) from ``disc_start`` on; the generator's adversarial term is
+scaled by VQGAN's adaptive weight at the pixel head's last conv. Stage 3 is the same objective on
+clips through the temporally causal decoder.
 """
 from __future__ import annotations
 
@@ -30,9 +31,20 @@ def capture_input(module: nn.Module):
         handle.remove()
 
 
+def gradient_l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """L1 between the finite differences of two image batches ``(N, C, H, W)``, summed over the
+    vertical and horizontal directions (a scalar): the mean total variation of the error
+    ``fake - real``. Zero for a constant error; per-patch offsets that change from patch to patch
+    (the seams a per-patch pixel head draws) cost their jump at every patch border, where pixel
+    L1/L2 see only the offsets' small mean."""
+    dh = lambda x: x[..., 1:, :] - x[..., :-1, :]
+    dw = lambda x: x[..., :, 1:] - x[..., :, :-1]
+    return F.l1_loss(dh(fake), dh(real)) + F.l1_loss(dw(fake), dw(real))
+
+
 class VAELoss:
     """Losses of one AR-VAE micro batch, from a ``vae_loss`` config section (weights ``l1``,
-    ``l2``, ``perceptual``, ``adversarial``; ``disc_start``) and an optional :class:`LPIPS`."""
+    ``l2``, ``perceptual``, ``gradient``, ``adversarial``; ``disc_start``) and an optional :class:`LPIPS`."""
 
     def __init__(self, c, lpips: LPIPS | None = None):
         self.c, self.lpips = c, lpips
@@ -47,13 +59,17 @@ class VAELoss:
         return has_disc and self.c.adversarial > 0 and step >= self.c.disc_start
 
     def reconstruction(self, fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Weighted L1 + L2 (+ LPIPS) of frames ``(N, 3, H, W)`` in [-1, 1]; the loss and its parts."""
+        """Weighted L1 + L2 (+ LPIPS, + gradient L1) of frames ``(N, 3, H, W)`` in [-1, 1]; the loss
+        and its parts."""
         c = self.c
         parts = {"l1": F.l1_loss(fake, real), "l2": F.mse_loss(fake, real)}
         nll = c.l1 * parts["l1"] + c.l2 * parts["l2"]
         if self.lpips is not None:
             parts["perceptual"] = self.lpips.to(fake.device)(fake, real).mean()
             nll = nll + c.perceptual * parts["perceptual"]
+        if c.gradient > 0:
+            parts["gradient"] = gradient_l1(fake, real)
+            nll = nll + c.gradient * parts["gradient"]
         return nll, parts
 
     def generator(self, fake: torch.Tensor, real: torch.Tensor, disc_frozen: Callable | None,
