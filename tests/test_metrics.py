@@ -390,3 +390,19 @@ def test_thumbnail_ceiling_loses_psnr_and_motion_as_the_thumbnail_shrinks():
     assert scores[0][0] > 45 and abs(scores[0][1] - 1) < 0.01   # full size: the clip itself
     assert scores[0][0] > scores[1][0] > scores[2][0]           # smaller thumbnails: lower PSNR
     assert 1 > scores[1][1] > scores[2][1]                      # and less of the motion
+
+
+def test_nearest_train_finds_a_copied_clip_and_its_psnr():
+    from tools.nearest_train import nearest_psnr
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (300, 2, 4, 4, 3), generator=g, dtype=torch.uint8)  # > one chunk
+    copy = train[[7, 280]].clone()
+    copy[0, 0, 0, 0, 0] ^= 1                                # one level off in one of 96 values
+    value, idx = nearest_psnr(torch.cat([copy, train[:1] // 2 + 100]), train, chunk=128)
+    assert idx[:2].tolist() == [7, 280]
+    assert math.isclose(value[0].item(), -10 * math.log10((1 / 255) ** 2 / 96), rel_tol=1e-9)
+    assert value[1].item() == 120.0                        # the clip itself (mse clamped at 1e-12)…
+    assert value[2].item() < 20                            # … a new clip: far from every training clip
+    with pytest.raises(ValueError, match="differ"):
+        nearest_psnr(copy[:, :1], train)
