@@ -111,7 +111,7 @@ def check_latent_scale(latents: torch.Tensor, scale_factor: float, where: str, r
     (``norm_preprocess: True`` in its DiT configs, ``F.normalize`` after the rescale in
     ``_preprocess_batch``, src/ardiff/base.py), so there the factor cannot change the scale; here
     it does, and only ``scale_factor = 1/√D`` reproduces it (paper Sec. 4.1: 0.5 for D = 4; the
-    demo's D = 8 takes 0.35355339). Hence an error, not a warning.
+    demo's D = 16 takes 0.25). Hence an error, not a warning.
 
     Raises:
         ValueError: the measured norm off 1 (naming ``diffusion.scale_factor``, the measured norm and
