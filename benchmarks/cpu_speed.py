@@ -3,9 +3,10 @@ kernels), each in fp32 and under bf16 autocast (oneDNN; this CPU has AVX512-BF16
 (configs/demo.yaml: 128 wide, 4 deep, 8 frames, micro batch 16), the AR-VAE's stage 1
 (configs/demo_vae_frames.yaml: single 64² frames, micro batch 16) and stage 3 (configs/demo_vae.yaml:
 8-frame clips, temporal blocks, micro batch 8). Models come from the configs, so they follow the
-demo's defaults (D = 8, ``vae.pixel_head=both``). Forward + backward + AdamW in plain PyTorch (no
-DeepSpeed, no GAN or perceptual loss: the model's own step), 2 threads. Every mode trains the same
-initial weights on the same batches for ``--steps`` steps; the step time is the median after 3
+demo's defaults (``vae.pixel_head=both``; D = 8 when BENCHMARKS.md's figures were taken, 16 since).
+Forward + backward + AdamW in plain PyTorch (no DeepSpeed, no GAN or perceptual loss: the model's
+own step), 2 threads. Every mode trains the same initial weights on the same batches for
+``--steps`` steps; the step time is the median after 3
 warm-up steps (the first compiled step, which compiles, is reported apart), and each mode's losses
 are compared step by step with eager fp32's.
 
