@@ -114,8 +114,9 @@ def test_encode_latents_skips_corrupt_clips_and_resumes(vae_run, latents):
     assert (m["shards"], m["shards_encoded_now"], m["clips"]) == (2, 2, 4)
     assert len(m["failed"]) == 1 and "corrupt" in m["failed"][0]
     assert m["num_frames"] == 4 and m["latent_std"] > 0
-    # The latent contract: every stored token has norm √D = √8 (the demo's D; float16 rounding aside).
-    norm = 8 ** 0.5
+    # The latent contract: every stored token has norm √D (the demo's D; float16 rounding aside).
+    D = load(str(CONFIGS / "demo_vae_frames.yaml")).vae.latent_dim
+    norm = D ** 0.5
     assert m["token_norm_expected"] == pytest.approx(norm) and abs(m["token_norm_mean"] - norm) < 2e-3
     assert norm - 6e-3 < m["token_norm_min"] <= m["token_norm_max"] < norm + 6e-3
     out = list_shards(str(root / "latents" / m["vae_id"] / "train"))
@@ -123,7 +124,7 @@ def test_encode_latents_skips_corrupt_clips_and_resumes(vae_run, latents):
     first = list(read_shard(out[0]))
     assert [s["__key__"] for s in first] == [f"{CLIP[1]}-{k:03d}" for k in range(3)]
     z = load_npy(first[0]["npy"])
-    assert z.shape == (4, 32, 8) and z.dtype == np.float16
+    assert z.shape == (4, 32, D) and z.dtype == np.float16
     assert json.loads(first[1]["json"])["label"] == 2
     assert again["shards_encoded_now"] == 1, "a complete shard was encoded again"
     assert (again["clips"], again["failed"], again["num_frames"]) == (m["clips"], m["failed"], 4)
