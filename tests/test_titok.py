@@ -216,6 +216,7 @@ def test_two_steps_start_from_titok_weights_and_a_resume_does_not_reload(clip_ro
     over = {"data.root": clip_root, "train.run_dir": run_dir, "train.init_from": "", "scale.num_workers": 0,
             "vae.image_size": 32, "vae.patch_size": 16, "vae.hidden_size": 128, "vae.num_heads": 2,
             "vae.depth": 1, "vae.pixel_channels": 8, "vae.temporal": False, "vae.init_from_titok": path,
+            "vae.latent_dim": 8,   # from_latent takes columns [:D] of TiTok's 12
             "vae_loss.adversarial": 0, "data.clip_frames": 1, "optim.micro_batch_size": 2,
             "optim.warmup_steps": 0,
             "train.steps": 2, "train.log_every": 1, "train.ckpt_every": 2, "tracking.log_model": False,

@@ -211,7 +211,7 @@ def titok_to_arvae(state: dict[str, torch.Tensor], model: ARVAE, source: str = "
             raise ValueError(f"{KEY}={source}: {key} {tuple(tensor.shape)} does not fit {name} "
                              f"{tuple(ours[name].shape)}: the vae.* sizes must be the file's (TiTok-L-32: "
                              "hidden_size 1024, depth 24, num_heads 16, tokens_per_frame 32, patch_size 16, "
-                             "image_size 256, mlp_ratio 4)")
+                             "image_size 256, mlp_ratio 4; latent_dim at most its 12 channels)")
     report.untouched = [k for k in ours if k not in out]
     report.loaded_params = sum(ours[k].numel() for k in out)
     report.total_params = sum(v.numel() for v in ours.values())
