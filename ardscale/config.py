@@ -59,7 +59,7 @@ class VAELossConfig:
     perceptual: float = 0.0          # LPIPS weight; > 0 needs both weight files below (0 = opt out)
     perceptual_vgg: str = ""         # torchvision vgg16 state_dict (.pth)
     perceptual_lin: str = ""         # LPIPS v0.1 vgg.pth (linear heads)
-    gradient: float = 0.0            # L1 of image gradients (finite differences): punishes patch seams
+    temporal: float = 0.0            # L1 of frame-to-frame differences (clips only): keeps motion
     adversarial: float = 0.0         # PatchGAN hinge weight, times VQGAN's adaptive weight; 0 = off
     disc_start: int = 0              # GAN warm-up: adversarial terms start at this global step
     disc_lr: float = 1e-4

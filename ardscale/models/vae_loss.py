@@ -1,10 +1,10 @@
 """The AR-VAE objective (paper Sec. 4.1), pure: losses and metrics, no backward, no optimizer.
 
-Stage 1: L1 + L2 (+ LPIPS where weight files exist; + an L1 on image gradients, ours, off by
-default: a perceptual-free term against the 8×8 seams a per-patch pixel head draws). Stage 2 adds
+Stage 1: L1 + L2 (+ LPIPS where weight files exist). Stage 2 adds
 a PatchGAN discriminator (hinge loss) from ``disc_start`` on; the generator's adversarial term is
 scaled by VQGAN's adaptive weight at the pixel head's last conv. Stage 3 is the same objective on
-clips through the temporally causal decoder.
+clips through the temporally causal decoder (+ an L1 on frame-to-frame differences, ours, off by
+default: a term for the motion a blurring decoder loses).
 """
 from __future__ import annotations
 
@@ -31,20 +31,19 @@ def capture_input(module: nn.Module):
         handle.remove()
 
 
-def gradient_l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """L1 between the finite differences of two image batches ``(N, C, H, W)``, summed over the
-    vertical and horizontal directions (a scalar): the mean total variation of the error
-    ``fake - real``. Zero for a constant error; per-patch offsets that change from patch to patch
-    (the seams a per-patch pixel head draws) cost their jump at every patch border, where pixel
-    L1/L2 see only the offsets' small mean."""
-    dh = lambda x: x[..., 1:, :] - x[..., :-1, :]
-    dw = lambda x: x[..., :, 1:] - x[..., :, :-1]
-    return F.l1_loss(dh(fake), dh(real)) + F.l1_loss(dw(fake), dw(real))
+def frame_difference_l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """L1 between the frame-to-frame differences of two clip batches ``(B, F, C, H, W)`` (a scalar;
+    0 for ``F = 1``). Zero for an error that is the same in every frame (a static blur of a static
+    scene); a decoder that blurs what moves costs the motion it loses, where pixel L1/L2 see only
+    the small moving area."""
+    if fake.shape[1] < 2:
+        return fake.new_zeros(())
+    return F.l1_loss(fake.diff(dim=1), real.diff(dim=1))
 
 
 class VAELoss:
     """Losses of one AR-VAE micro batch, from a ``vae_loss`` config section (weights ``l1``,
-    ``l2``, ``perceptual``, ``gradient``, ``adversarial``; ``disc_start``) and an optional :class:`LPIPS`."""
+    ``l2``, ``perceptual``, ``temporal``, ``adversarial``; ``disc_start``) and an optional :class:`LPIPS`."""
 
     def __init__(self, c, lpips: LPIPS | None = None):
         self.c, self.lpips = c, lpips
@@ -59,24 +58,24 @@ class VAELoss:
         return has_disc and self.c.adversarial > 0 and step >= self.c.disc_start
 
     def reconstruction(self, fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Weighted L1 + L2 (+ LPIPS, + gradient L1) of frames ``(N, 3, H, W)`` in [-1, 1]; the loss
-        and its parts."""
+        """Weighted L1 + L2 (+ LPIPS, + frame-difference L1) of clips ``(B, F, 3, H, W)`` in
+        [-1, 1]; the loss and its parts."""
         c = self.c
         parts = {"l1": F.l1_loss(fake, real), "l2": F.mse_loss(fake, real)}
         nll = c.l1 * parts["l1"] + c.l2 * parts["l2"]
         if self.lpips is not None:
-            parts["perceptual"] = self.lpips.to(fake.device)(fake, real).mean()
+            parts["perceptual"] = self.lpips.to(fake.device)(fake.flatten(0, 1), real.flatten(0, 1)).mean()
             nll = nll + c.perceptual * parts["perceptual"]
-        if c.gradient > 0:
-            parts["gradient"] = gradient_l1(fake, real)
-            nll = nll + c.gradient * parts["gradient"]
+        if c.temporal > 0:
+            parts["temporal"] = frame_difference_l1(fake, real)
+            nll = nll + c.temporal * parts["temporal"]
         return nll, parts
 
     def generator(self, fake: torch.Tensor, real: torch.Tensor, disc_frozen: Callable | None,
                   last_input: torch.Tensor | None = None, head: nn.Module | None = None
                   ) -> tuple[torch.Tensor, dict]:
-        """The AR-VAE's loss on its reconstruction ``fake (B, F, 3, H, W)`` float32 of ``real``
-        frames ``(B·F, 3, H, W)``.
+        """The AR-VAE's loss on its reconstruction ``fake (B, F, 3, H, W)`` float32 of the ``real``
+        clips ``(B, F, 3, H, W)``.
 
         With ``disc_frozen`` (the discriminator with its parameters out of autograd; None before
         ``disc_start``) it adds ``adversarial · λ · (-E[D(fake)])``, λ VQGAN's adaptive weight at
@@ -84,7 +83,7 @@ class VAELoss:
         ``head.grad_at_conv_out`` maps a gradient at the head's output to that conv's output).
         Returns the loss and its parts.
         """
-        nll, parts = self.reconstruction(fake.flatten(0, 1), real)
+        nll, parts = self.reconstruction(fake, real)
         if disc_frozen is None:
             return nll, parts
         g_adv = -disc_frozen(fake.flatten(0, 1)).float().mean()
@@ -93,7 +92,7 @@ class VAELoss:
 
     def _adaptive_weight(self, fake, real, disc_frozen, last_input, head) -> torch.Tensor:
         leaf = fake.detach().requires_grad_(True)                               # (B, F, 3, H, W)
-        nll, _ = self.reconstruction(leaf.flatten(0, 1), real)
+        nll, _ = self.reconstruction(leaf, real)
         g_adv = -disc_frozen(leaf.flatten(0, 1)).float().mean()
         inp, conv = last_input.detach().float(), head.conv_out
         shape = getattr(conv.weight, "ds_shape", conv.weight.shape)             # ZeRO-3 partitions W

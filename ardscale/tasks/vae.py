@@ -77,13 +77,13 @@ def step_loss(models: Models, b: dict, step: int, *, objective: VAELoss) -> tupl
     head = models.module.pixel_head            # its conv_out: VQGAN's "last layer" for the adaptive weight
     with capture_input(head.conv_out) as last:
         fake = models.model(clips).float()
-    real = clips.flatten(0, 1)
     gan = objective.gan_on(step, models.disc is not None)
-    g_loss, parts = objective.generator(fake, real, models.disc_frozen if gan else None,
+    g_loss, parts = objective.generator(fake, clips, models.disc_frozen if gan else None,
                                         last.get("input"), head)
     losses = {"model": g_loss}
     if gan:
-        losses["disc"] = parts["d_loss"] = objective.discriminator(models.disc, real, fake.flatten(0, 1))
+        losses["disc"] = parts["d_loss"] = objective.discriminator(models.disc, clips.flatten(0, 1),
+                                                                   fake.flatten(0, 1))
     return losses, {"loss": g_loss.detach(), **{k: v.detach() for k, v in parts.items()}}
 
 
