@@ -65,7 +65,10 @@ def ray_local(tmp_path_factory):
     import ray
     from ray._raylet import Config  # Ray caches its auth mode; re-read it from the environment
 
+    from ardscale.engine.launch import keep_loopback
+
     Config.initialize("")
+    keep_loopback()                # as init_ray starts a cluster; inherited by later subprocesses
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}})
     yield ray

@@ -437,3 +437,21 @@ def test_ray_cluster_refuses_a_client_without_its_token(ray_local, tmp_path):
     token = os.environ["RAY_AUTH_TOKEN_PATH"]
     ok = _connect(gcs, {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token})
     assert ok.returncode == 0 and "connected" in ok.stdout, ok.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_local_ray_listens_on_loopback_only(ray_local):
+    """Every TCP socket the tests' local cluster listens on (GCS, raylet, object manager, workers)
+    is bound to 127.0.0.1: the fixture starts it as ``init_ray`` does (``keep_loopback``), without
+    which Ray swaps node IP 127.0.0.1 for the machine's address and binds all interfaces."""
+    import psutil
+
+    gcs = ray_local.get_runtime_context().gcs_address
+    assert gcs.startswith("127.0.0.1:"), gcs
+    ray_local.get([ray_local.remote(lambda: 1).remote()])        # a worker is up, listening too
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    listening = [c for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert len(listening) >= 3                                   # GCS, raylet, worker at least
+    names = {(psutil.Process(c.pid).name(), c.laddr.ip, c.laddr.port) for c in listening}
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for _, ip, _ in names), sorted(names)
