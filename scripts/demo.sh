@@ -17,6 +17,11 @@ T0=$(date +%s)
 mkdir -p "$OUT"
 rm -f "$OUT/skipped.txt"   # sections this run skips, listed by the summary
 export RAY_ADDRESS=127.0.0.1:6379 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+# One node, loopback only. Without this Ray swaps --node-ip-address=127.0.0.1 for the machine's own
+# address (ray/_private/services.py resolve_ip_for_localhost) and its GCS, raylet and workers bind
+# every interface. It must reach every Ray process and driver (each resolves addresses itself);
+# it also refuses `ray start --address` of a second node, which a one-node demo never does.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # Ray token authentication: every client of the cluster (ray job submit, drivers, workers) must
 # present this token. It is made once per demo folder, readable by this user only, and never
 # printed; runs/ is outside git, and no config or MLflow param carries it.
