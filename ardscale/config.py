@@ -218,6 +218,11 @@ RENAMED = {"model": "dit", "diffusion.class_dropout": "dit.class_dropout", "vae.
            **{f"eval.{k}": f"eval.sample.{k}" for k in ("s", "steps", "cfg_scale", "frames", "seed")}}
 """Old config keys → their names now (a config that uses an old name is refused, naming the new one)."""
 
+REMOVED = ("dit.num_timesteps", "vae_loss.gradient")
+"""Keys that no longer exist (``dit.num_timesteps``: the diffusion section's; ``vae_loss.gradient``:
+an image-gradient L1 that measured worse, RESULTS.md). A saved run config that still has one loads
+without it: a finished run's loss weights do not change how its weights are used."""
+
 
 def _has(tree: dict, path: str) -> bool:
     *parents, key = path.split(".")
@@ -244,7 +249,7 @@ def refuse_old_keys(tree: dict, overrides: list[str], where: str, prefix: str = 
 
 def _migrate(d: dict) -> dict:
     """A saved run config (``config.yaml`` of a run dir) with the old key names moved to the new
-    (a value under the new name wins over the old one's)."""
+    (a value under the new name wins over the old one's) and the :data:`REMOVED` keys dropped."""
     d = copy.deepcopy(d)
     for old, new in RENAMED.items():
         if not _has(d, old):
@@ -262,7 +267,9 @@ def _migrate(d: dict) -> dict:
             dst[kn] = {**value, **dst.get(kn, {})}
         else:
             dst.setdefault(kn, value)
-    d.get("dit", {}).pop("num_timesteps", None)   # unused; the diffusion section has it
+    for key in REMOVED:
+        section, name = key.split(".")
+        d.get(section, {}).pop(name, None)
     return d
 
 
