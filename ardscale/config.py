@@ -59,7 +59,6 @@ class VAELossConfig:
     perceptual: float = 0.0          # LPIPS weight; > 0 needs both weight files below (0 = opt out)
     perceptual_vgg: str = ""         # torchvision vgg16 state_dict (.pth)
     perceptual_lin: str = ""         # LPIPS v0.1 vgg.pth (linear heads)
-    temporal: float = 0.0            # L1 of frame-to-frame differences (clips only): keeps motion
     adversarial: float = 0.0         # PatchGAN hinge weight, times VQGAN's adaptive weight; 0 = off
     disc_start: int = 0              # GAN warm-up: adversarial terms start at this global step
     disc_lr: float = 1e-4
@@ -218,10 +217,11 @@ RENAMED = {"model": "dit", "diffusion.class_dropout": "dit.class_dropout", "vae.
            **{f"eval.{k}": f"eval.sample.{k}" for k in ("s", "steps", "cfg_scale", "frames", "seed")}}
 """Old config keys → their names now (a config that uses an old name is refused, naming the new one)."""
 
-REMOVED = ("dit.num_timesteps", "vae_loss.gradient")
-"""Keys that no longer exist (``dit.num_timesteps``: the diffusion section's; ``vae_loss.gradient``:
-an image-gradient L1 that measured worse, RESULTS.md). A saved run config that still has one loads
-without it: a finished run's loss weights do not change how its weights are used."""
+REMOVED = ("dit.num_timesteps", "vae_loss.gradient", "vae_loss.temporal")
+"""Keys that no longer exist (``dit.num_timesteps``: the diffusion section's; ``vae_loss.gradient``
+and ``vae_loss.temporal``: image-gradient and frame-difference L1s that did not pay, RESULTS.md).
+A saved run config that still has one loads without it: a finished run's loss weights do not
+change how its weights are used."""
 
 
 def _has(tree: dict, path: str) -> bool:

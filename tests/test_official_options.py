@@ -184,9 +184,9 @@ def test_trainable_temporal_needs_temporal_blocks_and_freezes_the_rest():
 
 @pytest.mark.slow
 def test_trainable_temporal_stage3_changes_only_temporal_parameters(clip_root, tmp_path, monkeypatch):
-    """Two in-process DeepSpeed steps of a stage-3 AR-VAE with vae.trainable=temporal (and the
-    frame-difference loss on): the checkpoint's temporal parameters moved, every other parameter is
-    bit-identical to the initial weights, and the loss is finite."""
+    """Two in-process DeepSpeed steps of a stage-3 AR-VAE with vae.trainable=temporal: the
+    checkpoint's temporal parameters moved, every other parameter is bit-identical to the initial
+    weights, and the loss is finite."""
     start = {}
     train = Trainer.train
 
@@ -199,15 +199,13 @@ def test_trainable_temporal_stage3_changes_only_temporal_parameters(clip_root, t
     run_dir = tmp_path / "s3"
     over = {"data.root": clip_root, "train.run_dir": run_dir, "train.init_from": "", "scale.num_workers": 0,
             "vae.image_size": 32, "vae.hidden_size": 32, "vae.depth": 1, "vae.pixel_channels": 8,
-            "vae.trainable": "temporal", "vae_loss.adversarial": 0, "vae_loss.temporal": 1.0,
-            "data.clip_frames": 0,
+            "vae.trainable": "temporal", "vae_loss.adversarial": 0, "data.clip_frames": 0,
             "optim.micro_batch_size": 2, "optim.lr": 1e-3, "optim.warmup_steps": 0, "train.steps": 2,
             "train.log_every": 1, "train.ckpt_every": 2, "tracking.log_model": False,
             "tracking.system_metrics": False, "tracking.tracking_uri": f"sqlite:///{tmp_path}/mlruns.db"}
     launch(load(str(CONFIGS / "demo_vae.yaml"), [f"{k}={v}" for k, v in over.items()]))
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1] and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
-    assert all(0 < r["temporal"] < r["loss"] for r in rows)              # logged, and part of the loss
     after, _ = checkpoint.load_weights(str(run_dir))
     temporal = {k for k in after if k.startswith("temporal.")}
     assert temporal and set(after) == set(start) - {"optimized"}

@@ -117,7 +117,7 @@ def test_renamed_keys_fail_naming_the_new_ones_and_old_runs_still_load(tmp_path)
     from ardscale.config import from_dict  # a run dir's config.yaml written before the renames
     cfg = from_dict({"task": "vae", "model": {"depth": 2, "num_timesteps": 1000},
                      "diffusion": {"class_dropout": 0.2}, "vae": {"width": 48, "latent_tokens": 16},
-                     "vae_loss": {"gradient": 0.0, "l1": 0.5}})     # a key removed since: dropped
+                     "vae_loss": {"gradient": 0.0, "temporal": 1.0, "l1": 0.5}})   # removed since: dropped
     got = (cfg.dit.depth, cfg.dit.class_dropout, cfg.vae.hidden_size, cfg.vae.tokens_per_frame,
            cfg.vae_loss.l1)
     assert got == (2, 0.2, 48, 16, 0.5)

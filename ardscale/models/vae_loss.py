@@ -3,8 +3,7 @@
 Stage 1: L1 + L2 (+ LPIPS where weight files exist). Stage 2 adds
 a PatchGAN discriminator (hinge loss) from ``disc_start`` on; the generator's adversarial term is
 scaled by VQGAN's adaptive weight at the pixel head's last conv. Stage 3 is the same objective on
-clips through the temporally causal decoder (+ an L1 on frame-to-frame differences, ours, off by
-default: a term for the motion a blurring decoder loses).
+clips through the temporally causal decoder.
 """
 from __future__ import annotations
 
@@ -31,19 +30,9 @@ def capture_input(module: nn.Module):
         handle.remove()
 
 
-def frame_difference_l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """L1 between the frame-to-frame differences of two clip batches ``(B, F, C, H, W)`` (a scalar;
-    0 for ``F = 1``). Zero for an error that is the same in every frame (a static blur of a static
-    scene); a decoder that blurs what moves costs the motion it loses, where pixel L1/L2 see only
-    the small moving area."""
-    if fake.shape[1] < 2:
-        return fake.new_zeros(())
-    return F.l1_loss(fake.diff(dim=1), real.diff(dim=1))
-
-
 class VAELoss:
     """Losses of one AR-VAE micro batch, from a ``vae_loss`` config section (weights ``l1``,
-    ``l2``, ``perceptual``, ``temporal``, ``adversarial``; ``disc_start``) and an optional :class:`LPIPS`."""
+    ``l2``, ``perceptual``, ``adversarial``; ``disc_start``) and an optional :class:`LPIPS`."""
 
     def __init__(self, c, lpips: LPIPS | None = None):
         self.c, self.lpips = c, lpips
@@ -58,17 +47,13 @@ class VAELoss:
         return has_disc and self.c.adversarial > 0 and step >= self.c.disc_start
 
     def reconstruction(self, fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Weighted L1 + L2 (+ LPIPS, + frame-difference L1) of clips ``(B, F, 3, H, W)`` in
-        [-1, 1]; the loss and its parts."""
+        """Weighted L1 + L2 (+ LPIPS) of clips ``(B, F, 3, H, W)`` in [-1, 1]; the loss and its parts."""
         c = self.c
         parts = {"l1": F.l1_loss(fake, real), "l2": F.mse_loss(fake, real)}
         nll = c.l1 * parts["l1"] + c.l2 * parts["l2"]
         if self.lpips is not None:
             parts["perceptual"] = self.lpips.to(fake.device)(fake.flatten(0, 1), real.flatten(0, 1)).mean()
             nll = nll + c.perceptual * parts["perceptual"]
-        if c.temporal > 0:
-            parts["temporal"] = frame_difference_l1(fake, real)
-            nll = nll + c.temporal * parts["temporal"]
         return nll, parts
 
     def generator(self, fake: torch.Tensor, real: torch.Tensor, disc_frozen: Callable | None,
