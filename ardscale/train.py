@@ -394,18 +394,16 @@ def train_worker(cfg_dict: dict, under_ray: bool = True) -> dict:
 
 
 def _run_in_process(cfg: Config) -> dict:
-    """num_workers=0: a one-process gloo group on loopback, for debugging and tests.
+    """num_workers=0: a one-process gloo group, for debugging and tests.
 
-    The group is kept for the life of the process: DeepSpeed caches process groups, so a second
-    launch in the same process must find the same group rather than a new one.
+    Its rendezvous store is an in-memory ``HashStore``: a ``TCPStore`` (the ``MASTER_PORT`` way)
+    would listen on every interface whatever ``MASTER_ADDR`` says. The group is kept for the life
+    of the process: DeepSpeed caches process groups, so a second launch in the same process must
+    find the same group rather than a new one.
     """
     if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
-                          LOCAL_RANK="0")
-        dist.init_process_group("gloo", rank=0, world_size=1)
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     return train_worker(to_dict(cfg), under_ray=False)
 
 

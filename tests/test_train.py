@@ -66,6 +66,10 @@ def test_dit_loss_falls_on_learnable_latents(latent_root, tmp_path):
     # per-frame timesteps make single steps noisy: compare 10-step means
     first, last = np.mean([loss[s] for s in range(10)]), np.mean([loss[s] for s in range(30, 40)])
     assert last < 0.75 * first, (first, last)
+    # the one-process group keeps no listening socket off loopback (a TCPStore would bind them all)
+    import psutil
+    mine = [c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in mine), mine
 
 
 @pytest.mark.slow
