@@ -124,3 +124,26 @@ def test_shards_input_survives_the_dataset_insert_race(tmp_path, monkeypatch):
     with pytest.raises(MlflowException, match="no"):   # any other store error is not retried
         other.log_shards(str(tmp_path), "train", "abc123")
     other.end()
+
+
+def test_resuming_a_run_the_store_does_not_hold_starts_a_new_one_linked_to_it(tmp_path, caplog):
+    """A checkpoint resumed against another tracking store (a run dir copied, a new cluster's
+    server): its MLflow run id is unknown there, so a new run starts, tagged with the old id,
+    instead of MLflow's "Run … not found" ending the job."""
+    import mlflow
+
+    from ardscale.engine.tracking import Tracker
+
+    old = Tracker(f"sqlite:///{tmp_path}/a.db", "moved")
+    old_id = old.start(None, "first", {"optim": {"lr": 0.1}})
+    old.end()
+    assert old.start(old_id, "first", {}) == old_id            # the same store: the same run
+    old.end()
+    new = Tracker(f"sqlite:///{tmp_path}/b.db", "moved")
+    with caplog.at_level("WARNING", logger="ardscale"):
+        new_id = new.start(old_id, "first", {"optim": {"lr": 0.1}})
+    new.end()
+    run = mlflow.MlflowClient().get_run(new_id)
+    assert new_id != old_id and run.data.tags["ardscale.resumed_from_run"] == old_id
+    assert run.data.params["optim.lr"] == "0.1"                  # a fresh run gets the config
+    assert f"MLflow run {old_id} of this checkpoint is not in" in caplog.text

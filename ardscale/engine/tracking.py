@@ -8,6 +8,7 @@ weights as a model the registry can take.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -77,9 +78,20 @@ class Tracker:
     def start(self, run_id: str | None, run_name: str, params: dict, parent_run_id: str | None = None,
               system_metrics: bool = False) -> str | None:
         """Start (or, with ``run_id``, resume) the run, a child of ``parent_run_id`` when given,
-        sampling system metrics when asked; log params on a fresh run; return the run id."""
+        sampling system metrics when asked; log params on a fresh run; return the run id.
+
+        A ``run_id`` this tracking store does not hold (the checkpoint moved to another cluster's
+        server, or its run dir was copied) starts a new run tagged ``ardscale.resumed_from_run``,
+        with a warning: the training goes on, its metrics from the resumed step on.
+        """
         if not self.enabled:
             return None
+        previous = None
+        if run_id is not None and not self._holds(run_id):
+            logging.getLogger("ardscale").warning(
+                "MLflow run %s of this checkpoint is not in %s: starting a new run (tag "
+                "ardscale.resumed_from_run)", run_id, self.mlflow.get_tracking_uri())
+            previous, run_id = run_id, None
         run = self.mlflow.start_run(run_id=run_id, run_name=None if run_id else (run_name or None),
                                     parent_run_id=parent_run_id, log_system_metrics=system_metrics or None)
         self.run_id = run.info.run_id
@@ -87,7 +99,18 @@ class Tracker:
             flat = flatten(params)
             for i in range(0, len(flat), 100):
                 self.mlflow.log_params(dict(list(flat.items())[i:i + 100]))
+        if previous:
+            self.mlflow.set_tag("ardscale.resumed_from_run", previous)
         return self.run_id
+
+    def _holds(self, run_id: str) -> bool:
+        try:
+            self.mlflow.MlflowClient().get_run(run_id)
+        except self.mlflow.exceptions.MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return False
+        return True
 
     def set_tags(self, tags: dict) -> None:
         if self.enabled:
