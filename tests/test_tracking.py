@@ -2,6 +2,7 @@
 database backend, a local artifact root) over HTTP, read back with the client: metrics, system
 metrics, tags that say where the run came from, the training shards as an input, the config, and
 the final EMA weights as a model the registry takes."""
+import logging
 import shutil
 import socket
 import subprocess
@@ -140,8 +141,12 @@ def test_resuming_a_run_the_store_does_not_hold_starts_a_new_one_linked_to_it(tm
     assert old.start(old_id, "first", {}) == old_id            # the same store: the same run
     old.end()
     new = Tracker(f"sqlite:///{tmp_path}/b.db", "moved")
-    with caplog.at_level("WARNING", logger="ardscale"):
+    logger = logging.getLogger("ardscale")          # a training run in this process stops propagation
+    logger.addHandler(caplog.handler)
+    try:
         new_id = new.start(old_id, "first", {"optim": {"lr": 0.1}})
+    finally:
+        logger.removeHandler(caplog.handler)
     new.end()
     run = mlflow.MlflowClient().get_run(new_id)
     assert new_id != old_id and run.data.tags["ardscale.resumed_from_run"] == old_id
