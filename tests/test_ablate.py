@@ -5,7 +5,7 @@ import argparse
 import mlflow
 import pytest
 
-from tools.ablate import _parent_run
+from tools.ablate import _parent_run, _table3_markdown
 from tools.ablate import main as ablate
 
 
@@ -30,3 +30,12 @@ def test_sweep_parent_run_is_reopened_by_the_same_sweep(tmp_path):
     assert run.data.params["variants"] == "fopp,eps" and run.data.tags["sweep"] == "table3-x"
     client.delete_run(first)
     assert _parent_run(client, exp, "table3-x", exp_dir, a) not in (first, None)
+
+
+def test_table3_markdown_gives_mean_and_spread_of_the_metrics_every_run_reports():
+    results = {"fopp": [{"fvd16": 2100.0, "fid": 300.0, "fvd_local": 1.0}, {"fvd16": 2200.0, "fid": 310.0}],
+               "equal": [{"fvd16": 2000.0, "fid": 320.0}]}
+    lines = _table3_markdown(results).splitlines()
+    assert lines[0] == "| variant | fvd16 | fid | runs |"   # fvd_local: not in every run
+    assert lines[2] == "| fopp | 2150.000 ± 70.711 | 305.000 ± 7.071 | 2 |"
+    assert lines[3] == "| equal | 2000.000 | 320.000 | 1 |"

@@ -223,14 +223,19 @@ def table3(a) -> dict:
         for seed in range(a.seeds):
             m = by_run[(name, seed)].metrics
             results.setdefault(name, []).append({"seed": seed, "run": m["run"], **m["eval"]})
+    return {"results": results, "markdown": _table3_markdown(results), "sweep": sweep,
+            "tune_dir": str(exp_dir), "mlflow_parent_run_id": parent}
+
+
+def _table3_markdown(results: dict[str, list[dict]]) -> str:
+    """One row a variant: mean ± spread over its seeds of each metric every run reports."""
     keys = [k for k in ("fvd16", "kvd16", "fid", "fvd_local", "fid_local")
             if all(k in r for rows in results.values() for r in rows)]
     lines = ["| variant | " + " | ".join(keys) + " | runs |", "|---" * (len(keys) + 2) + "|"]
     for name, rows in results.items():
         cells = " | ".join(_spread([r[k] for r in rows]) for k in keys)
         lines.append(f"| {name} | {cells} | {len(rows)} |")
-    return {"results": results, "markdown": "\n".join(lines), "sweep": sweep, "tune_dir": str(exp_dir),
-            "mlflow_parent_run_id": parent}
+    return "\n".join(lines)
 
 
 def table2(a) -> dict:
