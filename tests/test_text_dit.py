@@ -50,6 +50,25 @@ def test_a_text_dit_trains_on_cpu():
     assert all(blk.cross.proj.weight.abs().sum() > 0 for blk in model.blocks)   # the text path learned
 
 
+def test_a_text_dit_learns_what_only_the_caption_says():
+    """Two captions, each with its own x0, from pure noise at t = 999: without the caption the best
+    prediction is the targets' mean (loss = mean(((A - B) / 2)²) ≈ 0.5); the text path must beat it."""
+    torch.manual_seed(0)
+    model = DiT(DiTConfig.tiny(condition="text", text_dim=C, text_tokens=S, caption_dropout=0.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    two = captions(2, 1)
+    text = TextCondition(two.tokens.repeat(2, 1, 1), two.mask.repeat(2, 1), two.pooled.repeat(2, 1))
+    x0 = torch.randn(2, 3, 32, 4).repeat(2, 1, 1, 1)          # caption i → target i
+    blind = ((x0[0] - x0[1]) / 2).square().mean().item()
+    t = torch.full((4, 3), 999)
+    for _ in range(80):
+        loss = (model(torch.randn_like(x0), t, text) - x0).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * blind, (loss.item(), blind)
+
+
 def test_null_caption_is_the_unconditional_prediction_and_prompts_matter():
     model = text_dit()
     x, t = torch.randn(2, 3, 32, 4), torch.tensor([[5, 300, 700], [0, 10, 999]])
