@@ -167,7 +167,7 @@ def test_captions_encoded_into_latents_train_a_text_dit(vae_run, latents, local,
     assert grid.shape == (4, 4, 32, 32, 3)
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns.db")
     agree = mlflow.MlflowClient().get_metric_history(mlflow_run_id(text_run), "eval/class_accuracy")
-    assert [h.step for h in agree] == [2] and 0 <= agree[0].value <= 1
+    assert [h.step for h in agree] == [2] and agree[0].value in (0.0, 0.5, 1.0)   # of 2 videos
     told = generate(text_run, SampleJob(steps=2, s=1, prompts=["an archer draws the bow", "a dunk"],
                                         mlflow=False))
     assert told["prompts"] == ["an archer draws the bow", "a dunk"] and "labels" not in told
@@ -178,7 +178,7 @@ def test_captions_encoded_into_latents_train_a_text_dit(vae_run, latents, local,
     assert rep["prompts"] == ["an archer draws the bow"] * 2 and rep["generated"] == 2
     assert rep["frames"] == 9 and rep["metrics"]["fvd9"] > 0 and rep["metrics"]["fvd9_fake"] == 2
     assert rep["classes"] == [2] and rep["metrics"]["chance"] == 1.0     # the caption's class
-    assert 0 <= rep["metrics"]["class_accuracy"] <= 1 and rep["metrics"]["fvd_local"] > 0
+    assert rep["metrics"]["class_accuracy"] in (0.0, 0.5, 1.0) and rep["metrics"]["fvd_local"] > 0
 
 
 def test_sample_grid_generate_and_continuation(dit_run, work):
@@ -222,10 +222,11 @@ def test_evaluate_dit_long_videos_and_vae_reconstructions(dit_run, vae_run, loca
         [(2, m["fvd_local"])]
     assert child.data.params["eval.sample.steps"] == "4"
     vrep = evaluate(vae_run[0], [f"local={local}", "split=train", "mlflow=false", "standard=false"])
-    assert vrep["metrics"]["rfvd_local"] >= 0 and 5 < vrep["metrics"]["psnr"] < 40
     vm = vrep["metrics"]
-    assert vm["motion_real"] > 0 and vm["motion_ratio"] == pytest.approx(vm["motion"] / vm["motion_real"])
-    assert m["motion"] >= 0 and m["motion_real"] > 0
+    assert vm["rfvd_local"] > 0 and 5 < vm["psnr"] < 40      # a 2-step AR-VAE is far from lossless
+    for x in (vm, m):
+        assert x["motion"] > 0 and x["motion_real"] > 0
+        assert x["motion_ratio"] == pytest.approx(x["motion"] / x["motion_real"])
     with pytest.raises(FileNotFoundError, match="ardscale.metrics.local"):
         evaluate(vae_run[0], ["local=/nope.pt", "split=train", "mlflow=false", "standard=false"])
     with pytest.raises(ValueError, match="s is now sample.s, steps is now sample.steps"):

@@ -268,7 +268,11 @@ def test_world_size_change_2_to_1_and_back(latent_root, tmp_path, ray_local):
         result = launch(load(CONFIG, overrides(latent_root, run, **{
             "scale.num_workers": workers, "train.steps": steps, "train.ckpt_every": 2,
             "train.keep_last": 10})))
-        assert result is not None
+        assert result.error is None
+    starts = [e for e in map(json.loads, (Path(run) / "events.jsonl").read_text().splitlines())
+              if e["event"] == "start"]
+    assert [(e["step"], e["world_size"], e["resumed_from"]) for e in starts[1:]] == [
+        (4, 1, "step-00000004"), (6, 2, "step-00000006")], starts   # each phase resumes the last one's end
     loss = losses(run)
     assert sorted(loss) == list(range(8)) and all(np.isfinite(v) for v in loss.values())
     converted = sorted(p.name for p in (Path(run) / "ckpt_universal").iterdir())
