@@ -16,6 +16,10 @@ evaluation); running the same command again resumes it: finished trials are kept
 failed ones start again, and their training continues from the run dir's newest checkpoint. With
 several nodes, ``--out`` (and the data) must be on storage every node sees. A training stopped on
 request (its run dir's ``STOP`` file) fails its trial; the next run of the command resumes it.
+Table 3 at several budgets from the same runs: keep their checkpoints (``--set train.ckpt_every=200
+train.keep_last=6``) and evaluate each run's earlier ones with the trial's settings, e.g.
+``python -m ardscale.evaluate OUT/fopp-s0 checkpoint=400 local=… per_class=8 sample.s=10 sample.steps=50
+split=test real_root=… references=test max_real=128`` (RESULTS.md, "Table 3 at three budgets").
 
 Variants: the FoPP timestep scheduler against the independent, equal and naive ones; causal
 against bidirectional attention and the official code's attention (77 context tokens that read
