@@ -3,6 +3,7 @@ its own tests only): VAE run â†’ tools/encode_latents.py (Ray Data actor pool) â
 ardscale.sample / ardscale.evaluate / tools/ablate.py; and a text DiT on captioned latents."""
 import importlib.util
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -333,7 +334,12 @@ def test_ablation_tables_and_continuation_drift(vae_run, latents, local, clip, w
     res = dr["results"]
     assert (dr["clips"], dr["frames"], dr["window"]) == (2, 8, 4)
     assert set(res) == {"recon", "frozen", "s=4", "s=4 ctx", "s=4 sink"}
-    assert res["s=4 ctx"]["psnr"][2:] != res["s=4"]["psnr"][2:] != res["s=4 sink"]["psnr"][2:]
+    # Each variant measured at every frame. Their PSNRs are not compared: a DiT trained 2 steps barely reads
+    # its context, so the variants differ by under one uint8 level and the 2-step training is not
+    # bit-reproducible from run to run (equal in 2 of 3 runs on one machine). That context noise enters
+    # the model is checked on the next-frame estimate below.
+    assert all(len(res[k]["psnr"]) == 8 and all(math.isfinite(p) for p in res[k]["psnr"])
+               for k in ("s=4", "s=4 ctx", "s=4 sink"))
     assert {"sampled", "sampled ctx", "x0@500 ctx/swapped"} <= set(dr["next_frame"])
     # the sink acts on a sliding window only: its next frame is the plain one, not computed again
     assert "sampled sink" not in dr["next_frame"] and dr["checkpoint"] == "step-00000002"
