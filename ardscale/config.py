@@ -184,6 +184,7 @@ class EvalConfig:
 
 @dataclass
 class TrackingConfig:
+    enabled: bool = True             # false: no MLflow (nor its import); {run_dir}/metrics.jsonl alone
     tracking_uri: str = ""           # MLflow store; "" = $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db
                                      # (relative sqlite paths resolve against the launch directory)
     experiment: str = "ardscale"

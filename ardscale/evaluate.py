@@ -157,7 +157,7 @@ def _log(run_cfg, run_dir: str, metrics: dict, step: int, out: Path, e: EvalConf
     grid to a child run of the training's MLflow run, named after ``out`` and holding the
     ``eval`` settings as params: an evaluation after training adds a run beside the training's
     ``eval/*`` curves instead of a second value at their last step."""
-    tracker = Tracker(run_cfg.tracking.tracking_uri, run_cfg.tracking.experiment)
+    tracker = Tracker(run_cfg.tracking.tracking_uri, run_cfg.tracking.experiment, run_cfg.tracking.enabled)
     tracker.start(None, f"eval-{Path(run_dir).name}-{out.name}", {"eval": asdict(e)},
                   parent_run_id=mlflow_run_id(run_dir))
     tracker.set_tags({"checkpoint": checkpoint.tag(step), "task": run_cfg.task})

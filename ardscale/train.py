@@ -4,6 +4,9 @@
 causal DiT on latent shards with the paper's recipe: per-frame timesteps from the FoPP scheduler
 (Alg. 1, non-decreasing), block-causal attention, x0-prediction MSE, label dropout for CFG.
 Ray Train runs one DeepSpeed engine per worker (``scale.num_workers``; 0 = in this process).
+Ray and MLflow are optional extras: with ``scale.num_workers=0`` and ``tracking.enabled=false`` a
+machine without either trains (a GPU box with torch alone, a laptop); Ray is imported only where
+a Ray Train job needs it.
 """
 from __future__ import annotations
 
@@ -19,14 +22,9 @@ import time
 import zlib
 from pathlib import Path
 
-import ray
-import ray.train
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
-from ray.experimental import internal_kv
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
 from torch.profiler import record_function
 
 from . import cli
@@ -112,6 +110,18 @@ def stop_key(run_name: str) -> str:
     return f"ardscale:stop:{run_name}"
 
 
+def _running_ray():
+    """The ``ray`` module when this process is connected to a Ray cluster, else None (without
+    importing Ray: a process that never imported it is not in a cluster)."""
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
+
+
+def _kv():
+    from ray.experimental import internal_kv
+    return internal_kv
+
+
 class _Stop:
     """A stop request asks for a checkpoint and a clean exit at the end of the current step: SIGTERM
     (preemption, ``ray job stop``, Kubernetes eviction), the file ``{run_dir}/STOP`` on rank 0's
@@ -135,7 +145,7 @@ class _Stop:
     def _asked_here(self) -> bool:
         if self.requested or (self.run_dir / STOP_FILE).exists():
             return True
-        return self.kv_key is not None and internal_kv._internal_kv_exists(self.kv_key)
+        return self.kv_key is not None and _kv()._internal_kv_exists(self.kv_key)
 
     def agreed(self) -> bool:
         """True on every rank when any rank was asked to stop."""
@@ -152,6 +162,8 @@ def report_to_ray(run_dir: Path, step: int, metrics: dict) -> None:
     ``scale.storage_path`` named by the tag. ``trainer.fit()``'s Result then carries the last
     metrics and the newest complete checkpoint (a run-dir-shaped folder that
     :func:`~ardscale.engine.checkpoint.load_weights` reads)."""
+    import ray.train
+
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=".ray-report-") as tmp:
         checkpoint.stage_rank_files(str(run_dir), step, Path(tmp))
         ray.train.report({**metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -194,13 +206,14 @@ def run_tags(cfg: Config, world: int, zero_stage: int) -> dict:
     """Where a run came from, as MLflow tags: git commit (MLflow's own key) and dirty flag, world
     size, ZeRO stage, nodes, the Ray job, the task and, for a DiT, the latents' ``vae_id``. All
     ranks call it (the node count is gathered)."""
-    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
+    ray = _running_ray()
+    node = ray.get_runtime_context().get_node_id() if ray else socket.gethostname()
     nodes = [None] * world
     dist.all_gather_object(nodes, node)
     commit, dirty = git_state()
     tags = {"mlflow.source.git.commit": commit, "git.dirty": dirty, "world_size": world,
             "zero_stage": zero_stage, "nodes": len(set(nodes)), "task": cfg.task}
-    if ray.is_initialized():
+    if ray:
         tags["ray.job_id"] = ray.get_runtime_context().get_job_id()
     return tags | ({"vae_id": cfg.data.vae_id} if cfg.task == "dit" else {})
 
@@ -209,7 +222,8 @@ def _open_run(cfg_dict: dict, cfg: Config, resume: Resume, rank: int, tags: dict
     """The MLflow run (the checkpoint's, when resuming) with its ``tags``, and the run dir's files
     (rank 0)."""
     start = resume.step
-    tracker = Tracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, enabled=rank == 0)
+    tracker = Tracker(cfg.tracking.tracking_uri, cfg.tracking.experiment,
+                      enabled=rank == 0 and cfg.tracking.enabled)
     run_id = tracker.start(resume.mlflow_run_id, cfg.tracking.run_name, cfg_dict,
                            system_metrics=cfg.tracking.system_metrics)
     tracker.set_tags(tags)
@@ -218,7 +232,8 @@ def _open_run(cfg_dict: dict, cfg: Config, resume: Resume, rank: int, tags: dict
         run_dir.mkdir(parents=True, exist_ok=True)
         _trim_metrics(run_dir / METRICS_FILE, start)
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg_dict))
-        (run_dir / MLFLOW_RUN_ID).write_text(run_id)
+        if run_id:
+            (run_dir / MLFLOW_RUN_ID).write_text(run_id)
         _event(run_dir, "start", step=start, world_size=tags["world_size"], resumed_from=resume.tag)
         if start == 0:
             tracker.log_artifact(str(run_dir / CONFIG_FILE))
@@ -269,7 +284,10 @@ class Trainer:
         self.guards = {"model": NonFiniteGuard(), "disc": NonFiniteGuard()}
         self.loader = _stream(cfg, self.data, self.rank, self.world, resume.data)
         self.under_ray = under_ray
-        kv_key = stop_key(ray.train.get_context().get_experiment_name()) if under_ray else None
+        kv_key = None
+        if under_ray:
+            import ray.train
+            kv_key = stop_key(ray.train.get_context().get_experiment_name())
         self.stop, self.bad_run = _Stop(self.run_dir, self.rank, kv_key), 0
         # once, before the first step: on a CPU this measures the matmul rate (engine/flops.py)
         self.peak = peak_tflops(t.peak_tflops, self.engine.device.type)
@@ -437,6 +455,9 @@ def launch(cfg: Config):
     profile.check(cfg.train.profile_at, cfg.train.profile_steps)
     if cfg.scale.num_workers == 0:
         return _run_in_process(cfg)
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     ray_ = init_ray()
     s, t = cfg.scale, cfg.train
     workers = (s.min_workers, s.num_workers) if 0 < s.min_workers < s.num_workers else s.num_workers
@@ -456,7 +477,7 @@ def launch(cfg: Config):
     )
     stop_file = Path(t.run_dir) / STOP_FILE
     stop_file.unlink(missing_ok=True)
-    internal_kv._internal_kv_del(stop_key(name))   # a request left by an earlier driver
+    _kv()._internal_kv_del(stop_key(name))   # a request left by an earlier driver
 
     def forward_sigterm(signum, frame):  # the workers save and return; see _Stop
         print("SIGTERM: asking the workers to checkpoint and stop", file=sys.stderr, flush=True)
@@ -471,8 +492,8 @@ def launch(cfg: Config):
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
-    stopped = internal_kv._internal_kv_exists(stop_key(name))
-    internal_kv._internal_kv_del(stop_key(name))
+    stopped = _kv()._internal_kv_exists(stop_key(name))
+    _kv()._internal_kv_del(stop_key(name))
     if stop_file.exists() or stopped:
         stop_file.unlink(missing_ok=True)
         raise SystemExit(143)
@@ -495,7 +516,7 @@ def request_stop(run_name: str) -> None:
     """Ask the Ray Train run ``run_name`` (the run dir's name) to checkpoint and stop after its
     current step, from any process connected to the Ray cluster (the driver's SIGTERM handler, an
     operator's script): the workers need no shared disk to see it."""
-    internal_kv._internal_kv_put(stop_key(run_name), b"1")
+    _kv()._internal_kv_put(stop_key(run_name), b"1")
 
 
 def _print_config(argv: list[str]) -> None:

@@ -448,3 +448,39 @@ def test_fail_fast_on_missing_latents_and_missing_gpus(latent_root, tmp_path):
         check_resources({"CPU": 2.0}, ScaleConfig(num_workers=2, cpus_per_worker=2))
     check_resources({"CPU": 2.0}, ScaleConfig(num_workers=4, min_workers=2))          # elastic: 2 fit
     check_resources({"CPU": 16.0, "GPU": 8.0}, ScaleConfig(num_workers=8, use_gpu=True))
+
+
+NO_RAY_NO_MLFLOW = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class Absent(MetaPathFinder):   # as on a machine where neither extra is installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("ray", "mlflow"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Absent())
+from ardscale.train import main
+main(sys.argv[1:])
+assert not {m.split(".")[0] for m in sys.modules} & {"ray", "mlflow"}
+"""
+
+
+@pytest.mark.slow
+def test_one_process_training_needs_neither_ray_nor_mlflow(latent_root, tmp_path):
+    """``scale.num_workers=0 tracking.enabled=false`` trains, checkpoints and resumes on a machine
+    without the [ray] and [mlflow] extras (the GPU boxes the benchmarks run on): both imports fail."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "bare"
+    args = overrides(latent_root, str(run), **{"tracking.enabled": "false", "train.ckpt_every": 2})
+    for steps in (2, 4):   # the second call resumes from step-00000002
+        proc = subprocess.run([sys.executable, "-c", NO_RAY_NO_MLFLOW, CONFIG, *args, f"train.steps={steps}"],
+                              cwd=Path(CONFIG).parents[1], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(losses(run)) == [0, 1, 2, 3]
+    assert checkpoint.latest_tag(str(run)) == "step-00000004"
+    assert not (run / "mlflow_run_id").exists() and not (tmp_path / "mlruns.db").exists()
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "start"] == [0, 2]
