@@ -132,6 +132,26 @@ def test_encode_latents_skips_corrupt_clips_and_resumes(vae_run, latents):
     assert abs(again["latent_std"] - m["latent_std"]) < 1e-6
 
 
+def test_encode_in_process_without_ray_writes_the_same_shards(vae_run, latents, work):
+    """``--num-actors 0`` (no Ray): the same latents, failures and manifest counts as the actor pool."""
+    run, root = vae_run
+    bare = work / "data_bare"
+    shutil.copytree(root / "videos", bare / "videos")
+    m, ray_m = encode_run(run, str(bare), "train", num_actors=0), latents[0]
+    for key in ("vae_id", "shards", "shards_encoded_now", "clips", "num_frames"):
+        assert m[key] == ray_m[key], key
+    assert m["failed"] == [f.replace(str(root), str(bare)) for f in ray_m["failed"]]
+    assert m["latent_std"] == pytest.approx(ray_m["latent_std"], abs=1e-6)
+
+    def shard(at, name):
+        url = str(at / "latents" / m["vae_id"] / "train" / name)
+        return {s["__key__"]: load_npy(s["npy"]) for s in read_shard(url)}
+
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        here, there = shard(bare, name), shard(root, name)
+        assert here.keys() == there.keys() and all(np.array_equal(here[k], there[k]) for k in here)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") is None,
                     reason="MiniLM package not installed")
 def test_captions_encoded_into_latents_train_a_text_dit(vae_run, latents, local, std, work):

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ardscale.data.folders import MANIFEST, NULL_CAPTION, latent_dir, video_dir
 from ardscale.data.loader import decoded_samples
@@ -155,16 +157,13 @@ def _manifest_norms(stats: list[dict], latent_dim: int) -> dict:
 
 def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor: float = 0,
         text_encoder_kind: str = "", text_path: str = "", text_tokens: int = 32) -> dict:
-    """Encode one split; returns (and writes) the manifest. ``text_encoder_kind``: also encode the
-    captions (``minilm``, ``t5`` or ``clip``; ``text_path`` its folder, ``text_tokens`` S).
+    """Encode one split; returns (and writes) the manifest. ``num_actors=0`` encodes in this
+    process, shard by shard, without Ray (the same shards and manifest). ``text_encoder_kind``: also
+    encode the captions (``minilm``, ``t5`` or ``clip``; ``text_path`` its folder, ``text_tokens`` S).
 
     Raises:
         FileNotFoundError: no video shards under ``{root}/videos/{split}``.
     """
-    import ray
-
-    from ardscale.engine.launch import init_ray
-
     model, tag, vae_id = load_vae(vae_run)
     src_dir, dst_dir = video_dir(root, split), latent_dir(root, vae_id, split)
     srcs = list_shards(src_dir)
@@ -175,7 +174,15 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
         else None
     todo = [{"src": s, "dst": d} for s, d in zip(srcs, dsts) if not _complete(d, text)]
     t0 = time.time()
-    if todo:
+    if todo and num_actors == 0:   # in this process, shard by shard: no Ray (a bare GPU box, a laptop)
+        encoder = ShardEncoder(vae_run, tag, text=text)
+        for row in tqdm(todo, desc="encoding shards", file=sys.stderr):
+            encoder({k: [v] for k, v in decode_shard(row).items()})
+    elif todo:
+        import ray
+
+        from ardscale.engine.launch import init_ray
+
         init_ray()
         actors = min(num_actors, len(todo))
         # A fixed pool of ``actors`` encoders (ActorPoolStrategy(size=...); map_batches'
@@ -211,7 +218,8 @@ def main(argv=None):
     p.add_argument("--vae-run", required=True, help="run dir of an AR-VAE training run (task: vae)")
     p.add_argument("--root", required=True, help="dataset root holding videos/{split}")
     p.add_argument("--split", default="train")
-    p.add_argument("--num-actors", type=int, default=1, help="encoder actors (one per GPU / CPU worker)")
+    p.add_argument("--num-actors", type=int, default=1,
+                   help="encoder actors (one per GPU / CPU worker); 0: no Ray, encode in this process")
     p.add_argument("--gpus-per-actor", type=float, default=0, help="1: one GPU per actor (bf16); 0: CPU")
     p.add_argument("--manifest-out", default=None, help="also write the manifest to this local file")
     p.add_argument("--text-encoder", default="", choices=["", "minilm", "t5", "clip"],
