@@ -8,12 +8,14 @@ the tag, the MLflow run id and the data position
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import socket
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -200,7 +202,8 @@ def load_weights(run_dir: str, which: str | None = None, sub: str = "ckpt",
         raise FileNotFoundError(f"{run_dir}: no checkpoint (no {sub}/latest)")
     if ema and Path(ema_path(run_dir, t)).is_file():
         return torch.load(ema_path(run_dir, t), map_location="cpu", weights_only=True), t
-    state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir(run_dir, sub), tag=t)
+    with contextlib.redirect_stdout(sys.stderr):   # its progress lines, off a command's JSON on stdout
+        state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir(run_dir, sub), tag=t)
     return {k: v.detach().float() for k, v in state.items() if isinstance(v, torch.Tensor)}, t
 
 
