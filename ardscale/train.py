@@ -345,7 +345,7 @@ class Trainer:
                 return self._halt(halt, done, metrics)
         self.loader.close()
         self.profiler.close()
-        if self.rank == 0 and cfg.tracking.log_model:
+        if self.tracker.enabled and cfg.tracking.log_model:   # rank 0 alone has an enabled tracker
             self._log_model(cfg.train.steps)
         self.tracker.end()
         return metrics
