@@ -175,7 +175,9 @@ def run(vae_run: str, root: str, split: str, num_actors: int = 1, gpus_per_actor
     todo = [{"src": s, "dst": d} for s, d in zip(srcs, dsts) if not _complete(d, text)]
     t0 = time.time()
     if todo and num_actors == 0:   # in this process, shard by shard: no Ray (a bare GPU box, a laptop)
+        threads = torch.get_num_threads()
         encoder = ShardEncoder(vae_run, tag, text=text)
+        torch.set_num_threads(threads)   # one thread is an actor's share of a pool; here it is alone
         for row in tqdm(todo, desc="encoding shards", file=sys.stderr):
             encoder({k: [v] for k, v in decode_shard(row).items()})
     elif todo:
