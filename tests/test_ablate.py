@@ -5,7 +5,7 @@ import argparse
 import mlflow
 import pytest
 
-from tools.ablate import _parent_run, _table3_markdown
+from tools.ablate import _drift_mlflow, _parent_run, _table3_markdown
 from tools.ablate import main as ablate
 
 
@@ -39,3 +39,17 @@ def test_table3_markdown_gives_mean_and_spread_of_the_metrics_every_run_reports(
     assert lines[0] == "| variant | fvd16 | fid | runs |"   # fvd_local: not in every run
     assert lines[2] == "| fopp | 2150.000 ± 70.711 | 305.000 ± 7.071 | 2 |"
     assert lines[3] == "| equal | 2000.000 | 320.000 | 1 |"
+
+
+def test_drift_logs_nothing_for_a_run_that_tracks_nothing(tmp_path, monkeypatch):
+    """A DiT trained with ``tracking.enabled=false`` (no MLflow extra needed): the drift study's curves
+    stay in its own files; no MLflow store is made (the config's sqlite URI names a file here)."""
+    from ardscale.config import load
+    from tools.ablate import CONFIG
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    cfg = load(CONFIG, ["tracking.enabled=false", f"tracking.tracking_uri={uri}"])
+    monkeypatch.setattr(mlflow, "set_tracking_uri", lambda *_: pytest.fail("MLflow was used"))
+    a = argparse.Namespace(dit_run=str(tmp_path / "dit"), out=str(tmp_path))
+    assert _drift_mlflow(a, cfg, {"s=2": {"psnr": [20.0]}}, 4) is None
+    assert not (tmp_path / "mlruns.db").exists()

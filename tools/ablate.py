@@ -349,10 +349,13 @@ def _next_frame_table(nxt: dict) -> str:
 
 def _drift_mlflow(a, run_cfg, results: dict, window: int) -> str | None:
     """Per-frame curves (``drift/<set>/psnr`` at step = frame index, ``drift/<set>/fvd_local`` at the
-    window's last frame) and the figure, in the DiT run's MLflow run."""
+    window's last frame) and the figure, in the DiT run's MLflow run; None when the run tracks
+    nothing (``tracking.enabled=false``: its MLflow extra may not be installed)."""
     from ardscale.engine.tracking import Tracker
     from ardscale.runs import mlflow_run_id
 
+    if not run_cfg.tracking.enabled:
+        return None
     tracker = Tracker(run_cfg.tracking.tracking_uri, run_cfg.tracking.experiment)
     tracker.start(mlflow_run_id(a.dit_run), f"drift-{Path(a.dit_run).name}", {})
     for name, r in results.items():
