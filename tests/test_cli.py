@@ -1,6 +1,9 @@
 """One command-line dialect: ``--help`` lists every key with its default and exits 0, ``--cfg``
 prints the composed config, and a user's mistake is one line with status 2 (the traceback only
 with ARDSCALE_LOG_LEVEL=DEBUG)."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +77,17 @@ def test_mlflow_tracking_uri_env_wins_over_the_default_and_the_config_key_over_b
     assert load(CONFIG).tracking.tracking_uri == "http://127.0.0.1:5000"
     assert load(CONFIG, ["tracking.tracking_uri=sqlite:///x.db"]).tracking.tracking_uri == \
         f"sqlite:///{tmp_path}/x.db"
+
+
+def test_deepspeed_logs_to_stderr_so_a_commands_json_stays_on_stdout():
+    """DeepSpeed's first import logs ("Setting accelerator to CPU" without CUDA or DS_ACCELERATOR) through a
+    handler bound to stdout, which broke ``python -m ardscale.evaluate RUN > report.json``; imported
+    through ``import_deepspeed`` (every ardscale path that may import it first), it logs to stderr."""
+    code = ("import sys; from ardscale.engine.deepspeed import import_deepspeed; ds = import_deepspeed(); "
+            "from deepspeed.utils import logger; "
+            "assert logger.handlers and all(h.stream is sys.stderr for h in logger.handlers), logger.handlers; "
+            "logger.warning('marker-7f3a')")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"} | {"CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and "marker-7f3a" in r.stderr

@@ -23,6 +23,7 @@ import torch
 
 from ..cache import fill_dir_once
 from . import ranks
+from .deepspeed import import_deepspeed
 from .ranks import barrier, is_rank0, world_size
 
 
@@ -81,6 +82,7 @@ def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, su
     gets ``ardscale.json`` (step, world size: a resume at another world size converts the tag to
     a universal checkpoint) and the state DeepSpeed's ``ds_to_universal`` requires.
     """
+    import_deepspeed()
     from deepspeed.checkpoint.constants import (
         UNIVERSAL_CHECKPOINT_INFO,
         UNIVERSAL_CHECKPOINT_VERSION_KEY,
@@ -121,6 +123,7 @@ def to_universal(run_dir: str, tag_: str, sub: str = "ckpt", mirror_url: str = "
     if is_rank0() and not out.is_dir():
         import types
 
+        import_deepspeed()
         from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
         tmp = out.with_name(out.name + ".tmp")
@@ -195,6 +198,7 @@ def load_weights(run_dir: str, which: str | None = None, sub: str = "ckpt",
     Raises:
         FileNotFoundError: the run has no checkpoint, or none named ``which`` (naming those it has).
     """
+    import_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     t = which_tag(run_dir, which, sub) if which else latest_tag(run_dir, sub)

@@ -1,13 +1,31 @@
 """DeepSpeed engine construction: ZeRO stage, precision, micro batch / accumulation, clipping, AdamW."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"   # package data
+
+
+def import_deepspeed():
+    """The ``deepspeed`` module, imported first with its logger on stderr.
+
+    DeepSpeed's log handler binds ``sys.stdout`` when its first import makes it, and that import
+    already logs (the "Setting accelerator to CPU" warning on a machine without CUDA and without
+    ``DS_ACCELERATOR``). On stdout its lines break a command's JSON (``python -m ardscale.evaluate RUN
+    > report.json``), so every path of ardscale that may import DeepSpeed first comes through here.
+    """
+    if "deepspeed" not in sys.modules:
+        with contextlib.redirect_stdout(sys.stderr):
+            import deepspeed
+    import deepspeed
+
+    return deepspeed
 
 
 def deepspeed_fragment(name: str) -> dict:
@@ -108,7 +126,7 @@ def build_engine(model: torch.nn.Module, o, world_size: int, use_gpu: bool, lr: 
     """
     use_cuda = torch.cuda.is_available() and use_gpu
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     params = [p for p in model.parameters() if p.requires_grad]
     fused = fused_adamw(o.fused, use_cuda)
