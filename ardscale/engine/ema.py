@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .deepspeed import import_deepspeed
 from .ranks import is_rank0
 
 
@@ -49,9 +50,7 @@ class EMA:
         for group in _param_groups(module):
             ctx = nullcontext()
             if self.zero3:
-                import deepspeed
-
-                ctx = deepspeed.zero.GatheredParameters([p for _, p in group], modifier_rank=None)
+                ctx = import_deepspeed().zero.GatheredParameters([p for _, p in group], modifier_rank=None)
             with ctx:
                 if self.rank0:
                     for name, p in group:
