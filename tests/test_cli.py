@@ -85,9 +85,10 @@ def test_deepspeed_logs_to_stderr_so_a_commands_json_stays_on_stdout():
     through ``import_deepspeed`` (every ardscale path that may import it first), it logs to stderr."""
     code = ("import sys; from ardscale.engine.deepspeed import import_deepspeed; ds = import_deepspeed(); "
             "from deepspeed.utils import logger; "
-            "assert logger.handlers and all(h.stream is sys.stderr for h in logger.handlers), logger.handlers; "
+            "assert logger.handlers and all(h.stream is sys.stderr for h in logger.handlers); "
             "logger.warning('marker-7f3a')")
     env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"} | {"CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                       check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "" and "marker-7f3a" in r.stderr
