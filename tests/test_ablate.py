@@ -5,7 +5,7 @@ import argparse
 import mlflow
 import pytest
 
-from tools.ablate import _drift_mlflow, _parent_run, _table3_markdown
+from tools.ablate import _drift_mlflow, _param_space, _parent_run, _run_of, _table3_markdown
 from tools.ablate import main as ablate
 
 
@@ -53,3 +53,11 @@ def test_drift_logs_nothing_for_a_run_that_tracks_nothing(tmp_path, monkeypatch)
     a = argparse.Namespace(dit_run=str(tmp_path / "dit"), out=str(tmp_path))
     assert _drift_mlflow(a, cfg, {"s=2": {"psnr": [20.0]}}, 4) is None
     assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_table3_trials_run_every_variant_at_a_seed_before_the_next_seed():
+    """The order Tune's grid makes its trials in (BasicVariantGenerator uses generate_variants)."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    order = [_run_of(spec) for _, spec in generate_variants(_param_space(["fopp", "naive"], 3))]
+    assert order == [("fopp", 0), ("naive", 0), ("fopp", 1), ("naive", 1), ("fopp", 2), ("naive", 2)]

@@ -80,8 +80,8 @@ def _config(opts: dict, name: str, seed: int):
 
 
 def _trial(config: dict, opts: dict) -> None:
-    """One Ray Tune trial of ``table3``: trains the variant ``config["variant"]`` with the seed
-    ``config["seed"]`` in this process, as one training run of ``configs/demo.yaml``
+    """One Ray Tune trial of ``table3``: trains the variant and seed of ``config`` (:func:`_run_of`)
+    in this process, as one training run of ``configs/demo.yaml``
     (``scale.num_workers=0``: a one-process gloo group, DeepSpeed on this worker's CPUs or GPU),
     evaluates it and reports ``{"run": run dir, "eval": metrics}`` to Tune.
 
@@ -104,7 +104,7 @@ def _trial(config: dict, opts: dict) -> None:
     from ardscale.runs import STOP_FILE, mlflow_run_id
     from ardscale.train import launch
 
-    name, seed, a = config["variant"], config["seed"], argparse.Namespace(**opts)
+    (name, seed), a = _run_of(config), argparse.Namespace(**opts)
     cfg = _config(opts, name, seed)
     run_dir = str(Path(opts["out"]) / f"{name}-s{seed}")   # as given (the config's is absolute)
     try:
@@ -138,8 +138,25 @@ def _spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
+def _param_space(variants: list[str], seeds: int) -> dict:
+    """table3's Tune grid: one axis of (variant, seed) runs, every variant at seed 0, then every
+    variant at seed 1, ..., so a sweep stopped part-way has paired rows (each variant at the same
+    seeds). Two grid axes would not do: Tune orders axes by key name and varies the first fastest,
+    which runs every seed of one variant before the next variant."""
+    from ray import tune
+
+    return {"run": tune.grid_search([{"variant": v, "seed": s} for s in range(seeds) for v in variants])}
+
+
+def _run_of(config: dict) -> tuple[str, int]:
+    """(variant, seed) of a trial's config (also of a sweep made before the one-axis grid)."""
+    run = config.get("run", config)
+    return run["variant"], run["seed"]
+
+
 def _trial_name(trial) -> str:
-    return f"{trial.config['variant']}-s{trial.config['seed']}"
+    variant, seed = _run_of(trial.config)
+    return f"{variant}-s{seed}"
 
 
 def _parent_run(client, experiment_id: str, sweep: str, exp_dir: Path, a) -> str:
@@ -202,8 +219,7 @@ def table3(a) -> dict:
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"variant": tune.grid_search(list(a.variants)),
-                         "seed": tune.grid_search(list(range(a.seeds)))},
+            param_space=_param_space(a.variants, a.seeds),
             # A fresh worker process per trial: the in-process training keeps its gloo group (and
             # DeepSpeed its caches) for the life of the process.
             tune_config=tune.TuneConfig(max_concurrent_trials=a.max_concurrent or None, reuse_actors=False,
@@ -212,7 +228,7 @@ def table3(a) -> dict:
     status = "KILLED"   # unless the sweep ends (FINISHED) or fails (FAILED)
     try:
         grid = tuner.fit()
-        by_run = {(r.config["variant"], r.config["seed"]): r for r in grid}
+        by_run = {_run_of(r.config): r for r in grid}
         bad = [f"{v}-s{s}: {r.error or 'no result (interrupted)'}" for (v, s), r in by_run.items()
                if r.error or "eval" not in (r.metrics or {})]
         if bad:
