@@ -264,27 +264,6 @@ def test_resume_through_a_universal_checkpoint(latent_root, tmp_path):
         assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
 
 
-@pytest.mark.slow
-def test_world_size_change_2_to_1_and_back(latent_root, tmp_path, ray_local):
-    run = str(tmp_path / "resize")
-    for workers, steps in ((2, 4), (1, 6), (2, 8)):
-        result = launch(load(CONFIG, overrides(latent_root, run, **{
-            "scale.num_workers": workers, "train.steps": steps, "train.ckpt_every": 2,
-            "train.keep_last": 10})))
-        assert result.error is None
-    starts = [e for e in map(json.loads, (Path(run) / "events.jsonl").read_text().splitlines())
-              if e["event"] == "start"]
-    assert [(e["step"], e["world_size"], e["resumed_from"]) for e in starts[1:]] == [
-        (4, 1, "step-00000004"), (6, 2, "step-00000006")], starts   # each phase resumes the last one's end
-    loss = losses(run)
-    assert sorted(loss) == list(range(8)) and all(np.isfinite(v) for v in loss.values())
-    converted = sorted(p.name for p in (Path(run) / "ckpt_universal").iterdir())
-    assert converted == ["step-00000004", "step-00000006"]
-    for step in (4, 6):   # training continues where it stopped, not from scratch
-        assert loss[step] < 1.5 * loss[step - 1], (step, loss)
-    assert json.loads((Path(run) / "ckpt" / "step-00000008" / "ardscale.json").read_text())["world_size"] == 2
-
-
 def _train_worker_pids():
     """Ray Train workers of this test session's own Ray instance (its processes descend from us)."""
     import psutil
@@ -294,7 +273,12 @@ def _train_worker_pids():
 
 
 @pytest.mark.slow
-def test_kill9_of_a_worker_restarts_and_matches_the_uninterrupted_run(latent_root, tmp_path, ray_local):
+def test_kill9_of_a_worker_restarts_and_matches_the_uninterrupted_run_then_resizes_2_to_1_and_back(
+        latent_root, tmp_path, ray_local):
+    """A SIGKILLed Ray Train worker: the run restarts from its newest checkpoint and its losses equal an
+    uninterrupted run's. Then the world size changes (2 → 1 → 2 workers) on this shared disk: each phase
+    resumes the last one's end through a universal checkpoint. (test_nodes does the same on two nodes
+    without a shared disk.)"""
     import os
     import signal
     import threading
@@ -323,6 +307,22 @@ def test_kill9_of_a_worker_restarts_and_matches_the_uninterrupted_run(latent_roo
     assert sorted(b) == list(range(10)), "a step was lost or repeated"
     for step in range(10):
         assert abs(a[step] - b[step]) < 1e-6, (step, a[step], b[step])
+
+    for workers, steps in ((1, 12), (2, 14)):
+        result = launch(load(CONFIG, overrides(latent_root, run, **{
+            **common, "scale.num_workers": workers, "train.steps": steps, "train.keep_last": 10})))
+        assert result.error is None
+    starts = [e for e in map(json.loads, (Path(run) / "events.jsonl").read_text().splitlines())
+              if e["event"] == "start"]
+    assert [(e["step"], e["world_size"], e["resumed_from"]) for e in starts[2:]] == [
+        (10, 1, "step-00000010"), (12, 2, "step-00000012")], starts   # each phase resumes the last one's end
+    loss = losses(run)
+    assert sorted(loss) == list(range(14)) and all(np.isfinite(v) for v in loss.values())
+    converted = sorted(p.name for p in (Path(run) / "ckpt_universal").iterdir())
+    assert converted == ["step-00000010", "step-00000012"]
+    for step in (10, 12):   # training continues where it stopped, not from scratch
+        assert loss[step] < 1.5 * loss[step - 1], (step, loss)
+    assert json.loads((Path(run) / "ckpt" / "step-00000014" / "ardscale.json").read_text())["world_size"] == 2
 
 
 CRASH_IN_SAVE = """
