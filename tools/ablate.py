@@ -9,6 +9,7 @@
 and batch), evaluates each (``fvd_local``, ``fid_local``: 8 videos per held-out class, AD s=2,
 50 DDIM steps, CFG 2) and reports mean ± spread over seeds. The runs are a Ray Tune grid on the
 Ray cluster (``RAY_ADDRESS`` or ``ray start``, else a local one): one trial per variant and seed,
+every variant at seed 0 first, then at seed 1, … (a sweep stopped part-way has paired rows),
 each training in its own worker process as one in-process run (``scale.num_workers=0``) on
 ``--cpus-per-trial`` CPUs, side by side as the cluster allows (``--max-concurrent``). The Tune
 experiment is ``{out}/tune/table3-HASH`` (HASH: of the options that make the runs and their
