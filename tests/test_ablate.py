@@ -5,7 +5,7 @@ import argparse
 import mlflow
 import pytest
 
-from tools.ablate import _drift_mlflow, _param_space, _parent_run, _run_of, _table3_markdown
+from tools.ablate import _drift_mlflow, _finished_runs, _param_space, _parent_run, _run_of, _table3_markdown
 from tools.ablate import main as ablate
 
 
@@ -61,3 +61,18 @@ def test_table3_trials_run_every_variant_at_a_seed_before_the_next_seed():
 
     order = [_run_of(spec) for _, spec in generate_variants(_param_space(["fopp", "naive"], 3))]
     assert order == [("fopp", 0), ("naive", 0), ("fopp", 1), ("naive", 1), ("fopp", 2), ("naive", 2)]
+
+
+def test_table3_names_the_runs_an_interrupted_sweep_did_not_finish():
+    """Tune's results after an interrupt: a trial that never started comes back without a config."""
+    from types import SimpleNamespace as R
+
+    grid = [R(config={"run": {"variant": "fopp", "seed": 0}}, error=None, metrics={"eval": {"fvd16": 1.0}}),
+            R(config={"run": {"variant": "naive", "seed": 0}}, error=RuntimeError("stop"), metrics={}),
+            R(config={"run": {"variant": "fopp", "seed": 1}}, error=None, metrics={}),
+            R(config=None, error=None, metrics=None)]
+    by_run, bad, errored = _finished_runs(grid, ["fopp", "naive"], 2)
+    assert set(by_run) == {("fopp", 0), ("naive", 0), ("fopp", 1)}
+    assert bad == ["naive-s0: stop", "fopp-s1: no result (interrupted)",
+                   "naive-s1: no result (interrupted)"] and errored
+    assert _finished_runs(grid[:1], ["fopp"], 1)[1:] == ([], False)
