@@ -228,9 +228,9 @@ def table3(a) -> dict:
             run_config=tune.RunConfig(name=sweep, storage_path=str(storage), verbose=1))
     status = "KILLED"   # unless the sweep ends (FINISHED) or fails (FAILED)
     try:
-        by_run, bad, errored = _finished_runs(tuner.fit(), a.variants, a.seeds)
+        by_run, bad = _finished_runs(tuner.fit(), a.variants, a.seeds)
         if bad:
-            status = "FAILED" if errored else "KILLED"
+            status = "FAILED" if any(r.error for r in by_run.values()) else "KILLED"
             raise RuntimeError(f"table3 ({exp_dir}): " + "; ".join(bad)
                                + ". Run the same command again to resume the sweep.")
         status = "FINISHED"
@@ -245,20 +245,19 @@ def table3(a) -> dict:
             "tune_dir": str(exp_dir), "mlflow_parent_run_id": parent}
 
 
-def _finished_runs(grid, variants: list[str], seeds: int) -> tuple[dict, list[str], bool]:
-    """table3's Tune results by (variant, seed), the runs without an evaluation (each as
-    "NAME: why"), and whether any of them failed. A trial that never started (a sweep interrupted
+def _finished_runs(grid, variants: list[str], seeds: int) -> tuple[dict, list[str]]:
+    """table3's Tune results by (variant, seed), and the runs without an evaluation (each as
+    "NAME: why"). A trial that never started (a sweep interrupted
     before it) has no config in ``grid``: it is named from the grid it is missing from."""
     by_run = {_run_of(r.config): r for r in grid if r.config}
-    bad, errored = [], False
+    bad = []
     for seed in range(seeds):
         for v in variants:
             r = by_run.get((v, seed))
             if r is None or r.error or "eval" not in (r.metrics or {}):
-                errored |= bool(r is not None and r.error)
                 why = r.error if r is not None and r.error else "no result (interrupted)"
                 bad.append(f"{v}-s{seed}: {why}")
-    return by_run, bad, errored
+    return by_run, bad
 
 
 def _table3_markdown(results: dict[str, list[dict]]) -> str:
