@@ -215,11 +215,32 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
             static / compiled mode, or ``config.attention="official"`` asked for the static /
             compiled mode.
     """
+    c, window = model.config, sc.window or None
+    k = 0 if context is None else context.shape[1]
+    _check(sc, c, window, k, diffusion.num_timesteps)
+    generator = generator or torch.Generator().manual_seed(sc.seed)
+    device = next(model.parameters()).device
+    # (B, F, L, D)
+    x = torch.randn(len(labels), sc.frames, c.tokens_per_frame, c.latent_dim, generator=generator).to(device)
+    if k:
+        x[:, :k] = context.to(device, x.dtype)
+    rows = composition_rows(sc.frames, sc.steps, sc.s, k)   # (R, F) DDIM indices per frame; 0 = clean
+    cached = (sc.kv_cache and c.temporally_causal) or sc.mode != "eager"
+    calls = plan_calls(rows, c.temporally_causal, window, cached, sc.sink)
+    run = _run_eager if sc.mode == "eager" else _run_static
+    y = (model.with_null(labels) if sc.cfg_scale != 1.0 else labels).to(device)   # B or 2B conditions
+    times = ddim_grid(sc.steps, diffusion.num_timesteps, sc.grid)[rows]   # (R, F) DDPM indices; -1 = clean
+    # one draw per video: a clean frame is fed the same noisy input at every call, so the KV cache
+    # (which computes it once) stays exact; drawn only when used, so k = 0 keeps the old stream
+    eps = torch.randn(x.shape, generator=generator).to(device) if sc.context_noise else None
+    return run(model, diffusion.to(device), x, y, times, calls, sc, generator, progress, eps)
+
+
+def _check(sc: SampleConfig, c, window: int | None, k: int, num_timesteps: int) -> None:
+    """Raise the ValueErrors :func:`sample` documents, before any noise is drawn."""
     if sc.frames <= 0:
         raise ValueError(f"frames={sc.frames}: resolve the SampleConfig against its run first "
                          "(RunData.resolve)")
-    generator = generator or torch.Generator().manual_seed(sc.seed)
-    c, window = model.config, sc.window or None
     if not c.causal:   # bidirectional (ablation): every frame reads every frame, at every step
         if window is not None and sc.frames > window:
             raise ValueError(f"a bidirectional DiT generates at most window={window} frames, not {sc.frames}")
@@ -228,15 +249,8 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
     if c.attention == "official" and sc.mode != "eager":
         raise ValueError(f"sample mode={sc.mode!r} needs a KV cache, and a DiT with dit.attention=official "
                          "has none (its context tokens carry later frames to earlier ones): use mode=eager")
-    device = next(model.parameters()).device
-    B, k = len(labels), 0 if context is None else context.shape[1]
     if k >= sc.frames:
         raise ValueError(f"context has {k} frames; num_frames={sc.frames} leaves none to generate")
-    # (B, F, L, D)
-    x = torch.randn(B, sc.frames, c.tokens_per_frame, c.latent_dim, generator=generator).to(device)
-    if k:
-        x[:, :k] = context.to(device, x.dtype)
-    rows = composition_rows(sc.frames, sc.steps, sc.s, k)   # (R, F) DDIM indices per frame; 0 = clean
     if sc.sink and window is not None:   # without a window nothing slides: the sink is inert
         if sc.mode != "eager" or not c.temporally_causal:
             raise ValueError(f"sample.sink={sc.sink} needs mode=eager (not {sc.mode!r}) and a temporally "
@@ -244,18 +258,9 @@ def sample(model, diffusion: GaussianDiffusion, labels, sc: SampleConfig,
         if sc.sink >= window:
             raise ValueError(f"sample.sink={sc.sink} needs a window of more than {sc.sink} frames "
                              f"(window={window})")
-    cached = (sc.kv_cache and c.temporally_causal) or sc.mode != "eager"
-    calls = plan_calls(rows, c.temporally_causal, window, cached, sc.sink)
-    run = _run_eager if sc.mode == "eager" else _run_static
-    y = (model.with_null(labels) if sc.cfg_scale != 1.0 else labels).to(device)   # B or 2B conditions
-    times = ddim_grid(sc.steps, diffusion.num_timesteps, sc.grid)[rows]   # (R, F) DDPM indices; -1 = clean
-    if sc.context_noise >= diffusion.num_timesteps:
+    if sc.context_noise >= num_timesteps:
         raise ValueError(f"sample.context_noise={sc.context_noise}: a DDPM index below "
-                         f"num_timesteps={diffusion.num_timesteps}")
-    # one draw per video: a clean frame is fed the same noisy input at every call, so the KV cache
-    # (which computes it once) stays exact; drawn only when used, so k = 0 keeps the old stream
-    eps = torch.randn(x.shape, generator=generator).to(device) if sc.context_noise else None
-    return run(model, diffusion.to(device), x, y, times, calls, sc, generator, progress, eps)
+                         f"num_timesteps={num_timesteps}")
 
 
 def _times(times: torch.Tensor, call: Call, frames: slice | torch.Tensor, batch: int,
