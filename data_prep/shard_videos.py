@@ -111,18 +111,9 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
     src, out = (p if "://" in p else os.path.abspath(p) for p in (src, out))
     from ardscale.engine.launch import init_ray
 
-    if source == "auto":
-        source = "ucf101" if any(Path(src).rglob("classInd.txt")) else "folder"
     if source == "frames" and not frames_fps:
         raise ValueError("--source frames needs --frames-fps, the frame rate the frames were taken at")
-    left_out = {}
-    if source == "captions":
-        items, left_out = captioned_items(src, split, captions)
-        left_out = {"captions_missing": left_out["missing"], "captions_empty": left_out["empty_captions"],
-                    "captions_duplicate": left_out["duplicates"]}
-    else:
-        items = (ucf101_items(src, split, split_id) if source == "ucf101"
-                 else folder_items(src, split, frames=source == "frames"))
+    source, items, left_out = _items(src, split, source, split_id, captions)
     if not items:
         if allow_empty:
             print(f"{src}: no videos for split={split}; nothing to shard")
@@ -159,6 +150,19 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
               "seconds": round(time.time() - t0, 2), **left_out}
     write_json(join(out_dir, "_report.json"), report)
     return report
+
+
+def _items(src: str, split: str, source: str, split_id: int, captions: str) -> tuple[str, list, dict]:
+    """(source with ``auto`` resolved, the split's items, the report's caption counts)."""
+    if source == "auto":
+        source = "ucf101" if any(Path(src).rglob("classInd.txt")) else "folder"
+    if source == "captions":
+        items, n = captioned_items(src, split, captions)
+        return source, items, {"captions_missing": n["missing"], "captions_empty": n["empty_captions"],
+                               "captions_duplicate": n["duplicates"]}
+    items = (ucf101_items(src, split, split_id) if source == "ucf101"
+             else folder_items(src, split, frames=source == "frames"))
+    return source, items, {}
 
 
 def main(argv=None):
