@@ -431,8 +431,10 @@ def test_mlflow_params_never_carry_secrets():
     from ardscale.engine.tracking import flatten
 
     flat = flatten({"train": {"checkpoint_url": "s3://AKIA:abc%2Fdef@bucket/run", "run_dir": "/r"},
-                    "s3": {"secret_access_key": "x", "aws_session_token": "y", "region": "eu"}})
-    assert flat == {"train.checkpoint_url": "s3://***@bucket/run", "train.run_dir": "/r", "s3.region": "eu"}
+                    "s3": {"secret_access_key": "x", "aws_session_token": "y", "region": "eu", "apiKey": "z"},
+                    "dit": {"tokens_per_frame": 32, "text_tokens": 77}})   # not secrets: kept
+    assert flat == {"train.checkpoint_url": "s3://***@bucket/run", "train.run_dir": "/r", "s3.region": "eu",
+                    "dit.tokens_per_frame": 32, "dit.text_tokens": 77}
 
 
 def test_fail_fast_on_missing_latents_and_missing_gpus(latent_root, tmp_path):

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-SECRET_WORDS = ("key", "secret", "token", "password")
+SECRET_WORDS = {"key", "secret", "token", "password"}
 _URL_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 
 
@@ -27,9 +27,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
         name = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, name + "."))
-        elif not any(w in k.lower() for w in SECRET_WORDS):
+        elif not _secret(k):
             out[name] = _URL_CREDENTIALS.sub(r"\1***@", v) if isinstance(v, str) else v
     return out
+
+
+def _secret(key: str) -> bool:
+    """Whether a word of ``key`` (snake_case or camelCase) is a secret word: ``aws_session_token`` and
+    ``apiKey`` are, ``tokens_per_frame`` is not."""
+    words = re.split(r"[_\W]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower())
+    return bool(SECRET_WORDS.intersection(words))
 
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
