@@ -21,10 +21,11 @@ import os
 import time
 from pathlib import Path
 
+import fsspec
 from tqdm import tqdm
 
 from ardscale.data.shards import join, read_json, shard_name, sidecar_url, write_json, write_shard
-from ardscale.data.sources import VideoItem, captioned_items, class_names, folder_items, ucf101_items
+from ardscale.data.sources import Tree, VideoItem, captioned_items, class_names, folder_items, ucf101_items
 from ardscale.data.video import VideoReadError, encode_mp4, read_clips, read_frame_clips
 
 
@@ -62,9 +63,9 @@ def shard_one(items: list[VideoItem], url: str, num_frames: int, fps: float, siz
 
 
 def source_bytes(path: str) -> int:
-    """Size of a raw video on disk: the file, or the frames of a frame folder."""
-    p = Path(path)
-    return sum(f.stat().st_size for f in p.iterdir() if f.is_file()) if p.is_dir() else p.stat().st_size
+    """Size in bytes of a raw video, local or any fsspec URL: the file, or the frames of a frame folder."""
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.du(p)
 
 
 def mixed_order(key: str) -> bytes:
@@ -155,7 +156,7 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
 def _items(src: str, split: str, source: str, split_id: int, captions: str) -> tuple[str, list, dict]:
     """(source with ``auto`` resolved, the split's items, the report's caption counts)."""
     if source == "auto":
-        source = "ucf101" if any(Path(src).rglob("classInd.txt")) else "folder"
+        source = "ucf101" if any(p.name == "classInd.txt" for p in Tree(src).files) else "folder"
     if source == "captions":
         items, n = captioned_items(src, split, captions)
         return source, items, {"captions_missing": n["missing"], "captions_empty": n["empty_captions"],

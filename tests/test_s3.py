@@ -11,7 +11,7 @@ import pytest
 from ardscale.data.shards import list_shards, read_json, read_shard, write_json
 from ardscale.data.sources import VideoItem
 from ardscale.data.video import decode_mp4, read_clips
-from data_prep.shard_videos import shard_one
+from data_prep.shard_videos import _items, shard_one, source_bytes
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +140,10 @@ def test_shard_job_reads_its_source_videos_from_s3(ucf_root, s3_endpoint, tmp_pa
     items = ucf101_items("s3://ardscale-test/raw", "train")
     assert [(it.key, it.label, it.path) for it in items] == [
         (n, 2, f"s3://ardscale-test/raw/videos/Archery/{n}.avi") for n in names]
+    # the shard job's --source auto finds the official lists on S3 too (not a folder of class folders)
+    assert _items("s3://ardscale-test/raw", "train", "auto", 1, "") == ("ucf101", items, {})
+    assert [source_bytes(it.path) for it in items] == [
+        (ucf_root / "videos" / "Archery" / f"{n}.avi").stat().st_size for n in names]
     params = {"num_frames": 4, "fps": 8, "size": 32, "max_clips": 2, "split": "train"}
     stats = shard_one(items, str(tmp_path / "s3src.tar"), **params)
     local = [VideoItem(str(ucf_root / "videos" / "Archery" / f"{n}.avi"), 2, "Archery", n) for n in names]
