@@ -126,6 +126,11 @@ def test_scale_checked_at_preflight_in_make_batch_and_for_context(tmp_path):
     assert abs(batch["x0"].norm(dim=-1).mean().item() - 1) < 1e-3
     with pytest.raises(ValueError, match="diffusion.scale_factor=0.25"):
         dit_task.make_batch(raw, torch.Generator().manual_seed(0), cfg=bad, where=where)
+    for y, msg in ((-1, r"label -1 in .*latents/fake/train.*dit.condition=text"),
+                   (good.dit.num_classes, rf"label {good.dit.num_classes} in .* ≥ dit.num_classes")):
+        with pytest.raises(ValueError, match=msg):   # captioned latents (-1), a class the DiT lacks
+            dit_task.make_batch({**raw, "y": torch.full_like(raw["y"], y)}, torch.Generator(), cfg=good,
+                                where=where)
 
     ctx, labels = RunData(good).context_latents("train", 2, 3, seed=0)
     assert ctx.shape == (3, 2, 32, 4) and labels.shape == (3,)

@@ -50,11 +50,14 @@ def make_batch(raw: dict, gen: torch.Generator, *, cfg: Config, where: str) -> d
     Raises:
         ValueError: latents off the AR-VAE's sphere, ``diffusion.scale_factor`` that does not make
             their tokens unit-norm (:func:`~ardscale.data.loader.check_latent_scale`), or a label
-            ≥ ``dit.num_classes``.
+            ≥ ``dit.num_classes`` or < 0 (a class DiT on captioned latents).
     """
     text = cfg.dit.condition == "text"
     check_token_norms(raw["x0"], where)
     check_latent_scale(raw["x0"], cfg.diffusion.scale_factor, where)
+    if not text and raw["y"].min() < 0:   # captioned sources store label -1: no class
+        raise ValueError(f"label {int(raw['y'].min())} in {where}: these latents carry no class "
+                         "(captioned video?); train them with dit.condition=text")
     if not text and raw["y"].max() >= cfg.dit.num_classes:
         raise ValueError(f"label {int(raw['y'].max())} in {where} ≥ dit.num_classes={cfg.dit.num_classes}")
     x0 = raw["x0"] * cfg.diffusion.scale_factor
