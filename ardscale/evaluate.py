@@ -114,8 +114,15 @@ class Reference:
         """Fréchet distances of uint8 ``fake (M, F', H, W, 3)``. ``F' = k·F`` (long videos): fake
         segments of F frames are compared one by one (``fvd_local_segments``) and pooled.
         ``labels`` ``(M,)``: the class each fake was asked for (→ ``class_accuracy`` of its first
-        segment, when the local network knows those classes)."""
+        segment, when the local network knows those classes).
+
+        Raises:
+            ValueError: ``F' < F`` (nothing to compare with the real clips).
+        """
         F = self.frames
+        if fake.shape[1] < F:
+            raise ValueError(f"generated videos of {fake.shape[1]} frames against real clips of {F}: "
+                             f"sample at least {F} frames (eval.sample.frames)")
         seg_feats = [self.local(fake[:, i * F:(i + 1) * F]) for i in range(fake.shape[1] // F)]
         out = {"fvd_local": frechet_distance(self.real_v, torch.cat([v for v, _ in seg_feats])),
                "fid_local": frechet_distance(self.real_f, torch.cat([f for _, f in seg_feats]))}
@@ -318,12 +325,16 @@ metrics, report fields)``."""
 
 
 def _check_window(sc: SampleConfig, window: int) -> None:
-    """Fail before any sampling when AD with ``sc.s`` keeps more frames in flight than the sliding
-    window of the training length ``window`` holds.
+    """Fail before any sampling when the videos would be shorter than the held-out clips (of the
+    training length ``window``), or when AD with ``sc.s`` keeps more frames in flight than the
+    sliding window holds.
 
     Raises:
         ValueError: naming the frames, s and steps, and the fix.
     """
+    if 0 < sc.frames < window:
+        raise ValueError(f"eval.sample.frames={sc.frames} is shorter than the held-out clips ({window} "
+                         f"frames) the metrics compare with: sample at least {window} (0 = the clip length)")
     if sc.frames <= window:
         return
     need = frames_in_flight(sc.frames, sc.steps, sc.s)

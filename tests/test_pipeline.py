@@ -252,6 +252,9 @@ def test_evaluate_dit_long_videos_and_vae_reconstructions(dit_run, vae_run, loca
         evaluate(vae_run[0], ["local=/nope.pt", "split=train", "mlflow=false", "standard=false"])
     with pytest.raises(ValueError, match="s is now sample.s, steps is now sample.steps"):
         evaluate(dit_run, ["s=1", "steps=2"])
+    with pytest.raises(ValueError, match=r"eval.sample.frames=2 is shorter than the held-out clips \(4 "):
+        evaluate(dit_run, [f"local={local}", "split=train", "sample.frames=2", "standard=false",
+                           "mlflow=false"])
     with pytest.raises(FileNotFoundError, match=r"no checkpoint 'step-00000001'.*'step-00000002'"):
         evaluate(dit_run, [f"local={local}", "checkpoint=step-00000001"])
 
