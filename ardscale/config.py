@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from .diffusion.sampler import SampleConfig
 from .engine.deepspeed import deepspeed_fragment
 from .models.arvae import ARVAEConfig
 from .models.dit import DiTConfig
@@ -111,46 +112,6 @@ class ScaleConfig:
     check_resources: bool = True     # refuse to start when the cluster lacks the workers' CPUs/GPUs
                                      # (turn off on an autoscaling cluster that adds nodes on demand)
     max_failures: int = 0
-
-
-@dataclass
-class SampleConfig:
-    """How videos are sampled (paper Sec. 3.4, Eq. 5): the AD scheduler's ``s`` over ``steps`` DDIM
-    steps with classifier-free guidance. One set of defaults for ``python -m ardscale.sample``,
-    ``python -m ardscale.evaluate`` (the ``eval.sample`` section), the training run's sample grid and
-    evaluation, and :func:`~ardscale.diffusion.sampler.sample`."""
-
-    s: int = 2                       # AD timestep difference (0 = synchronous, ≥ steps = auto-regressive)
-    steps: int = 50                  # DDIM steps N
-    cfg_scale: float = 2.0           # classifier-free guidance weight w (1 = off: one DiT call per step)
-    eta: float = 0.0                 # 0 = DDIM, 1 = DDPM posterior noise
-    frames: int = 0                  # frames to generate (0 = the training length; more = sliding window)
-    window: int = 0                  # most frames per DiT / decoder call (0 = the training length)
-    kv_cache: bool = True            # reuse keys/values of finished frames (same samples, fewer FLOPs)
-    clip_x0: float = 0.0             # clamp x0 estimates to ±clip_x0 (0 = off)
-    seed: int = 0                    # initial noise (and eta noise)
-    mode: str = "eager"              # eager | static: preallocated KV cache, same shapes every DiT call |
-                                     # compiled: static + torch.compile (CUDA graphs on CUDA)
-    grid: str = "trailing"           # DDIM timesteps: trailing {19,…,999} | leading (official) {1,…,981}
-                                     # for N=50, T=1000 (diffusers' names; diffusion/ad.py ddim_grid)
-    context_noise: int = 0           # DDPM index k: clean frames (context, finished) are fed to the DiT
-                                     # noised to k, one fixed draw per video (0 = fed clean, the paper)
-    sink: int = 0                    # frames of the video's start kept at the sliding window's front
-                                     # (attention sink; 0 = plain first-in first-out window, the paper)
-
-    def __post_init__(self):
-        if self.mode not in SAMPLE_MODES:
-            raise ValueError(f"sample mode={self.mode!r}: expected one of {SAMPLE_MODES}")
-        if self.grid not in SAMPLE_GRIDS:
-            raise ValueError(f"sample grid={self.grid!r}: expected one of {SAMPLE_GRIDS}")
-        if self.sink < 0:
-            raise ValueError(f"sample sink={self.sink}: frames ≥ 0 (0 = off)")
-        if self.context_noise < 0:
-            raise ValueError(f"sample context_noise={self.context_noise}: a DDPM index ≥ 0 (0 = off)")
-
-
-SAMPLE_MODES = ("eager", "static", "compiled")
-SAMPLE_GRIDS = ("trailing", "leading")
 
 
 @dataclass

@@ -76,7 +76,8 @@ def _exists(module: str) -> bool:
 def test_the_package_has_no_import_circle_and_no_hidden_imports():
     """No module imports another of the package inside a function (to dodge a circle), the import
     graph has no circle, and the layers point one way: train → monitor → evaluate → runs → tasks →
-    config; nothing imports the command-line leaf ``sample``."""
+    config, with diffusion/ models/ data/ engine/ metrics/ below them all; nothing imports the
+    command-line leaf ``sample``."""
     import graphlib
 
     imports = _imports()
@@ -99,6 +100,14 @@ def test_the_package_has_no_import_circle_and_no_hidden_imports():
         assert not set(order[:i]) & closure(low), f"{low} imports a layer above it"
     assert not [m for m, ts in graph.items() if "ardscale.sample" in ts]
     assert "ardscale.tasks" not in closure("ardscale.config")
+    # diffusion/ models/ data/ engine/ metrics/ sit below the whole chain (shared helpers such as
+    # cache, weights and cli may sit beside them)
+    chain = {*order, "ardscale.sample", "ardscale.drift",
+             *(m for m in graph if m.startswith("ardscale.tasks."))}
+    below = [m for m in graph if m.split(".")[1:2] in (["diffusion"], ["models"], ["data"], ["engine"],
+                                                         ["metrics"])]
+    up = {m: sorted(closure(m) & chain) for m in below if closure(m) & chain}
+    assert len(below) > 20 and not up, f"the lowest layers import a higher one: {up}"
 
 
 def test_renamed_keys_fail_naming_the_new_ones_and_old_runs_still_load(tmp_path):

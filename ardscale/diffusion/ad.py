@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SAMPLE_GRIDS
+SAMPLE_GRIDS = ("trailing", "leading")
+"""DDIM timestep grids of :func:`ddim_grid` (diffusers' spacing names)."""
 
 
 def ad_timesteps(num_frames: int, num_steps: int, s: int) -> torch.Tensor:

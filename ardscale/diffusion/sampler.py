@@ -27,11 +27,50 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from ..config import SampleConfig
 from ..models.attention import resolve_backend
 from ..models.kv_cache import KVCache, StaticKVCache, activation_dtype
-from .ad import ad_timesteps, ddim_grid
+from .ad import SAMPLE_GRIDS, ad_timesteps, ddim_grid
 from .schedule import GaussianDiffusion
+
+
+@dataclass
+class SampleConfig:
+    """How videos are sampled (paper Sec. 3.4, Eq. 5): the AD scheduler's ``s`` over ``steps`` DDIM
+    steps with classifier-free guidance. One set of defaults for ``python -m ardscale.sample``,
+    ``python -m ardscale.evaluate`` (the ``eval.sample`` section), the training run's sample grid and
+    evaluation, and :func:`sample`. Held here, below ``config`` (which embeds it as ``eval.sample``),
+    so that the sampler imports no layer above it."""
+
+    s: int = 2                       # AD timestep difference (0 = synchronous, ≥ steps = auto-regressive)
+    steps: int = 50                  # DDIM steps N
+    cfg_scale: float = 2.0           # classifier-free guidance weight w (1 = off: one DiT call per step)
+    eta: float = 0.0                 # 0 = DDIM, 1 = DDPM posterior noise
+    frames: int = 0                  # frames to generate (0 = the training length; more = sliding window)
+    window: int = 0                  # most frames per DiT / decoder call (0 = the training length)
+    kv_cache: bool = True            # reuse keys/values of finished frames (same samples, fewer FLOPs)
+    clip_x0: float = 0.0             # clamp x0 estimates to ±clip_x0 (0 = off)
+    seed: int = 0                    # initial noise (and eta noise)
+    mode: str = "eager"              # eager | static: preallocated KV cache, same shapes every DiT call |
+                                     # compiled: static + torch.compile (CUDA graphs on CUDA)
+    grid: str = "trailing"           # DDIM timesteps: trailing {19,…,999} | leading (official) {1,…,981}
+                                     # for N=50, T=1000 (diffusers' names; diffusion/ad.py ddim_grid)
+    context_noise: int = 0           # DDPM index k: clean frames (context, finished) are fed to the DiT
+                                     # noised to k, one fixed draw per video (0 = fed clean, the paper)
+    sink: int = 0                    # frames of the video's start kept at the sliding window's front
+                                     # (attention sink; 0 = plain first-in first-out window, the paper)
+
+    def __post_init__(self):
+        if self.mode not in SAMPLE_MODES:
+            raise ValueError(f"sample mode={self.mode!r}: expected one of {SAMPLE_MODES}")
+        if self.grid not in SAMPLE_GRIDS:
+            raise ValueError(f"sample grid={self.grid!r}: expected one of {SAMPLE_GRIDS}")
+        if self.sink < 0:
+            raise ValueError(f"sample sink={self.sink}: frames ≥ 0 (0 = off)")
+        if self.context_noise < 0:
+            raise ValueError(f"sample context_noise={self.context_noise}: a DDPM index ≥ 0 (0 = off)")
+
+
+SAMPLE_MODES = ("eager", "static", "compiled")
 
 
 def composition_rows(num_frames: int, num_steps: int, s: int, num_context: int = 0) -> torch.Tensor:
