@@ -5,7 +5,7 @@ next composition with a DDIM step (Eq. 4 when eta = 1). Frames whose timestep do
 keep their latents (the paper's mask) and are not computed:
 
 - frames after the last changing frame are skipped (block-causal: nothing before reads them);
-- clean frames enter a :class:`~ardscale.models.dit.KVCache` once, with their final latents, and
+- clean frames enter a :class:`~ardscale.models.kv_cache.KVCache` once, with their final latents, and
   are never recomputed;
 - ``context`` gives clean first frames (video continuation);
 - ``window`` caps the frames the DiT sees at once, so videos longer than the training length

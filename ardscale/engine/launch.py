@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 
-def init_ray(num_cpus: int | None = None):
+def init_ray():
     """Connect to the running Ray cluster (``RAY_ADDRESS`` or a local ``ray start``), else start one
     on loopback.
 
@@ -19,7 +19,7 @@ def init_ray(num_cpus: int | None = None):
         ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
     except ConnectionError:
         keep_loopback()
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
     return ray
 
 

@@ -65,6 +65,9 @@ def pad_same(x: torch.Tensor, kernel: tuple, stride: tuple, value: float = 0.0) 
 
 
 class MaxPoolSame(nn.Module):
+    """TensorFlow's ``SAME`` 3D max-pool, as the original I3D's: ``(N, C, T, H, W)`` padded with −inf
+    (so padding never wins), then pooled; out ``(N, C, ⌈T/s⌉, ⌈H/s⌉, ⌈W/s⌉)`` per stride s."""
+
     def __init__(self, kernel: tuple, stride: tuple):
         super().__init__()
         self.kernel, self.stride = kernel, stride

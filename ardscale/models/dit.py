@@ -2,8 +2,8 @@
 
 A DiT (Peebles & Xie) over latent tokens ``(B, F, L, D)``: every frame carries its own timestep,
 injected through adaLN-Zero computed per frame and broadcast over the frame's L tokens, and
-attention is block-causal over frames. The model
-predicts x0.
+attention is block-causal over frames. The model predicts x0 (the paper's parameterisation;
+``diffusion.prediction=eps|v`` makes the same network predict epsilon or v, an ablation).
 
 ``dit.attention`` chooses between two token sets and masks:
 
@@ -119,6 +119,8 @@ def sinusoidal(pos: torch.Tensor, dim: int, max_period: float = 10000.0) -> torc
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN (DiT, Peebles & Xie): ``x · (1 + scale) + shift``, per frame: x ``(B, F, L, C)`` against
+    shift / scale ``(B, F, 1, C)`` (this frame's timestep and class), broadcast over its L tokens."""
     return x * (1 + scale) + shift
 
 
@@ -307,7 +309,7 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-    """Causal DiT: ``forward(x, t, y)`` → x0 prediction.
+    """Causal DiT: ``forward(x, t, y)`` → x0 prediction (epsilon / v with ``diffusion.prediction``).
 
     Args (forward):
         x: ``(B, F, L, D)`` noisy latents (float).
@@ -323,8 +325,9 @@ class DiT(nn.Module):
         cache_frames: (KVCache) append the keys/values of x's first ``cache_frames`` frames to ``cache``;
             the caller promises those frames are final.
     Returns:
-        ``(B, F, L, D)`` predicted clean latents. Output of frame i depends only on frames <= i
-        (``attention=causal``; with ``official`` on every frame once depth ≥ 2, see the module doc).
+        ``(B, F, L, D)`` predicted clean latents (or epsilon / v, as trained). Output of frame i
+        depends only on frames <= i (``attention=causal``; with ``official`` on every frame once
+        depth ≥ 2, see the module doc).
     Raises:
         ValueError: if ``L``/``D`` differ from the config or t's shape is not ``(B, F)``, or a
             cache is given to a bidirectional DiT or to ``attention=official``.

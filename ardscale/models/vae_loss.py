@@ -40,7 +40,7 @@ class VAELoss:
     @classmethod
     def from_config(cls, c) -> VAELoss:
         """With LPIPS from ``c.perceptual_vgg`` / ``c.perceptual_lin`` when ``c.perceptual > 0``
-        (``config.load`` checked the files exist; nothing downloads)."""
+        (the vae task's preflight checked the files exist; nothing downloads)."""
         return cls(c, LPIPS.from_files(c.perceptual_vgg, c.perceptual_lin) if c.perceptual > 0 else None)
 
     def gan_on(self, step: int, has_disc: bool) -> bool:

@@ -3,8 +3,9 @@
 - ``dit`` (:mod:`.dit`): the paper's recipe on latent shards;
 - ``vae`` (:mod:`.vae`): the AR-VAE stages on video shards.
 
-``train`` and :func:`ardscale.runs.load_trained` look tasks up here; nothing else compares
-``cfg.task`` with a name to build something.
+``train`` and :func:`ardscale.runs.load_trained` build models, data, losses and checks through
+this registry. What a run is evaluated with sits above ``tasks`` and picks by ``cfg.task`` itself:
+``monitor``'s hooks and ``evaluate.EVALUATORS``.
 """
 from __future__ import annotations
 
