@@ -71,6 +71,14 @@ def test_ucf101_official_split_lists(ucf_root):
     assert len(ucf101_items(str(ucf_root), "train", split_id=2)) == 334
 
 
+def test_ucf101_video_of_a_class_missing_from_classind_names_both(tmp_path):
+    (tmp_path / "classInd.txt").write_text("1 Archery\n")
+    (tmp_path / "Skiing").mkdir()
+    (tmp_path / "Skiing" / "v_Skiing_g01_c01.avi").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"v_Skiing_g01_c01.avi: class 'Skiing' is not in .*classInd.txt"):
+        ucf101_items(str(tmp_path), "all")
+
+
 def test_folder_source(tmp_path):
     for cls in ("cats", "dogs"):
         (tmp_path / cls).mkdir()

@@ -72,7 +72,8 @@ def ucf101_items(root: str, split: str = "train", split_id: int = 1) -> list[Vid
     ``classInd`` indices minus one (0…100).
 
     Raises:
-        ValueError: split not train/test/all. FileNotFoundError: no split list / classInd.
+        ValueError: split not train/test/all, or a video of a class classInd.txt lacks.
+        FileNotFoundError: no split list / classInd.
     """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be train, test or all, got {split!r}")
@@ -92,6 +93,9 @@ def ucf101_items(root: str, split: str = "train", split_id: int = 1) -> list[Vid
         if m is None or (wanted is not None and p.stem not in wanted):
             continue
         cls = m["cls"]
+        if cls not in class_ind:
+            listed = tree.url(_find(tree, "classInd.txt"))
+            raise ValueError(f"{tree.url(p)}: class {cls!r} is not in {listed}")
         items.append(VideoItem(tree.url(p), class_ind[cls], cls, p.stem))
     return items
 
