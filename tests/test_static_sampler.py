@@ -15,7 +15,8 @@ D = GaussianDiffusion(1000)
 
 
 def run(model, y, settings: SampleConfig, context=None) -> torch.Tensor:
-    return sampler.sample(model, D, y, settings, generator=torch.Generator().manual_seed(3), context=context)
+    return sampler.sample(model, D, y, settings, generator=torch.Generator().manual_seed(3 + settings.seed),
+                          context=context)
 
 
 @pytest.fixture
@@ -102,13 +103,21 @@ def test_compiled_flex_attention_reads_its_block_mask_from_the_offset(compile_wi
     """The CUDA path (FlexAttention with a BlockMask built from the offset tensor, inside the
     compiled step), traced on the CPU with aot_eager: inductor's CPU lowering of FlexAttention
     cannot compile it, and a CUDA run is in benchmarks/gpu_check.py."""
-    compile_with("aot_eager")
+    graphs, aot_eager = [], torch._dynamo.lookup_backend("aot_eager")
+
+    def backend(gm, example_inputs):   # aot_eager, keeping each graph dynamo captured
+        graphs.append(str(gm.graph))
+        return aot_eager(gm, example_inputs)
+
+    compile_with(backend)
     model, y = random_dit(attn_backend="flex"), torch.tensor([1, 3])
     for name in ("s=2 cfg", "window"):
         settings, _ = CASES[name]
         eager = run(model, y, settings)
         compiled = run(model, y, SampleConfig(**{**vars(settings), "mode": "compiled"}))
         assert (compiled - eager).abs().max() < 1e-5
+    # one graph a video, and in it FlexAttention, not the SDPA the eager static path takes
+    assert [("flex_attention" in g, "scaled_dot_product" in g) for g in graphs] == [(True, False)] * 2
 
 
 @pytest.mark.slow
@@ -129,7 +138,11 @@ def test_one_static_cache_serves_every_video_of_a_shape(monkeypatch):
     first = run(model, y, sc(8, 6, 2, 2.0, mode="static", seed=1))
     buffers = [k.data_ptr() for k in next(iter(sampler._STATIC_CACHES.values())).keys]
     other = run(model, y, sc(8, 6, 2, 2.0, mode="static", seed=2))    # fills the buffers with another video
+    assert (other - first).abs().max() > 1e-2
     assert (other - run(model, y, sc(8, 6, 2, 2.0, seed=2))).abs().max() < 1e-5
+    cache = next(iter(sampler._STATIC_CACHES.values()))
+    for buf in (*cache.keys, *cache.values):
+        buf.fill_(1e4)     # what any earlier video may have left: must not reach the next one
     assert torch.equal(run(model, y, sc(8, 6, 2, 2.0, mode="static", seed=1)), first)
     assert len(sampler._STATIC_CACHES) == 1
     assert [k.data_ptr() for k in next(iter(sampler._STATIC_CACHES.values())).keys] == buffers
