@@ -32,6 +32,8 @@ def latent_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ucf_root() -> Path:
     if not UCF.is_dir():
+        if os.environ.get("CI"):   # CI has ../shared beside the clone: a missing copy is a failure
+            pytest.fail(f"CI: real UCF-101 clips not found at {UCF}")
         pytest.skip(f"real UCF-101 clips not found at {UCF}")
     return UCF
 
