@@ -155,14 +155,15 @@ def run(src: str, out: str, split: str = "train", source: str = "auto", split_id
 
 def _items(src: str, split: str, source: str, split_id: int, captions: str) -> tuple[str, list, dict]:
     """(source with ``auto`` resolved, the split's items, the report's caption counts)."""
+    tree = Tree(src) if source != "captions" else None   # listed once (an S3 listing is slow)
     if source == "auto":
-        source = "ucf101" if any(p.name == "classInd.txt" for p in Tree(src).files) else "folder"
+        source = "ucf101" if any(p.name == "classInd.txt" for p in tree.files) else "folder"
     if source == "captions":
         items, n = captioned_items(src, split, captions)
         return source, items, {"captions_missing": n["missing"], "captions_empty": n["empty_captions"],
                                "captions_duplicate": n["duplicates"]}
-    items = (ucf101_items(src, split, split_id) if source == "ucf101"
-             else folder_items(src, split, frames=source == "frames"))
+    items = (ucf101_items(tree, split, split_id) if source == "ucf101"
+             else folder_items(tree, split, frames=source == "frames"))
     return source, items, {}
 
 

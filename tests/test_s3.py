@@ -159,6 +159,33 @@ def test_shard_job_reads_its_source_videos_from_s3(ucf_root, s3_endpoint, tmp_pa
         f"Archery_{n}" for n in names]
 
 
+def test_frame_folder_videos_on_s3_read_like_the_local_copy(ucf_root, s3_endpoint, tmp_path):
+    """A Sky-Timelapse frame folder (JPEG files) on S3: listed, split and decoded through fsspec,
+    giving the local copy's items and clips; an S3 folder without frames is a VideoReadError."""
+    import fsspec
+    from test_data import _as_jpeg_frames
+
+    from ardscale.data.sources import folder_items
+    from ardscale.data.video import VideoReadError, read_frame_clips
+
+    video = ucf_root / "videos" / "Archery" / "v_Archery_g01_c01.avi"
+    local = tmp_path / "sky"
+    _as_jpeg_frames(video, local / "sky_train" / "v01" / "c01")
+    _as_jpeg_frames(video, local / "sky_test" / "v02" / "c01")
+    fs = fsspec.filesystem("s3")
+    fs.put(str(local), "ardscale-test/sky", recursive=True)
+    remote = folder_items("s3://ardscale-test/sky", "train", frames=True)
+    assert [(it.key, it.path) for it in remote] == [
+        ("sky_train_v01_c01", "s3://ardscale-test/sky/sky_train/v01/c01")]
+    assert [it.key for it in remote] == [it.key for it in folder_items(str(local), "train", frames=True)]
+    got = read_frame_clips(remote[0].path, 8, 8, 32, src_fps=25, max_clips=2)
+    want = read_frame_clips(str(local / "sky_train" / "v01" / "c01"), 8, 8, 32, src_fps=25, max_clips=2)
+    assert len(got) == 2 and [s for s, _ in got] == [s for s, _ in want]
+    assert all((a == b).all() for (_, a), (_, b) in zip(got, want))
+    with pytest.raises(VideoReadError, match="s3://ardscale-test/sky/none"):
+        read_frame_clips("s3://ardscale-test/sky/none", 8, 8, 32, src_fps=25)
+
+
 @pytest.fixture
 def restartable_s3(monkeypatch):
     """An S3 endpoint in this process (moto's threaded server on loopback) that a test can stop and

@@ -63,8 +63,9 @@ def _find(tree: Tree, name: str) -> PurePosixPath:
     return hits[0]
 
 
-def ucf101_items(root: str, split: str = "train", split_id: int = 1) -> list[VideoItem]:
-    """Videos of ``root`` that the official UCF-101 list ``{split}list0{split_id}.txt`` names.
+def ucf101_items(root: str | Tree, split: str = "train", split_id: int = 1) -> list[VideoItem]:
+    """Videos of ``root`` (a folder or URL, or its :class:`Tree` already listed) that the official
+    UCF-101 list ``{split}list0{split_id}.txt`` names.
 
     Works for the full dataset and for subsets: the official lists and ``classInd.txt`` are
     found anywhere under ``root``; videos listed but absent are ignored, videos present but not
@@ -77,7 +78,7 @@ def ucf101_items(root: str, split: str = "train", split_id: int = 1) -> list[Vid
     """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be train, test or all, got {split!r}")
-    tree = Tree(root)
+    tree = root if isinstance(root, Tree) else Tree(root)
     class_ind = {}
     for line in tree.read_text(_find(tree, "classInd.txt")).split("\n"):
         if line.strip():
@@ -119,8 +120,9 @@ def _frame_folders_under(tree: Tree, top: PurePosixPath) -> list[PurePosixPath]:
     return sorted({p.parent for p in tree.files if p.suffix.lower() in IMAGE_EXTS and top in p.parents})
 
 
-def folder_items(root: str, split: str = "all", frames: bool = False) -> list[VideoItem]:
-    """Videos under ``root`` (``frames``: folders of image frames, each one video).
+def folder_items(root: str | Tree, split: str = "all", frames: bool = False) -> list[VideoItem]:
+    """Videos under ``root`` (a folder or URL, or its :class:`Tree`; ``frames``: folders of image
+    frames, each one video).
 
     The split comes from a split subfolder when there is one (:func:`split_dir`), else from a
     fixed 90/10 division by file name (:func:`in_test_split`). The class is the parent folder's
@@ -132,7 +134,7 @@ def folder_items(root: str, split: str = "all", frames: bool = False) -> list[Vi
     """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be train, test or all, got {split!r}")
-    tree = Tree(root)
+    tree = root if isinstance(root, Tree) else Tree(root)
     base = tree.base
     own = split_dir(tree, split) if split != "all" else None
     top = own or base

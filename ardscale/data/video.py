@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import av
 import numpy as np
@@ -92,12 +92,20 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png")   # frames of a frame-folder video (Sky-T
 def read_frame_clips(folder: str, num_frames: int, fps: float, size: int, src_fps: float,
                      max_clips: int | None = None) -> list[tuple[int, np.ndarray]]:
     """:func:`read_clips` for a video stored as a folder of image files (Sky-Timelapse), frame i
-    of the sorted file names shown at ``i / src_fps`` seconds.
+    of the sorted file names shown at ``i / src_fps`` seconds. ``folder``: a local path or an
+    fsspec URL (``s3://…``).
 
     Raises:
-        VideoReadError: no images, an unreadable image, or too few frames for one clip.
+        VideoReadError: no images (or no such folder), an unreadable image, or too few frames.
     """
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    import fsspec
+
+    fs, base = fsspec.core.url_to_fs(folder)
+    try:
+        names = fs.ls(base, detail=False)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        raise VideoReadError(f"{folder}: cannot list frames: {e}") from e
+    files = sorted(f for f in names if PurePosixPath(f).suffix.lower() in IMAGE_EXTS)
     if not files:
         raise VideoReadError(f"{folder}: no {'/'.join(IMAGE_EXTS)} frames")
     picked, src_index, next_time = [], [], 0.0
@@ -105,10 +113,11 @@ def read_frame_clips(folder: str, num_frames: int, fps: float, size: int, src_fp
         if i / src_fps + 1e-6 < next_time:
             continue
         try:
-            with Image.open(f) as img:
+            with fs.open(f, "rb") as fh, Image.open(fh) as img:
                 frame = av.VideoFrame.from_ndarray(np.asarray(img.convert("RGB")), format="rgb24")
         except OSError as e:
-            raise VideoReadError(f"{f}: cannot read frame: {e}") from e
+            name = fs.unstrip_protocol(f) if "://" in folder else f
+            raise VideoReadError(f"{name}: cannot read frame: {e}") from e
         picked.append(_resize_crop(frame, size))
         src_index.append(i)
         next_time += 1.0 / fps
