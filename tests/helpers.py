@@ -2,6 +2,9 @@
 settings."""
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +51,37 @@ def sc(frames: int, steps: int, s: int = 0, cfg_scale: float = 1.0, **kw) -> Sam
     return SampleConfig(s=s, steps=steps, cfg_scale=cfg_scale, frames=frames, **kw)
 
 
+_MLFLOW_TEMPLATE: list[Path] = []
+
+
+def empty_mlflow_store(path: Path) -> None:
+    """An empty MLflow sqlite store at ``path`` unless one is there: a copy of one this process made
+    once. MLflow builds a new store with ~2-3 s of schema migrations; the suite makes ~30 of them.
+    (test_tracking and the pipeline tests still have MLflow create theirs.)"""
+    if path.exists():
+        return
+    if not _MLFLOW_TEMPLATE:
+        import mlflow
+
+        where = Path(tempfile.mkdtemp(prefix="ardscale-mlflow-"))
+        atexit.register(shutil.rmtree, where, ignore_errors=True)
+        mlflow.MlflowClient(f"sqlite:///{where}/mlruns.db").search_experiments()
+        _MLFLOW_TEMPLATE.append(where / "mlruns.db")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_MLFLOW_TEMPLATE[0], path)
+
+
+def mlflow_uri(folder) -> str:
+    """``sqlite:///{folder}/mlruns.db``, an empty store made there first (:func:`empty_mlflow_store`)."""
+    empty_mlflow_store(Path(folder) / "mlruns.db")
+    return f"sqlite:///{folder}/mlruns.db"
+
+
 def overrides(root, run_dir, **kw) -> list[str]:
     """``key=value`` overrides of configs/tiny.yaml for a training run on the latent shards under
     ``root``, writing to ``run_dir`` with its own sqlite MLflow store; ``kw`` adds or replaces keys."""
     base = {"data.root": root, "data.vae_id": "fake", "train.run_dir": run_dir,
-            "tracking.tracking_uri": f"sqlite:///{Path(run_dir).parent}/mlruns.db", **kw}
+            "tracking.tracking_uri": mlflow_uri(Path(run_dir).parent), **kw}
     return [f"{k}={v}" for k, v in base.items()]
 
 

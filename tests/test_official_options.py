@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_dit, sc, write_latent_shards
+from helpers import mlflow_uri, random_dit, sc, write_latent_shards
 
 from ardscale.config import SampleConfig, load
 from ardscale.data.loader import check_latent_scale, latent_sample
@@ -207,7 +207,7 @@ def test_trainable_temporal_stage3_changes_only_temporal_parameters(clip_root, t
             "vae.trainable": "temporal", "vae_loss.adversarial": 0, "data.clip_frames": 0,
             "optim.micro_batch_size": 2, "optim.lr": 1e-3, "optim.warmup_steps": 0, "train.steps": 2,
             "train.log_every": 1, "train.ckpt_every": 2, "tracking.log_model": False,
-            "tracking.system_metrics": False, "tracking.tracking_uri": f"sqlite:///{tmp_path}/mlruns.db"}
+            "tracking.system_metrics": False, "tracking.tracking_uri": mlflow_uri(tmp_path)}
     launch(load(str(CONFIGS / "demo_vae.yaml"), [f"{k}={v}" for k, v in over.items()]))
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1] and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)

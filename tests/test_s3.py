@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import pytest
+from helpers import mlflow_uri
 
 from ardscale.data.shards import list_shards, read_json, read_shard, write_json
 from ardscale.data.sources import VideoItem
@@ -95,7 +96,7 @@ def test_checkpoints_mirror_to_s3_and_a_fresh_disk_resumes_from_there(s3_endpoin
                              f"train.steps={steps}",
                              "train.ckpt_every=2", "train.keep_last=2", "optim.ema_decay=0.5",
                              f"train.checkpoint_url={url}",
-                             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
+                             f"tracking.tracking_uri={mlflow_uri(tmp_path)}"]))
         return {r["step"]: r["loss"] for r in map(json.loads,
                                                   (Path(run_dir) / "metrics.jsonl").read_text().splitlines())}
 

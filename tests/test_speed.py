@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import overrides
+from helpers import mlflow_uri, overrides
 from torch.utils.flop_counter import FlopCounterMode
 
 from ardscale.config import Config, load, to_dict
@@ -192,7 +192,7 @@ def test_a_vae_gan_run_logs_mfu_with_the_discriminator_from_disc_start(ucf_root,
             "vae.hidden_size": 32, "vae.depth": 1, "vae.pixel_channels": 8, "optim.micro_batch_size": 2,
             "data.clip_frames": 2, "vae_loss.adversarial": 0.5, "vae_loss.disc_start": 1,
             "vae_loss.disc_channels": 8, "vae_loss.perceptual": 0, "train.steps": 2, "train.ckpt_every": 2,
-            "tracking.tracking_uri": f"sqlite:///{tmp_path}/mlruns.db", "tracking.log_model": False,
+            "tracking.tracking_uri": mlflow_uri(tmp_path), "tracking.log_model": False,
             "tracking.system_metrics": False}
     cfg = load(str(CONFIGS / "demo_vae_frames.yaml"), [f"{k}={v}" for k, v in over.items()])
     launch(cfg)

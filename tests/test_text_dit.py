@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import sc
+from helpers import mlflow_uri, sc
 
 from ardscale.config import DiffusionConfig
 from ardscale.diffusion.sampler import sample
@@ -171,7 +171,7 @@ def test_text_dit_trains_resumes_and_loads_from_latent_shards(tmp_path):
         launch(load(config, [f"data.root={tmp_path / 'data'}", "data.vae_id=fake", f"train.run_dir={run_dir}",
                              f"train.steps={steps}", "train.ckpt_every=2", "optim.ema_decay=0.9",
                              "dit.condition=text", f"dit.text_dim={C}", f"dit.text_tokens={S}",
-                             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
+                             f"tracking.tracking_uri={mlflow_uri(tmp_path)}"]))
         lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
         return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
@@ -196,7 +196,7 @@ def test_text_dit_on_latents_without_captions_says_how_to_make_them(tmp_path):
     with pytest.raises(ValueError, match="--text-encoder"):
         launch(load(config, [f"data.root={tmp_path / 'data'}", "data.vae_id=fake", "dit.condition=text",
                              f"train.run_dir={tmp_path / 'run'}", f"dit.text_dim={C}", f"dit.text_tokens={S}",
-                             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
+                             f"tracking.tracking_uri={mlflow_uri(tmp_path)}"]))
 
 
 def test_text_latents_without_a_null_caption_are_refused(tmp_path):
@@ -211,4 +211,4 @@ def test_text_latents_without_a_null_caption_are_refused(tmp_path):
     with pytest.raises(ValueError, match="_null_caption.npz"):
         launch(load(config, [f"data.root={tmp_path / 'data'}", "data.vae_id=fake", "dit.condition=text",
                              f"train.run_dir={tmp_path / 'run'}", f"dit.text_dim={C}", f"dit.text_tokens={S}",
-                             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]))
+                             f"tracking.tracking_uri={mlflow_uri(tmp_path)}"]))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import mlflow_uri
 from torch import nn
 
 from ardscale.config import Config, TrainConfig, load
@@ -220,7 +221,7 @@ def test_two_steps_start_from_titok_weights_and_a_resume_does_not_reload(clip_ro
             "vae_loss.adversarial": 0, "data.clip_frames": 1, "optim.micro_batch_size": 2,
             "optim.warmup_steps": 0,
             "train.steps": 2, "train.log_every": 1, "train.ckpt_every": 2, "tracking.log_model": False,
-            "tracking.system_metrics": False, "tracking.tracking_uri": f"sqlite:///{tmp_path}/mlruns.db"}
+            "tracking.system_metrics": False, "tracking.tracking_uri": mlflow_uri(tmp_path)}
     launch(load(str(CONFIGS / "demo_vae.yaml"), [f"{k}={v}" for k, v in over.items()]))
     qkv = state["encoder.transformer.0.attn.in_proj_weight"]
     assert torch.equal(start["encoder.0.attn.qkv.weight"].float(), qkv)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import mlflow_uri
 
 from ardscale.config import load
 from ardscale.data.loader import check_vae
@@ -124,7 +125,7 @@ def gan_cfg(root, run, lpips_files, **kw):
             "vae_loss.adversarial": 0.5, "vae_loss.disc_start": 1, "vae_loss.disc_channels": 8,
             "vae_loss.perceptual": 0.5, "vae_loss.perceptual_vgg": lpips_files[0],
             "vae_loss.perceptual_lin": lpips_files[1], "train.ckpt_every": 2, "train.keep_last": 2,
-            "tracking.tracking_uri": f"sqlite:///{Path(run).parent}/mlruns.db", **kw}
+            "tracking.tracking_uri": mlflow_uri(Path(run).parent), **kw}
     return load(str(CONFIGS / "demo_vae_frames.yaml"), [f"{k}={v}" for k, v in over.items()])
 
 
