@@ -79,9 +79,12 @@ def mlflow_uri(folder) -> str:
 
 def overrides(root, run_dir, **kw) -> list[str]:
     """``key=value`` overrides of configs/tiny.yaml for a training run on the latent shards under
-    ``root``, writing to ``run_dir`` with its own sqlite MLflow store; ``kw`` adds or replaces keys."""
+    ``root``, writing to ``run_dir`` with its own sqlite MLflow store; ``kw`` adds or replaces keys.
+    With ``tracking.enabled=false`` no store is made, so a test can check that MLflow wrote none."""
+    tracking = str(kw.get("tracking.enabled", "true")).lower() != "false"
+    uri = mlflow_uri(Path(run_dir).parent) if tracking else f"sqlite:///{Path(run_dir).parent}/mlruns.db"
     base = {"data.root": root, "data.vae_id": "fake", "train.run_dir": run_dir,
-            "tracking.tracking_uri": mlflow_uri(Path(run_dir).parent), **kw}
+            "tracking.tracking_uri": uri, **kw}
     return [f"{k}={v}" for k, v in base.items()]
 
 
