@@ -8,9 +8,9 @@ the others still run) and prints it. It imports only torch, einops, PyYAML and t
 diffusion code, so it runs on a bare GPU machine; DeepSpeed is used when importable, else the
 training part says so and uses torch's AdamW.
 
-1. ``attention``: sdpa, flex and flash (when installed) forward + backward in bf16 against an
-   fp32 sdpa reference on the same inputs (max abs error of the output and of dq/dk/dv), and the
-   KV-cache shape (queries = the last frames of the keys), forward only.
+1. ``attention``: sdpa, flex and flash (when installed) forward + backward in bf16 against a
+   written-out fp64 reference on the same inputs (max abs error of the output and of dq/dk/dv), and
+   the KV-cache shape (queries = the last frames of the keys), forward only.
 2. ``train``: the paper-size DiT (1152×28, 16 heads, F=16, L=32; Table 6) with FoPP timesteps and
    the x0 loss, DeepSpeed ZeRO-2 (ardscale/configs/deepspeed/zero2.yaml), bf16, FlexAttention,
    torch.compile, fused AdamW, micro batch 64 (``--micro``): tokens/s, TFLOPS and MFU from
@@ -69,32 +69,44 @@ def _timed(fn, device: torch.device, reps: int) -> list[float]:
     return times
 
 
+def _reference_attention(q, k, v, L: int) -> torch.Tensor:
+    """fp64 ``softmax(q kᵀ / √Dh, block-causal) v`` written out: a yardstick no backend shares.
+    q ``(B, H, Fq*L, Dh)`` are the last Fq of the Fk frames of k, v ``(B, H, Fk*L, Dh)``."""
+    q, k, v = (t.double() for t in (q, k, v))
+    fq, fk = q.shape[2] // L, k.shape[2] // L
+    q_frame = torch.arange(fk - fq, fk, device=q.device).repeat_interleave(L)
+    k_frame = torch.arange(fk, device=q.device).repeat_interleave(L)
+    scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    return scores.masked_fill(q_frame[:, None] < k_frame[None, :], float("-inf")).softmax(-1) @ v
+
+
 def check_attention(device: torch.device, tiny: bool) -> dict:
-    """Max abs error of each backend (bf16) against fp32 sdpa, forward + backward and cached shape."""
+    """Max abs error of each backend (bf16 on CUDA, fp32 on the CPU) against the fp64 reference,
+    forward + backward, and on the KV-cached shape (the last F/2 frames' queries over all keys)."""
     B, H, F, L, Dh = (1, 2, 3, 4, 8) if tiny else (2, 16, 16, 32, 72)
     backends = ["sdpa", "flex"] + (["flash"] if attn.flash_available() else [])
     low = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator().manual_seed(0)
     q, k, v, dout = (torch.randn(B, H, F * L, Dh, generator=g).to(device) for _ in range(4))
-    ref_in = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    ref = attn.attention(*ref_in, L, "sdpa")
-    ref.backward(dout)
-    out = {"shape": [B, H, F, L, Dh], "dtype": str(low)}
+    ref_in = [t.double().requires_grad_(True) for t in (q, k, v)]
+    ref = _reference_attention(*ref_in, L)
+    ref.backward(dout.double())
+    fq = F // 2
+    ref_cached = _reference_attention(q[:, :, -fq * L:], k, v, L)
+    out = {"shape": [B, H, F, L, Dh], "dtype": str(low), "reference": "fp64 math"}
     for name in backends:
         try:
             grad = device.type == "cuda" or name == "sdpa"   # FlexAttention has no CPU backward
             xs = [t.to(low).requires_grad_(grad) for t in (q, k, v)]
             o = attn.attention(*xs, L, name)
-            row = {"out": (o.float() - ref).abs().max().item()}
+            row = {"out": (o.double() - ref).abs().max().item()}
             if grad:
                 o.backward(dout.to(low))
-                row.update({f"d{n}": (x.grad.float() - r.grad).abs().max().item()
+                row.update({f"d{n}": (x.grad.double() - r.grad).abs().max().item()
                             for n, x, r in zip("qkv", xs, ref_in)})
-            fq = F // 2   # the KV cache: queries are the last frames, keys all frames
-            with torch.no_grad():
-                cached = attn.attention(xs[0][:, :, -fq * L:].detach(), xs[1].detach(), xs[2].detach(), L,
-                                        name)
-            row["kv_cache_out"] = (cached.float() - ref[:, :, -fq * L:]).abs().max().item()
+            # Grad mode stays on (inputs detached): under no_grad, attention() routes flex to sdpa.
+            cached = attn.attention(*(x.detach() for x in (xs[0][:, :, -fq * L:], xs[1], xs[2])), L, name)
+            row["kv_cache_out"] = (cached.double() - ref_cached).abs().max().item()
             out[name] = row
         except Exception as e:  # noqa: BLE001 - one kernel's failure is a result, not a crash
             out[name] = {"error": f"{type(e).__name__}: {e}"}

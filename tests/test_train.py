@@ -249,7 +249,7 @@ def test_ema_equals_the_average_of_the_checkpointed_weights(latent_root, tmp_pat
 
 
 def test_resume_through_a_universal_checkpoint(latent_root, tmp_path):
-    """The conversion path a world-size change takes (2 → 1 workers and back is the slow Ray test)."""
+    """The conversion path a world-size change takes (2 → 1 workers and back on two Ray nodes: test_nodes)."""
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
     launch(load(CONFIG, overrides(latent_root, full, **{"train.steps": 4})))
     launch(load(CONFIG, overrides(latent_root, split, **{"train.steps": 2})))
@@ -273,19 +273,16 @@ def _train_worker_pids():
 
 
 @pytest.mark.slow
-def test_kill9_of_a_worker_restarts_and_matches_the_uninterrupted_run_then_resizes_2_to_1_and_back(
+def test_kill9_of_a_worker_restarts_and_matches_the_uninterrupted_run(
         latent_root, tmp_path, ray_local):
     """A SIGKILLed Ray Train worker: the run restarts from its newest checkpoint and its losses equal an
-    uninterrupted run's. Then the world size changes (2 → 1 → 2 workers) on this shared disk: each phase
-    resumes the last one's end through a universal checkpoint. (test_nodes does the same on two nodes
-    without a shared disk.)"""
+    uninterrupted run's. (test_nodes loses a whole node, then changes the world size 2 → 1 → 2.)"""
     import os
     import signal
     import threading
     import time
 
-    common = {"scale.num_workers": 2, "train.steps": 10, "train.ckpt_every": 3, "scale.max_failures": 2,
-              "train.keep_last": 10}
+    common = {"scale.num_workers": 2, "train.steps": 10, "train.ckpt_every": 3, "scale.max_failures": 2}
     ref, run = str(tmp_path / "ref"), str(tmp_path / "killed")
     launch(load(CONFIG, overrides(latent_root, ref, **common)))
     done = {}
@@ -308,27 +305,6 @@ def test_kill9_of_a_worker_restarts_and_matches_the_uninterrupted_run_then_resiz
     assert sorted(b) == list(range(10)), "a step was lost or repeated"
     for step in range(10):
         assert abs(a[step] - b[step]) < 1e-6, (step, a[step], b[step])
-
-    for workers, steps in ((1, 12), (2, 14)):
-        result = launch(load(CONFIG, overrides(latent_root, run, **{
-            **common, "scale.num_workers": workers, "train.steps": steps})))
-        assert result.error is None
-    starts = [e for e in map(json.loads, (Path(run) / "events.jsonl").read_text().splitlines())
-              if e["event"] == "start"]
-    assert [(e["step"], e["world_size"], e["resumed_from"]) for e in starts[2:]] == [
-        (10, 1, "step-00000010"), (12, 2, "step-00000012")], starts   # each phase resumes the last one's end
-    loss = losses(run)
-    assert sorted(loss) == list(range(14)) and all(np.isfinite(v) for v in loss.values())
-    converted = sorted(p.name for p in (Path(run) / "ckpt_universal").iterdir())
-    assert converted == ["step-00000010", "step-00000012"]
-    # Training continues where it stopped, not from scratch: each 2-step phase moves the weights far
-    # less than the 7 steps 3 → 10 did. A phase restarted from the initial weights would land about
-    # 8 steps' distance from step 10 (the tiny DiT's loss barely moves in 10 steps, so losses can't tell).
-    w = {s: checkpoint.load_weights(run, str(s))[0] for s in (3, 10, 12, 14)}
-    dist = {(a, b): sum(float((w[a][k] - w[b][k]).pow(2).sum()) for k in w[a]) ** 0.5
-            for a, b in ((3, 10), (10, 12), (12, 14))}
-    assert dist[(10, 12)] < 0.6 * dist[(3, 10)] and dist[(12, 14)] < 0.6 * dist[(3, 10)], dist
-    assert json.loads((Path(run) / "ckpt" / "step-00000014" / "ardscale.json").read_text())["world_size"] == 2
 
 
 CRASH_IN_SAVE = """
@@ -399,38 +375,6 @@ def test_elastic_worker_range_runs(latent_root, tmp_path, ray_local):
     assert result.error is None
     starts = [json.loads(x) for x in (Path(run) / "events.jsonl").read_text().splitlines()]
     assert [e["world_size"] for e in starts if e["event"] == "start"] == [1] and sorted(losses(run)) == [0, 1]
-
-
-@pytest.mark.slow
-def test_stop_request_under_ray_checkpoints_and_exits_143(latent_root, tmp_path, ray_local):
-    """What the driver's SIGTERM handler does (a key in Ray's KV store, no shared disk needed),
-    seen from the Ray workers."""
-    import threading
-    import time
-
-    from ardscale.train import request_stop
-
-    run = tmp_path / "stop_ray"
-    out = {}
-
-    def job():
-        try:
-            launch(load(CONFIG, overrides(latent_root, str(run), **{
-                "scale.num_workers": 2, "train.steps": 100000, "train.ckpt_every": 100000})))
-        except SystemExit as e:
-            out["code"] = e.code
-
-    t = threading.Thread(target=job)
-    t.start()
-    metrics, deadline = run / "metrics.jsonl", time.time() + 180
-    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
-        time.sleep(0.1)
-    request_stop(run.name)
-    t.join(timeout=180)
-    assert not t.is_alive() and out.get("code") == 143
-    steps = len(losses(str(run)))
-    assert checkpoint.latest_tag(str(run)) == checkpoint.tag(steps) and steps < 100000
-    assert not (run / "STOP").exists()
 
 
 def test_mlflow_params_never_carry_secrets():
