@@ -21,7 +21,7 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     a = r["attention"]
     assert set(a["sdpa"]) == {"out", "dq", "dk", "dv", "kv_cache_out"}
     assert set(a["flex"]) == {"out", "kv_cache_out"}                          # no flex backward on CPU
-    assert max(a["sdpa"].values()) < 1e-5 and max(a["flex"].values()) < 1e-5   # fp32 against fp64 math
+    assert max(a["sdpa"].values()) < 1e-6 and max(a["flex"].values()) < 1e-5   # fp32 against fp64 math
     t = r["train"]
     assert t["engine"].startswith("deepspeed") and "ZeRO-2" in t["engine"]
     assert t["tokens_per_s"] > 0 and t["tflops"] > 0 and t["mfu"] is None  # no datasheet peak on a CPU

@@ -164,6 +164,9 @@ result = {"finished": finished, "victim": victim, "resized": resized,
           "starts": [e for e in events if e["event"] == "start"],
           "dirs": sorted(p.name for p in (out / "killed").iterdir()),
           "c_files": sorted(str(p.relative_to(c_dir)) for p in c_dir.rglob("*") if p.is_file()),
+          "universal_tags": sorted({p.name for n in "abc"
+                                    for p in (out / "killed" / n / "ckpt_universal").glob("step-*")}),
+          "meta14": json.loads((out / "mirror" / "ckpt" / "step-00000014" / "ardscale.json").read_text()),
           "reported": reported, "stop": stop, "dist": dist}
 (out / "result.json").write_text(json.dumps(result))
 ray.shutdown()
@@ -195,9 +198,11 @@ def test_node_loss_without_shared_disk_resumes_from_the_s3_mirror(tmp_path):
     resumed = [s["resumed_from"] for s in r["starts"]]
     assert resumed[0] is None and resumed[1] in ("step-00000006", "step-00000009"), resumed
     assert resumed[-2:] == ["step-00000010", "step-00000012"], resumed
+    assert [s["world_size"] for s in r["starts"][-2:]] == [1, 2], r["starts"]   # each phase resized
     assert any(f.startswith("ckpt/step-") and "optim_states" in f for f in r["c_files"]), r["c_files"]
     ref, killed = ({int(k): v for k, v in d.items()} for d in (r["ref"], r["killed"]))
     assert sorted(ref) == list(range(10)) and sorted(killed) == list(range(14))
+    assert all(killed[s] < 1.5 * killed[s - 1] for s in (10, 12)), killed
     # Training continues where it stopped, not from scratch: each 2-step phase moves the weights far
     # less than the 7 steps 3 → 10 did. A phase restarted from the initial weights would land about
     # 8 steps' distance from step 10 (the tiny DiT's loss barely moves in 10 steps, so losses can't tell).
@@ -205,6 +210,7 @@ def test_node_loss_without_shared_disk_resumes_from_the_s3_mirror(tmp_path):
     assert d["10-12"] < 0.6 * d["3-10"] and d["12-14"] < 0.6 * d["3-10"], d
     # the 1-worker tag was converted on one node and reached the other through the mirror
     assert len(r["universal_on"]) == 2 and r["victim"] not in r["universal_on"], r["universal_on"]
+    assert r["universal_tags"] == ["step-00000010", "step-00000012"] and r["meta14"]["world_size"] == 2, r
     for step in range(10):
         assert abs(ref[step] - killed[step]) < 1e-6, (step, ref[step], killed[step])
     # trainer.fit()'s Result: the last step's metrics and its checkpoint, both ranks' shards merged
