@@ -11,7 +11,8 @@
 # Usage: bash scripts/reference_run.sh [OUT_DIR] [VIDEO_FOLDER]     (OUT_DIR defaults to runs/ref)
 # A step that finished leaves OUT_DIR/<step>.done and is skipped on the next call.
 # Budgets (environment; the defaults are the reference run's): VAE_STEPS=12000 (stage 1), STAGE2_STEPS=300,
-# STAGE3_STEPS=200, DIT_STEPS=3000 (each Table 3 trial), SEEDS=3. A smoke run of the whole chain (~25 min):
+# STAGE3_STEPS=200, DIT_STEPS=3000 (each Table 3 trial), SEEDS=3; stage 1's LR drop stays at step 10,500.
+# A smoke run of the whole chain (~40 min on 2 cores):
 #   VAE_STEPS=20 STAGE2_STEPS=10 STAGE3_STEPS=10 DIT_STEPS=10 SEEDS=1 bash scripts/reference_run.sh runs/ref_smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."
